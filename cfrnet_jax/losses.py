@@ -1,0 +1,49 @@
+"""The distributed-supervision loss of Eq. 10-12.
+
+    L = sum over heads i in {1, 2, 3, 5} of  L_mse^i + gamma * L_ce^i
+
+* L_mse^i (Eq. 11) = (1/N) sum_j ||D^_i(X_j) - D_i_j||_2^2: the squared error summed
+  over the head's pixels and averaged over the N images, computed on densities times
+  `density_scale` (the units the heads regress in; 1 = plain densities).
+* L_ce^i (Eq. 10): cross-entropy of the foreground/background softmax against the
+  foreground target, averaged over images *and pixels* (the usual per-pixel mean; a sum
+  over pixels would outweigh the density term by the pixel count). Heads without a
+  segmentation branch (`use_dhp` off) contribute only L_mse^i.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES
+
+
+def cfrnet_loss(outputs: dict, targets: dict, gamma: float,
+                density_scale: float) -> tuple[jax.Array, dict]:
+  """Total loss and per-head terms.
+
+  Args:
+    outputs: the model's output dict (`CFRNet.__call__`).
+    targets: `batch_density_targets` output with every stride of `HEAD_STRIDES` the
+      model has: 'density'[s] (batch, H_s, W_s) and 'foreground'[s] (batch, H_s, W_s).
+    gamma: weight of the cross-entropy terms.
+    density_scale: the factor the heads regress densities in.
+
+  Returns:
+    (loss, {'mse/<head>': ..., 'ce/<head>': ...}).
+  """
+  total, terms = 0.0, {}
+  for name, head in outputs["heads"].items():
+    stride = HEAD_STRIDES[name]
+    error = density_scale * (head["density"][..., 0] - targets["density"][stride])
+    mse = jnp.mean(jnp.sum(jnp.square(error), axis=(1, 2)))
+    terms[f"mse/{name}"] = mse
+    total = total + mse
+    if "seg_logits" in head:
+      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          head["seg_logits"].astype(jnp.float32), targets["foreground"][stride]))
+      terms[f"ce/{name}"] = ce
+      total = total + gamma * ce
+  return total, terms

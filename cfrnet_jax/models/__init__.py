@@ -1,0 +1,1 @@
+"""Flax NNX modules of CFRNet, one paper concept per module."""

@@ -1,0 +1,79 @@
+"""VGG16-BN backbone: the 13 conv+BN+ReLU layers of torchvision's `vgg16_bn.features`.
+
+Spec section 1: the taps are the outputs of block 3 (stride 4), block 4 (stride 8) and
+block 5 (stride 16), each after its last conv+BN+ReLU and before its pool, plus the
+block-5 map after its pool (stride 32), which feeds the GAM.
+
+Parameter layout, for porting torchvision's `vgg16_bn` weights one to one: conv layer `k`
+(0-based, in the order of the network) is `layers[k].conv` and its BatchNorm is
+`layers[k].norm`. In torchvision's `features` Sequential every conv occupies three slots
+(Conv2d, BatchNorm2d, ReLU) and every pool one, so conv `k` is `features.i` and its
+BatchNorm `features.{i+1}` with
+
+    k : 0  1  2  3  4   5   6   7   8   9   10  11  12
+    i : 0  3  7  10 14  17  20  24  27  30  34  37  40
+
+(`TORCHVISION_CONV_INDEX`). Conv kernels port OIHW -> HWIO; BatchNorm weight/bias are
+`norm.scale`/`norm.bias` and running_mean/running_var are `norm.mean`/`norm.var`.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from cfrnet_jax.models.layers import ConvBNReLU
+
+# Convolutions per VGG16 block; a 2x2 max pool follows each block.
+VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
+# ImageNet widths of the five blocks. Smaller widths are only for fast tests.
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+
+
+def _torchvision_conv_index() -> tuple[int, ...]:
+  """Index in torchvision's `features` of each conv, from the block structure."""
+  index, position = [], 0
+  for depth in VGG16_BLOCK_DEPTHS:
+    for _ in range(depth):
+      index.append(position)
+      position += 3  # Conv2d, BatchNorm2d, ReLU.
+    position += 1  # MaxPool2d.
+  return tuple(index)
+
+
+TORCHVISION_CONV_INDEX = _torchvision_conv_index()
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  return nnx.max_pool(x, (2, 2), strides=(2, 2))
+
+
+class VGG16BN(nnx.Module):
+  """VGG16-BN feature extractor, (batch, H, W, 3) -> taps at strides 4, 8, 16 and 32.
+
+  H and W must be multiples of 32 (the model pads its input to ensure this).
+  """
+
+  def __init__(self, widths: tuple[int, ...] = VGG16_WIDTHS, *, rngs: nnx.Rngs):
+    if len(widths) != len(VGG16_BLOCK_DEPTHS):
+      raise ValueError(f"VGG16 has 5 blocks; got {len(widths)} widths {widths}.")
+    self.widths = tuple(widths)
+    layers, in_channels = [], 3
+    for depth, width in zip(VGG16_BLOCK_DEPTHS, widths):
+      for _ in range(depth):
+        layers.append(ConvBNReLU(in_channels, width, use_bias=True, rngs=rngs))
+        in_channels = width
+    self.layers = nnx.List(layers)
+
+  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+    """Returns {'block3', 'block4', 'block5', 'pool5'} feature maps (NHWC)."""
+    taps, x, k = {}, images, 0
+    for block, depth in enumerate(VGG16_BLOCK_DEPTHS, start=1):
+      for _ in range(depth):
+        x = self.layers[k](x)
+        k += 1
+      if block >= 3:
+        taps[f"block{block}"] = x
+      x = max_pool_2x2(x)
+    taps["pool5"] = x
+    return taps

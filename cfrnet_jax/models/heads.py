@@ -1,0 +1,43 @@
+"""Density heads: the dual-head predictor (DHP, paper section 3.4; spec section 4).
+
+DHP, following Modolo et al. (WACV 2021):
+* segmentation branch: Conv c -> s, 1x1 conv s -> 2 logits (background, foreground);
+* density branch: Conv c -> s, Conv s -> d, 1x1 conv d -> 1;
+* density = density branch x softmax(segmentation)[foreground].
+with s = `head_channels` (256) and d = `head_hidden_channels` (128).
+With `use_dhp` off (the "w/o DHP" ablation of Table 2) only the density branch exists.
+
+The density branch's 1x1 conv is linear, as in the paper. Its output is divided by
+`density_scale`, so that the network regresses densities multiplied by that constant
+(a common trick for the tiny per-pixel values) while `density` stays in people per cell.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from cfrnet_jax.models.layers import ConvBNReLU
+
+
+class DensityHead(nnx.Module):
+  """(batch, h, w, c) -> {'density': (batch, h, w, 1)[, 'seg_logits': (batch, h, w, 2)]}."""
+
+  def __init__(self, channels: int, head_channels: int, hidden_channels: int,
+               use_dhp: bool, density_scale: float, *, rngs: nnx.Rngs):
+    self.density_scale = density_scale
+    self.density_branch = nnx.Sequential(
+        ConvBNReLU(channels, head_channels, rngs=rngs),
+        ConvBNReLU(head_channels, hidden_channels, rngs=rngs),
+        nnx.Conv(hidden_channels, 1, (1, 1), rngs=rngs))
+    self.segmentation_branch = nnx.Sequential(
+        ConvBNReLU(channels, head_channels, rngs=rngs),
+        nnx.Conv(head_channels, 2, (1, 1), rngs=rngs)) if use_dhp else None
+
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    density = self.density_branch(x) / self.density_scale
+    if self.segmentation_branch is None:
+      return {"density": density}
+    seg_logits = self.segmentation_branch(x)
+    foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:]
+    return {"density": density * foreground, "seg_logits": seg_logits}

@@ -1,0 +1,52 @@
+"""Building blocks shared by every part of CFRNet.
+
+The paper writes "Conv" for a 3x3 convolution followed by BatchNorm and ReLU (spec
+notation section); `ConvBNReLU` is that unit, used by the VGG16-BN backbone, the four
+"256 Conv" compressors, the decoders' fusion convolutions and the dual-head predictor.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# torchvision's BatchNorm2d uses momentum 0.1 for the *new* batch; Flax's momentum is the
+# weight of the *old* running value, so 0.9 reproduces torchvision's running statistics.
+BATCH_NORM_MOMENTUM = 0.9
+BATCH_NORM_EPSILON = 1e-5  # torchvision's default, needed for an exact weight port.
+LAYER_NORM_EPSILON = 1e-5
+
+
+class ConvBNReLU(nnx.Module):
+  """3x3 convolution + BatchNorm + ReLU: the paper's "Conv".
+
+  Maps (batch, height, width, in_channels) to (batch, height, width, out_channels).
+  `use_bias` exists for the backbone, whose torchvision weights carry a conv bias; every
+  other Conv feeds BatchNorm directly, where a bias would be redundant.
+  """
+
+  def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool = False,
+               rngs: nnx.Rngs):
+    self.conv = nnx.Conv(in_channels, out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                         use_bias=use_bias, rngs=rngs)
+    self.norm = nnx.BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM,
+                              epsilon=BATCH_NORM_EPSILON, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.relu(self.norm(self.conv(x)))
+
+
+class FeedForward(nnx.Module):
+  """Transformer MLP: Linear(c -> ratio*c), GELU, Linear(ratio*c -> c).
+
+  With ratio 4 it holds the 8c^2 weights that the paper's parameter count of CFRM
+  (12c^2, section 3.2) attributes to the MLP.
+  """
+
+  def __init__(self, channels: int, ratio: int, *, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(channels, ratio * channels, rngs=rngs)
+    self.fc2 = nnx.Linear(ratio * channels, channels, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(jax.nn.gelu(self.fc1(x)))

@@ -1,0 +1,1 @@
+"""ml_collections configs; each file has `get_config()`."""

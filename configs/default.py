@@ -1,0 +1,47 @@
+"""Base configuration: the paper's CFRNet, its targets and its loss.
+
+Every field can be overridden from the command line as `--config.model.fusion=add`.
+Dataset configs start from `get_config()` and change only what differs.
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The paper's full model (the last row of Tables 1-3)."""
+  model = ml_collections.ConfigDict()
+  model.vgg_widths = (64, 128, 256, 512, 512)  # VGG16-BN; other widths only for tests.
+  model.channels = 256  # c, every decoder feature (section 3.1).
+  model.num_heads = 8  # CFRM heads; not given by the paper, must divide c.
+  model.mlp_ratio = 4  # MLP hidden = 4c, which gives CFRM its 12c^2 weights.
+  # Table 2 switches.
+  model.use_gam = True
+  model.gam_heads = 8  # GAM runs on the 512-channel stride-32 map.
+  model.gam_depth = 1
+  model.use_dhp = True
+  model.head_channels = 256  # DHP: Conv 256 in both branches ...
+  model.head_hidden_channels = 128  # ... then Conv 128 in the density branch.
+  # Table 1 switch: 'cfrm', 'add' or 'concat'.
+  model.fusion = "cfrm"
+  # Table 3 switches and the windows of section 4.1.
+  model.hierarchical = True
+  model.hierarchical_window = 8
+  model.axial = True
+  model.axial_windows = (16, 8, 8)  # relocating F4, F3, F2 into F1.
+  # The heads regress density x density_scale; 1 = the paper's plain densities.
+  model.density_scale = 1.0
+  return model
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = get_model_config()
+
+  config.targets = ml_collections.ConfigDict()
+  config.targets.sigma = 4.0  # fixed Gaussian sigma in pixels (section 4).
+  config.targets.foreground_radius = 8.0  # half-side in pixels of a head's foreground box.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.gamma = 1.0  # weight of the segmentation cross-entropy (Eq. 12).
+  return config
