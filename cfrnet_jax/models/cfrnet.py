@@ -82,7 +82,7 @@ class CFRNet(nnx.Module):
     self.axial_decoder = (AxialDecoder(windows=tuple(config.axial_windows),
                                        **decoder_args) if config.axial else None)
     head_names = ("f1", "f2", "f3", "f5") if config.axial else ("f1", "f2", "f3")
-    self.final_head = head_names[-1]
+    self.final_head = "f5" if config.axial else "f1"
     self.heads = nnx.Dict({
         name: DensityHead(channels, config.head_channels, config.head_hidden_channels,
                           config.use_dhp, config.density_scale, rngs=rngs)

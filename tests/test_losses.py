@@ -1,0 +1,56 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cfrnet_jax.losses import cfrnet_loss
+
+
+def _fake(key, with_seg=True):
+  """Outputs and targets of two images at the strides of the four heads."""
+  keys = iter(jax.random.split(key, 16))
+  targets = {"density": {}, "foreground": {}}
+  heads = {}
+  for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
+    cells = (2, 64 // stride, 64 // stride)
+    targets["density"][stride] = jax.random.uniform(next(keys), cells)
+    targets["foreground"][stride] = (jax.random.uniform(next(keys), cells) > 0.5).astype(
+        jnp.int32)
+    heads[name] = {"density": jax.random.uniform(next(keys), cells + (1,))}
+    if with_seg:
+      heads[name]["seg_logits"] = jax.random.normal(next(keys), cells + (2,))
+  return {"heads": heads}, targets
+
+
+def test_loss_is_the_sum_of_eq_10_and_11_over_heads():
+  outputs, targets = _fake(jax.random.key(0))
+  loss, terms = cfrnet_loss(outputs, targets, gamma=0.5, density_scale=1.0)
+  expected = 0.0
+  for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
+    pred = np.asarray(outputs["heads"][name]["density"][..., 0])
+    mse = np.mean(np.sum((pred - np.asarray(targets["density"][stride])) ** 2, (1, 2)))
+    logits = np.asarray(outputs["heads"][name]["seg_logits"])
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    labels = np.asarray(targets["foreground"][stride])
+    ce = -np.mean(np.take_along_axis(log_p, labels[..., None], -1))
+    np.testing.assert_allclose(terms[f"mse/{name}"], mse, rtol=1e-5)
+    np.testing.assert_allclose(terms[f"ce/{name}"], ce, rtol=1e-5)
+    expected += mse + 0.5 * ce
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_perfect_density_leaves_only_cross_entropy():
+  outputs, targets = _fake(jax.random.key(1))
+  for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
+    outputs["heads"][name]["density"] = targets["density"][stride][..., None]
+  loss, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=100.0)
+  assert all(float(terms[f"mse/{n}"]) == 0 for n in ("f1", "f2", "f3", "f5"))
+  np.testing.assert_allclose(loss, sum(terms[f"ce/{n}"] for n in ("f1", "f2", "f3", "f5")),
+                             rtol=1e-6)
+
+
+def test_density_scale_scales_the_squared_error():
+  outputs, targets = _fake(jax.random.key(2), with_seg=False)
+  loss1, _ = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0)
+  loss10, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=10.0)
+  np.testing.assert_allclose(loss10, 100 * loss1, rtol=1e-5)
+  assert not any(key.startswith("ce/") for key in terms)  # plain heads: no CE term.

@@ -1,0 +1,134 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import cfrnet_jax
+from cfrnet_jax.losses import cfrnet_loss
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES, pad_multiple
+from cfrnet_jax.targets import batch_density_targets
+from configs.default import get_config, get_model_config
+from tests.conftest import ABLATIONS, tiny_model_config
+
+
+def _output_shapes(config, height, width, batch=2):
+  """Output shapes of a model without allocating or computing anything."""
+  model = nnx.eval_shape(lambda: cfrnet_jax.build_model(config, 0))
+  graphdef, state = nnx.split(model)
+  forward = lambda s, x: nnx.merge(graphdef, s)(x)
+  images = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32)
+  return jax.tree_util.tree_map(lambda a: a.shape, jax.eval_shape(forward, state, images))
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 452)])
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_paper_model_shapes_for_every_ablation(ablation, size):
+  config = get_model_config()
+  config.update(ABLATIONS[ablation])
+  height, width = size
+  shapes = _output_shapes(config, height, width)
+  quarter = (2, -(-height // 4), -(-width // 4))
+  assert shapes["density"] == quarter + (1,)
+  expected_heads = {"f1", "f2", "f3", "f5"} if config.axial else {"f1", "f2", "f3"}
+  assert set(shapes["heads"]) == expected_heads
+  for name, head in shapes["heads"].items():
+    stride = HEAD_STRIDES[name]
+    cells = (2, -(-height // stride), -(-width // stride))
+    assert head["density"] == cells + (1,)
+    assert ("seg_logits" in head) == config.use_dhp
+    if config.use_dhp:
+      assert head["seg_logits"] == cells + (2,)
+
+
+def test_pad_multiple_follows_the_windows():
+  config = get_model_config()
+  assert pad_multiple(config) == 128  # window 8 on F3 (stride 16).
+  config.hierarchical = False
+  assert pad_multiple(config) == 64  # window 16 on F1 (stride 4).
+  config.fusion = "add"
+  assert pad_multiple(config) == 32  # only the stride of F4.
+
+
+def test_padded_pixels_never_reach_the_count(tiny_config):
+  """An odd-sized image counts exactly what the same image padded by hand to the padding
+  multiple gives over the original area."""
+  model = cfrnet_jax.build_model(tiny_config, 0)
+  model.eval()
+  height, width = 130, 141
+  image = jax.random.normal(jax.random.key(0), (1, height, width, 3))
+  padded = jnp.pad(image, ((0, 0), (0, 256 - height), (0, 256 - width), (0, 0)))
+  forward = nnx.jit(lambda m, x: m(x)["density"])
+  density = forward(model, image)
+  padded_density = forward(model, padded)
+  rows, cols = -(-height // 4), -(-width // 4)
+  assert density.shape == (1, rows, cols, 1)
+  np.testing.assert_allclose(density, padded_density[:, :rows, :cols], rtol=1e-5,
+                             atol=1e-7)
+  # The hand-padded image's extra area does hold density, so cropping matters.
+  assert float(jnp.abs(padded_density[:, rows:]).sum()) > 0
+
+
+def _random_batch(key, batch, size, max_points=40):
+  k1, k2, k3 = jax.random.split(key, 3)
+  images = jax.random.normal(k1, (batch, size, size, 3))
+  points = jax.random.uniform(k2, (batch, max_points, 2), maxval=size)
+  valid = jax.random.uniform(k3, (batch, max_points)) < 0.7
+  return images, points, valid
+
+
+def _loss_and_grads(model, images, points, valid):
+  config = get_config()
+  targets = batch_density_targets(points, valid, images.shape[1:3],
+                                  strides=sorted(set(HEAD_STRIDES.values())),
+                                  sigma=config.targets.sigma,
+                                  foreground_radius=config.targets.foreground_radius)
+
+  def loss_fn(m):
+    return cfrnet_loss(m(images), targets, config.loss.gamma,
+                       config.model.density_scale)
+
+  return nnx.value_and_grad(loss_fn, has_aux=True)(model)
+
+
+@pytest.mark.parametrize("ablation", ["full", "fusion_concat", "no_dhp", "no_axial"])
+def test_every_parameter_gets_a_gradient(ablation):
+  model = cfrnet_jax.build_model(tiny_model_config(**ABLATIONS[ablation]), 0)
+  images, points, valid = _random_batch(jax.random.key(1), 2, 128)
+  (loss, terms), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
+  assert np.isfinite(loss)
+  flat = nnx.to_flat_state(nnx.state(grads, nnx.Param))
+  assert len(flat) == len(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  zero = [".".join(map(str, path)) for path, g in flat
+          if not np.any(np.asarray(g.get_value()))]
+  assert not zero, f"parameters without gradient: {zero}"
+
+
+def test_relocation_bias_table_is_fully_trained(tiny_config):
+  """Every relative offset of a window occurs between high-resolution tokens, so every
+  entry of each CFRM's bias table gets a gradient."""
+  model = cfrnet_jax.build_model(tiny_config, 0)
+  images, points, valid = _random_batch(jax.random.key(2), 1, 128)
+  _, grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
+  tables = [g.get_value() for path, g in nnx.to_flat_state(nnx.state(grads, nnx.Param))
+            if path[-1] == "relative_bias_table"]
+  assert len(tables) == 6  # 3 hierarchical + 3 axial CFRMs.
+  for table in tables:
+    assert np.all(np.asarray(table) != 0)
+
+
+def test_paper_size_model_jitted_forward_and_grad_at_256():
+  """The real configuration (c = 256, VGG16-BN widths) runs jitted on CPU."""
+  model = cfrnet_jax.build_model(get_model_config(), 0)
+  images, points, valid = _random_batch(jax.random.key(3), 1, 256, max_points=64)
+  model.eval()
+  density = nnx.jit(lambda m, x: m(x)["density"])(model, images)
+  assert density.shape == (1, 64, 64, 1) and np.isfinite(density).all()
+  model.train()
+  (loss, terms), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
+  assert np.isfinite(loss)
+  assert set(terms) == {f"{kind}/{head}" for kind in ("mse", "ce")
+                        for head in ("f1", "f2", "f3", "f5")}
+  norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(
+      nnx.state(grads, nnx.Param))]
+  assert all(np.isfinite(norms)) and min(norms) > 0
