@@ -1,0 +1,21 @@
+"""TFDS builders for crowd counting; importing this package registers them.
+
+    shanghaitech/part_a, shanghaitech/part_b, ucf_cc_50, jhu_crowd, nwpu_crowd,
+    synthetic_crowd
+
+Build with `python -m tfds_crowd.build NAME [--manual_dir DIR] [--data_dir DIR]` (no
+TensorFlow needed), with `tfds_crowd.build.build(...)` from Python, or with the TFDS CLI:
+`tfds build NAME --imports tfds_crowd --manual_dir DIR`.
+"""
+
+from tfds_crowd.jhu_crowd import JhuCrowd
+from tfds_crowd.nwpu_crowd import NwpuCrowd
+from tfds_crowd.shanghaitech import Shanghaitech
+from tfds_crowd.synthetic_crowd import SyntheticCrowd
+from tfds_crowd.ucf_cc_50 import UcfCc50, fold_splits
+
+BUILDERS = {builder.name: builder for builder in
+            (Shanghaitech, UcfCc50, JhuCrowd, NwpuCrowd, SyntheticCrowd)}
+
+__all__ = ["BUILDERS", "JhuCrowd", "NwpuCrowd", "Shanghaitech", "SyntheticCrowd",
+           "UcfCc50", "fold_splits"]
