@@ -33,10 +33,34 @@ def get_model_config() -> ml_collections.ConfigDict:
   return model
 
 
+def get_data_config() -> ml_collections.ConfigDict:
+  """Input pipeline settings (`cfrnet_jax/input_pipeline.py`), section 4.1 of the paper."""
+  data = ml_collections.ConfigDict()
+  data.name = "synthetic_crowd"  # a tfds_crowd dataset (with /config where needed).
+  data.data_dir = ml_collections.FieldReference(None, field_type=str)  # ~/tensorflow_datasets
+  data.train_split = "train"
+  data.eval_split = "test"
+  data.fold = 0  # UCF_CC_50 only: the test fold 1..5; 0 = use the splits above.
+  data.crop_size = 256
+  data.flip_prob = 0.5
+  data.grayscale_prob = 0.1
+  data.max_side = 0  # resize so that the longer side is at most this; 0 = never.
+  data.max_points = 256  # head points shipped per crop; more raises a clear error.
+  data.eval_bucket = 128  # evaluation images are padded to multiples of this.
+  data.mean = (0.485, 0.456, 0.406)  # ImageNet, as the VGG16-BN weights expect.
+  data.std = (0.229, 0.224, 0.225)
+  data.num_workers = 2  # grain worker processes for decoding and cropping; 0 = inline.
+  data.worker_buffer_size = 2
+  return data
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0  # parameters, data order and augmentation.
+  config.batch_size = 4  # global: 4 crops per step (section 4.1).
+  config.mesh_axes = ("data",)
   config.model = get_model_config()
+  config.data = get_data_config()
 
   config.targets = ml_collections.ConfigDict()
   config.targets.sigma = 4.0  # fixed Gaussian sigma in pixels (section 4).

@@ -91,3 +91,17 @@ def test_batched_targets_match_single_images():
     single = density_targets(points[i], valid[i], (64, 64), strides=(4,))
     np.testing.assert_allclose(batched["density"][4][i], single["density"][4], atol=1e-7)
     assert abs(float(batched["density"][4][i].sum()) - int(valid[i].sum())) < 1e-4
+
+
+def test_padding_beyond_valid_size_gets_no_density_or_foreground():
+  # A 20 x 30 image padded into a 32 x 32 map: heads near its border keep their whole
+  # mass inside the 20 x 30 area.
+  points = jnp.array([[29.5, 19.0], [3.0, 18.0], [31.0, 5.0]])  # the last is outside.
+  targets = density_targets(points, jnp.ones(3, bool), (32, 32), strides=(1, 4),
+                            valid_size=jnp.array([20, 30]))
+  assert int(targets["count"]) == 2 and int(targets["dropped"]) == 1
+  density = np.asarray(targets["density"][1])
+  assert abs(density.sum() - 2.0) < 1e-5
+  assert density[20:].max() == 0 and density[:, 30:].max() == 0
+  assert np.asarray(targets["foreground"][1])[20:].max() == 0
+  assert abs(float(targets["density"][4].sum()) - 2.0) < 1e-5

@@ -1,0 +1,12 @@
+"""JHU-Crowd++ v2.0 (paper MAE 58.5): longer side resized to at most 1024 (section 4.1)."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = "jhu_crowd"
+  config.data.eval_split = "test"
+  config.data.max_side = 1024
+  config.data.max_points = 8192  # up to 25,791 heads in one image
+  return config

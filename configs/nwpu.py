@@ -1,0 +1,14 @@
+"""NWPU-Crowd (paper MAE 67.5). Images are up to 4000+ px wide; the longer side is resized
+to at most 2048 (our choice: heads stay resolvable and full images fit in memory).
+Evaluation uses `val` (the test split is unlabeled)."""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = "nwpu_crowd"
+  config.data.eval_split = "val"
+  config.data.max_side = 2048
+  config.data.max_points = 4096  # up to 20,033 heads in one image
+  return config
