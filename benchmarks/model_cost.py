@@ -30,7 +30,7 @@ from flax import nnx  # noqa: E402
 
 import cfrnet_jax  # noqa: E402
 from cfrnet_jax.models.cfrm import CrossLevelRelocation  # noqa: E402
-from configs.default import get_model_config  # noqa: E402
+from configs.base import get_model_config  # noqa: E402
 
 
 def compiled_flops(function, *args) -> float:

@@ -212,6 +212,6 @@ def open_split(data_config: ml_collections.ConfigDict, split: str):
 
 def resolve_splits(data_config: ml_collections.ConfigDict) -> tuple[str, str]:
   """(train, eval) split strings; UCF_CC_50 configs name a test `fold` instead."""
-  if data_config.get("fold"):
+  if "fold" in data_config:
     return fold_splits(data_config.fold)
   return data_config.train_split, data_config.eval_split

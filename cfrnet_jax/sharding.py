@@ -20,7 +20,10 @@ def create_mesh(axis_names: Sequence[str] = (DATA_AXIS,),
                 axis_sizes: Sequence[int] | None = None) -> Mesh:
   """A mesh over all devices of all hosts; by default one `data` axis of every device."""
   axis_sizes = tuple(axis_sizes or (jax.device_count(),))
-  return jax.make_mesh(axis_sizes, tuple(axis_names))
+  # Auto axes: XLA propagates shardings through the model (GSPMD), so the model code
+  # needs no sharding annotations; only inputs and state are placed explicitly.
+  return jax.make_mesh(axis_sizes, tuple(axis_names),
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axis_sizes))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

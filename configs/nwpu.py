@@ -2,11 +2,11 @@
 to at most 2048 (our choice: heads stay resolvable and full images fit in memory).
 Evaluation uses `val` (the test split is unlabeled)."""
 
-from configs import default
+from configs import base
 
 
 def get_config():
-  config = default.get_config()
+  config = base.get_config()
   config.data.name = "nwpu_crowd"
   config.data.eval_split = "val"
   config.data.max_side = 2048

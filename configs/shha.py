@@ -1,10 +1,10 @@
 """ShanghaiTech part A: dense web images, the paper's main benchmark (MAE 51.1)."""
 
-from configs import default
+from configs import base
 
 
 def get_config():
-  config = default.get_config()
+  config = base.get_config()
   config.data.name = "shanghaitech/part_a"
   config.data.max_points = 1024  # up to 3139 heads per image
   return config

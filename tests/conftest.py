@@ -7,7 +7,7 @@ channels so that a forward and backward pass take well under a second on 2 CPU c
 import ml_collections
 import pytest
 
-from configs.default import get_model_config
+from configs.base import get_model_config
 
 # Every ablation of the paper's Tables 1-3, as overrides of the full model.
 ABLATIONS = {
@@ -34,3 +34,33 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()
+
+
+# A training run small enough for CPU tests: the tiny model on synthetic crowds.
+TINY_TRAIN_FLAGS = (
+    "--config.model.vgg_widths=(8,8,16,16,16)", "--config.model.channels=16",
+    "--config.model.num_heads=2", "--config.model.gam_heads=2",
+    "--config.model.head_channels=8", "--config.model.head_hidden_channels=8",
+    "--config.batch_size=4", "--config.data.num_workers=0",
+    "--config.data.eval_split=test[:4]", "--config.learning_rate=1e-3",
+)
+
+
+def tiny_train_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
+  """`configs/default.py` with the tiny model and `TINY_TRAIN_FLAGS`'s settings."""
+  from configs import default
+  config = default.get_config()
+  config.model = tiny_model_config(density_scale=config.model.density_scale)
+  config.update(batch_size=4, learning_rate=1e-3)
+  config.data.update(num_workers=0, eval_split="test[:4]", data_dir=data_dir)
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """synthetic_crowd built once per test session."""
+  from tfds_crowd.build import build
+  data_dir = tmp_path_factory.mktemp("tfds")
+  build("synthetic_crowd", str(data_dir))
+  return str(data_dir)

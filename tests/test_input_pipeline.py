@@ -15,7 +15,7 @@ from PIL import Image
 
 from cfrnet_jax import input_pipeline
 from cfrnet_jax.targets import density_targets
-from configs.default import get_config
+from configs.base import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ NO_TF_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
     from cfrnet_jax import input_pipeline
-    from configs.default import get_config
+    from configs.base import get_config
     config = get_config()
     config.data.data_dir = {data_dir!r}
     config.data.num_workers = 0

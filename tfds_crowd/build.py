@@ -38,6 +38,17 @@ def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   return builder
 
 
+def ensure_synthetic(data_config) -> None:
+  """Builds `synthetic_crowd` (seconds, no download) if a run needs it and it is absent;
+  the real datasets need the user's download and are never built implicitly."""
+  if data_config.name != "synthetic_crowd":
+    return
+  builder = BUILDERS["synthetic_crowd"](data_dir=data_config.data_dir)
+  if not builder.is_prepared():
+    print(f"Building synthetic_crowd in {builder.data_dir} (a few seconds, no download).")
+    build("synthetic_crowd", data_config.data_dir)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("name", help=f"one of {sorted(BUILDERS)}, with /config where "
@@ -55,3 +66,4 @@ def main():
 
 if __name__ == "__main__":
   main()
+

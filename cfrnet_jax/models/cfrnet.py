@@ -115,5 +115,12 @@ class CFRNet(nnx.Module):
 
 def build_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> CFRNet:
   """The public entry: a freshly initialised CFRNet for `model_config` (see
-  `configs/default.py`, `get_model_config`), in training mode."""
-  return CFRNet(model_config, rngs=nnx.Rngs(seed))
+  `configs/base.py`, `get_model_config`), in training mode.
+
+  `model_config.dtype` is the compute dtype of every layer; parameters and BatchNorm
+  statistics stay float32 (bfloat16 mixed precision).
+  """
+  model = CFRNet(model_config, rngs=nnx.Rngs(seed))
+  if model_config.dtype != "float32":
+    model.set_attributes(dtype=jnp.dtype(model_config.dtype), raise_if_not_found=False)
+  return model

@@ -1,0 +1,376 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`, `evaluate_checkpoint`.
+
+Reads top to bottom like big_vision's trainer:
+1. mesh over all devices (`config.mesh_axes`, a `data` axis), the state created
+   already replicated with `jax.jit(init, out_shardings=...)` from its abstract shape;
+2. data: this host's shard of the training split through grain (`input_pipeline`);
+3. resume from the latest checkpoint if the workdir has one (state + iterator);
+4. loop: global batch -> jitted `train_step` (donating the old state) -> every
+   `log_every_steps` a progress line and TensorBoard scalars; every `eval_every_steps`
+   whole-image evaluation (best kept by MAE); every `checkpoint_every_steps` an
+   asynchronous checkpoint; SIGTERM saves and exits cleanly.
+
+`train_step` is a pure function of (state, batch): the model is rebuilt from its static
+graph definition and the state's parameters and BatchNorm statistics, targets are
+rendered from the padded points inside the step, and a non-finite loss leaves the state
+untouched and records its step in `state.nonfinite_step`; the host checks that flag
+before every checkpoint and log line, so nothing corrupt is ever saved.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from cfrnet_jax import checkpointing, evaluation, input_pipeline, sharding
+from cfrnet_jax.losses import cfrnet_loss
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES, build_model, pad_multiple
+from cfrnet_jax.targets import batch_density_targets
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training. All randomness after initialisation is
+  the data order and augmentation, drawn by grain from `config.seed` and saved as the
+  iterator's state next to this."""
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: Any
+  nonfinite_step: jax.Array  # first step whose loss was NaN or inf; -1 if none.
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam (section 4.1). `lr_schedule`: "constant" (the paper) or "cosine" (decay to 0
+  over `num_train_steps`, for short runs such as the CPU quick start)."""
+  if config.lr_schedule == "constant":
+    return optax.adam(config.learning_rate)
+  if config.lr_schedule == "cosine":
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate,
+                                                  config.num_train_steps))
+  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
+                   f"{config.lr_schedule!r}.")
+
+
+def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
+  """The model's static structure, built abstractly (no parameters allocated)."""
+  abstract = nnx.eval_shape(lambda: build_model(config.model, config.seed))
+  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  return graphdef
+
+
+def _init_fn(config: ml_collections.ConfigDict):
+  tx = create_optimizer(config)
+
+  def init() -> TrainState:
+    model = build_model(config.model, config.seed)
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.to_pure_dict(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=nnx.to_pure_dict(batch_stats), opt_state=tx.init(params),
+                      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+  return init
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                         ) -> tuple[TrainState, Any]:
+  """The state's shapes, dtypes and shardings, computed without allocating it, and its
+  sharding tree: parameters replicated over the mesh (a model axis would change only
+  this function)."""
+  shapes = jax.eval_shape(_init_fn(config))
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, state_sharding)
+  return abstract, state_sharding
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                       ) -> tuple[TrainState, Any]:
+  """The initial state, created directly with its sharding, and that sharding."""
+  _, state_sharding = abstract_train_state(config, mesh)
+  return jax.jit(_init_fn(config), out_shardings=state_sharding)(), state_sharding
+
+
+def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
+  """The pure step `(state, batch) -> (state, metrics)`; `batch` holds the fields of
+  `input_pipeline.TrainCrop` with a leading global-batch axis."""
+  tx = create_optimizer(config)
+  strides = sorted(set(HEAD_STRIDES.values()))
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    images = input_pipeline.normalize_images(batch["image"], batch["valid_size"],
+                                             config.data)
+    targets = batch_density_targets(
+        batch["points"], batch["valid"], images.shape[1:3],
+        valid_size=batch["valid_size"], strides=strides, sigma=config.targets.sigma,
+        foreground_radius=config.targets.foreground_radius)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.batch_stats)
+      model.train()
+      outputs = model(images)
+      loss, terms = cfrnet_loss(outputs, targets, config.loss.gamma,
+                                config.model.density_scale)
+      _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+      counts = outputs["density"].astype(jnp.float32).sum(axis=(1, 2, 3))
+      return loss, (terms, nnx.to_pure_dict(batch_stats), counts)
+
+    (loss, (terms, batch_stats, counts)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss)
+    keep_if_finite = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        nonfinite_step=jnp.where(~finite & (state.nonfinite_step < 0), state.step,
+                                 state.nonfinite_step))
+    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(state.params),
+               "crop_count_mae": jnp.mean(jnp.abs(counts - targets["count"]))}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(config, graphdef, mesh, state_sharding):
+  return jax.jit(make_train_step(config, graphdef),
+                 in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def local_copy(tree):
+  """This host's copy of replicated arrays, for per-host evaluation of whole images."""
+  return jax.tree.map(lambda x: x.addressable_data(0), tree)
+
+
+def check_eval_bucket(config: ml_collections.ConfigDict) -> None:
+  multiple = pad_multiple(config.model)
+  if config.data.eval_bucket % multiple:
+    raise ValueError(f"data.eval_bucket = {config.data.eval_bucket} must be a multiple "
+                     f"of the model's padding multiple {multiple}, or padding would "
+                     f"change the count.")
+
+
+def evaluate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, state: TrainState,
+             split: str, out_dir: Path) -> dict | None:
+  """Counts every image of `split` (each host its shard); host 0 writes
+  `out_dir/predictions.csv` and returns the metrics, or for an unlabeled split writes
+  `out_dir/submission.txt` (NWPU's server format) and returns None."""
+  check_eval_bucket(config)
+  count_fn = evaluation.make_count_fn(graphdef, config.data)
+  loader = input_pipeline.create_eval_loader(
+      config, input_pipeline.open_split(config.data, split))
+  rows = evaluation.predict_counts(count_fn, local_copy(state.params),
+                                   local_copy(state.batch_stats), loader)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  part = out_dir / f"predictions.host{jax.process_index()}.csv"
+  evaluation.write_predictions(part, rows)
+  multihost_utils.sync_global_devices(f"eval {split} {out_dir}")
+  if jax.process_index() != 0:
+    return None
+  rows = []
+  for host in range(jax.process_count()):
+    path = out_dir / f"predictions.host{host}.csv"
+    rows += evaluation.read_predictions(path)
+    path.unlink()
+  if any(true < 0 for _, true, _ in rows):
+    evaluation.write_submission(out_dir / "submission.txt", rows)
+    logging.info("%s/%s is unlabeled: wrote %d counts to %s", config.data.name, split,
+                 len(rows), out_dir / "submission.txt")
+    return None
+  evaluation.write_predictions(out_dir / "predictions.csv", rows)
+  return evaluation.count_metrics([r[1] for r in rows], [r[2] for r in rows])
+
+
+class _Preemption:
+  """Turns SIGTERM (what a preempted VM receives) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(state: TrainState) -> None:
+  bad = int(jax.device_get(state.nonfinite_step))
+  if bad >= 0:
+    raise FloatingPointError(
+        f"The training loss became NaN or inf at step {bad}. The state was not updated "
+        f"from that step on and no checkpoint after it was written; lower the learning "
+        f"rate or check the data, then restart from the last checkpoint.")
+
+
+def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """Trains, evaluates and checkpoints in `workdir`; resumes if it holds a checkpoint.
+
+  Returns the last evaluation's metrics (host 0; None elsewhere). For UCF_CC_50 with
+  `data.fold = 0`, runs the five folds in `workdir/fold_k` and returns their mean.
+  """
+  if "fold" in config.data and config.data.fold == 0:
+    return _train_all_folds(config, Path(workdir))
+  workdir = Path(workdir)
+  _write_config(config, workdir)
+  mesh = sharding.create_mesh(config.mesh_axes)
+  graphdef = model_graphdef(config)
+  train_split, eval_split = input_pipeline.resolve_splits(config.data)
+  iterator = iter(input_pipeline.create_train_loader(
+      config, input_pipeline.open_split(config.data, train_split)))
+  manager = checkpointing.create_checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    abstract, state_sharding = abstract_train_state(config, mesh)
+    state = checkpointing.restore(manager, manager.latest_step(), abstract, iterator)
+    logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
+  else:
+    state, state_sharding = create_train_state(config, mesh)
+  train_step = jit_train_step(config, graphdef, mesh, state_sharding)
+  writer = _metric_writer(workdir)
+  preemption = _Preemption()
+  metrics = None
+  step = int(state.step)
+  window, window_start = [], time.perf_counter()
+  try:
+    while step < config.num_train_steps:
+      batch = sharding.make_global_batch(next(iterator), mesh)
+      state, step_metrics = train_step(state, batch)
+      step += 1
+      window.append(step_metrics)
+      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        _check_finite(state)
+        seconds = time.perf_counter() - window_start
+        _log_progress(writer, step, config, window, seconds)
+        window, window_start = [], time.perf_counter()
+      evaluate_now = step % config.eval_every_steps == 0 or step == config.num_train_steps
+      if evaluate_now:
+        _check_finite(state)
+        metrics = evaluate(config, graphdef, state, eval_split, workdir / f"eval/step_{step}")
+        metrics = _share_metrics(metrics)
+        if metrics is not None:
+          _log_eval(writer, step, metrics)
+      stop = preemption.requested or manager.reached_preemption(step)
+      if evaluate_now or step % config.checkpoint_every_steps == 0 or stop:
+        _check_finite(state)
+        checkpointing.save(manager, step, state, iterator,
+                           metrics={"mae": metrics["mae"]} if evaluate_now and metrics
+                           else None)
+      if stop:
+        logging.warning("Preempted: saved step %d and stopping.", step)
+        break
+  finally:
+    manager.wait_until_finished()
+    preemption.restore()
+    if writer is not None:
+      writer.close()
+  return metrics
+
+
+def _share_metrics(metrics: dict | None) -> dict | None:
+  """Host 0's metrics on every host (so every host tags the best checkpoint alike)."""
+  if jax.process_count() == 1:
+    return metrics
+  values = np.array([metrics[k] if metrics else 0.0 for k in ("mae", "mse", "nae")]
+                    + [metrics["images"] if metrics else 0.0], np.float64)
+  values = multihost_utils.broadcast_one_to_all(values)
+  if np.all(values == 0):
+    return None
+  return dict(zip(("mae", "mse", "nae", "images"), map(float, values)))
+
+
+def _metric_writer(workdir: Path):
+  if jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(str(workdir / "tensorboard"))
+
+
+def _log_progress(writer, step, config, window, seconds):
+  means = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
+  images_per_second = len(window) * config.batch_size / max(seconds, 1e-9)
+  remaining = (config.num_train_steps - step) * seconds / max(len(window), 1)
+  logging.info("step %d/%d  loss %.4f  crop count MAE %.2f  %.1f images/s  ETA %s",
+               step, config.num_train_steps, means["loss"], means["crop_count_mae"],
+               images_per_second, time.strftime("%H:%M:%S", time.gmtime(remaining)))
+  if writer is not None:
+    for key, value in means.items():
+      writer.add_scalar(f"train/{key}", value, step)
+    writer.add_scalar("train/images_per_second", images_per_second, step)
+    writer.flush()
+
+
+def _log_eval(writer, step, metrics):
+  logging.info("eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)", step,
+               metrics["mae"], metrics["mse"], metrics["nae"], metrics["images"])
+  if writer is not None:
+    for key in ("mae", "mse", "nae"):
+      writer.add_scalar(f"eval/{key}", metrics[key], step)
+    writer.flush()
+
+
+def _train_all_folds(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
+  """UCF_CC_50's protocol: train and test each of the five folds, report the mean."""
+  results = {}
+  for fold in range(1, 6):
+    fold_config = ml_collections.ConfigDict(config.to_dict())
+    fold_config.data.fold = fold
+    logging.info("UCF_CC_50 fold %d of 5", fold)
+    results[fold] = train_and_evaluate(fold_config, str(workdir / f"fold_{fold}"))
+  if jax.process_index() != 0:
+    return None
+  summary = {"folds": results,
+             "mae": float(np.mean([r["mae"] for r in results.values()])),
+             "mse": float(np.mean([r["mse"] for r in results.values()]))}
+  (workdir / "folds_summary.json").write_text(json.dumps(summary, indent=2))
+  logging.info("UCF_CC_50 five folds: mean MAE %.2f, mean MSE %.2f", summary["mae"],
+               summary["mse"])
+  return summary
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        split: str | None = None) -> dict | None:
+  """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
+  (default: the config's evaluation split) into `workdir/eval/<split>_step_<n>`."""
+  workdir = Path(workdir)
+  mesh = sharding.create_mesh(config.mesh_axes)
+  graphdef = model_graphdef(config)
+  abstract, _ = abstract_train_state(config, mesh)
+  manager = checkpointing.create_checkpoint_manager(workdir, config)
+  step = checkpointing.best_step(manager)
+  if step is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'} to evaluate.")
+  state = checkpointing.restore(manager, step, abstract)
+  split = split or input_pipeline.resolve_splits(config.data)[1]
+  metrics = evaluate(config, graphdef, state, split, workdir / f"eval/{split}_step_{step}")
+  if metrics is not None:
+    _log_eval(None, step, metrics)
+  return metrics

@@ -1,0 +1,83 @@
+"""The paper's settings: CFRNet, its targets, loss, data pipeline and training.
+
+Every field can be overridden from the command line, e.g. `--config.model.fusion=add`.
+The dataset configs (`shha.py`, ...) start from `get_config()` and change only what
+differs; `default.py` shrinks the model for the CPU quick start.
+"""
+
+import ml_collections
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """The paper's full model (the last row of Tables 1-3)."""
+  model = ml_collections.ConfigDict()
+  model.vgg_widths = (64, 128, 256, 512, 512)  # VGG16-BN; other widths only for tests.
+  model.channels = 256  # c, every decoder feature (section 3.1).
+  model.num_heads = 8  # CFRM heads; not given by the paper, must divide c.
+  model.mlp_ratio = 4  # MLP hidden = 4c, which gives CFRM its 12c^2 weights.
+  # Table 2 switches.
+  model.use_gam = True
+  model.gam_heads = 8  # GAM runs on the 512-channel stride-32 map.
+  model.gam_depth = 1
+  model.use_dhp = True
+  model.head_channels = 256  # DHP: Conv 256 in both branches ...
+  model.head_hidden_channels = 128  # ... then Conv 128 in the density branch.
+  # Table 1 switch: 'cfrm', 'add' or 'concat'.
+  model.fusion = "cfrm"
+  # Table 3 switches and the windows of section 4.1.
+  model.hierarchical = True
+  model.hierarchical_window = 8
+  model.axial = True
+  model.axial_windows = (16, 8, 8)  # relocating F4, F3, F2 into F1.
+  # The heads regress density x density_scale; 1 = the paper's plain densities.
+  model.density_scale = 1.0
+  model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters.
+  return model
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+  """Input pipeline settings (`cfrnet_jax/input_pipeline.py`), section 4.1 of the paper."""
+  data = ml_collections.ConfigDict()
+  data.name = "synthetic_crowd"  # a tfds_crowd dataset (with /config where needed).
+  data.data_dir = ml_collections.FieldReference(None, field_type=str)  # ~/tensorflow_datasets
+  data.train_split = "train"
+  data.eval_split = "test"
+  data.crop_size = 256
+  data.flip_prob = 0.5
+  data.grayscale_prob = 0.1
+  data.max_side = 0  # resize so that the longer side is at most this; 0 = never.
+  data.max_points = 256  # head points shipped per crop; more raises a clear error.
+  data.eval_bucket = 128  # evaluation images are padded to multiples of this.
+  data.mean = (0.485, 0.456, 0.406)  # ImageNet, as the VGG16-BN weights expect.
+  data.std = (0.229, 0.224, 0.225)
+  data.num_workers = 2  # grain worker processes for decoding and cropping; 0 = inline.
+  data.worker_buffer_size = 2
+  return data
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # parameters, data order and augmentation.
+  config.batch_size = 4  # global: 4 crops per step (section 4.1).
+  config.mesh_axes = ("data",)
+  config.model = get_model_config()
+  config.data = get_data_config()
+
+  config.targets = ml_collections.ConfigDict()
+  config.targets.sigma = 4.0  # fixed Gaussian sigma in pixels (section 4).
+  config.targets.foreground_radius = 8.0  # half-side in pixels of a head's foreground box.
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.gamma = 1.0  # weight of the segmentation cross-entropy (Eq. 12).
+
+  # Training (section 4.1: Adam, learning rate 1e-5, 4 crops per step). The paper gives
+  # no step count or schedule; 100k steps at a constant rate is our choice.
+  config.learning_rate = 1e-5
+  config.lr_schedule = "constant"  # or "cosine" (to 0 at num_train_steps)
+  config.num_train_steps = 100_000
+  config.log_every_steps = 100
+  config.eval_every_steps = 5_000
+  config.checkpoint_every_steps = 1_000
+  config.keep_checkpoints = 3  # the latest k, plus the best by MAE.
+  config.backbone_weights = ""  # converted ImageNet VGG16-BN weights (.msgpack), if any.
+  return config

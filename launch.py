@@ -1,0 +1,78 @@
+"""Train or evaluate CFRNet.
+
+    python launch.py --config configs/default.py --workdir runs/quickstart
+    python launch.py --config configs/shha.py --workdir runs/shha --config.batch_size=8
+    python launch.py --config configs/shha.py --workdir runs/shha --mode evaluate
+
+The same command runs on one CPU, one GPU, a multi-GPU host or several hosts: it uses
+every device it sees, along the mesh's `data` axis. On several hosts, set
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run under SLURM or on
+a TPU pod slice, where JAX finds them itself) and start it on every host.
+"""
+
+import logging as std_logging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file in configs/.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, "
+                               "evaluation results.", required=True)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                          "train (resumes from the workdir's checkpoint if there is one) "
+                          "or evaluate (the best checkpoint on the evaluation split).")
+_SPLIT = flags.DEFINE_string("split", None, "evaluate: the split (default: the config's "
+                             "evaluation split, e.g. test; nwpu_crowd's test writes a "
+                             "submission file).")
+
+
+def _initialize_distributed():
+  """Joins the other hosts when the environment describes a multi-host job."""
+  import jax
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+    jax.distributed.initialize()
+
+
+class _OwnInfoOnly:
+  """Shows INFO lines of this project only (libraries such as Orbax log every save at
+  INFO); warnings and errors from everywhere."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > std_logging.INFO or any(
+        part in record.pathname for part in ("cfrnet_jax", "tfds_crowd", "launch.py"))
+
+
+def main(argv):
+  del argv
+  logging.get_absl_logger().addFilter(_OwnInfoOnly())
+  _initialize_distributed()
+  import jax
+
+  from cfrnet_jax import train
+  from tfds_crowd.build import ensure_synthetic
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/default.py")
+  logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  if jax.process_index() == 0:
+    ensure_synthetic(config.data)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("datasets ready")
+  if _MODE.value == "train":
+    train.train_and_evaluate(config, _WORKDIR.value)
+  else:
+    train.evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

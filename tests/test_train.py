@@ -1,0 +1,280 @@
+"""Training: sharded steps, multi-host lockstep, checkpoints, preemption, evaluation."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cfrnet_jax import evaluation, sharding, train
+from tests.conftest import TINY_TRAIN_FLAGS, tiny_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixed_batch(batch_size=8, crop=128, max_points=128):
+  """Crops of synthetic crowd images with their heads, as the pipeline ships them."""
+  from cfrnet_jax.input_pipeline import TrainCrop
+  from tfds_crowd.synthetic_crowd import render_crowd_image
+  config = tiny_train_config(None)
+  config.data.max_points = max_points
+  transform = TrainCrop(config.data)
+  crops = []
+  for i in range(batch_size):
+    data, points = render_crowd_image(np.random.default_rng([7, i]))
+    crops.append(transform.random_map({"image": data, "points": points,
+                                       "filename": b"synthetic"},
+                                      np.random.default_rng(i)))
+  return {key: np.stack([c[key] for c in crops]) for key in crops[0]}
+
+
+STEP_SCRIPT = textwrap.dedent("""
+    import os, sys, numpy as np
+    {setup}
+    import jax
+    sys.path.insert(0, {repo!r})
+    from tests.conftest import tiny_train_config
+    from tests.test_train import fixed_batch
+    from cfrnet_jax import sharding, train
+    config = tiny_train_config(None)
+    mesh = sharding.create_mesh()
+    graphdef = train.model_graphdef(config)
+    state, state_sharding = train.create_train_state(config, mesh)
+    step = train.jit_train_step(config, graphdef, mesh, state_sharding)
+    batch = fixed_batch()
+    rows = len(batch["image"]) // jax.process_count()
+    mine = {{k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+            for k, v in batch.items()}}
+    for _ in range({steps}):
+      state, metrics = step(state, sharding.make_global_batch(mine, mesh))
+    leaves = jax.tree_util.tree_leaves_with_path(train.local_copy(
+        {{"params": state.params, "batch_stats": state.batch_stats,
+          "mu": state.opt_state[0].mu}}))
+    np.savez({out!r}, **{{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}},
+             devices=np.int32(jax.device_count()), loss=np.asarray(metrics["loss"]))
+""")
+
+
+def run_steps(out: Path, steps: int, setup: str = "", env=None) -> dict:
+  script = STEP_SCRIPT.format(setup=setup, repo=str(REPO), steps=steps, out=str(out))
+  subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env=env)
+  return dict(np.load(out))
+
+
+def _zero_gradient(key: str) -> bool:
+  """Parameters whose true gradient is exactly 0 in training mode, so what is computed
+  for them is float noise: the backbone's conv biases (kept for the torchvision port)
+  feed BatchNorm, which removes any per-channel constant; the key half of an attention
+  block's `key_value` bias shifts all logits of a query equally, which softmax ignores."""
+  return key.endswith("['conv']['bias']") or key.endswith("['key_value']['bias']")
+
+
+def assert_same_step(a: dict, b: dict):
+  """Two runs of the same steps on different device layouts agree to float tolerance.
+
+  Reductions run in another order, so gradients differ in their last bits, amplified a
+  little through the BatchNorms of a deep network: Adam's first moment (0.1 x the
+  gradient) must agree per parameter to 1% in norm (seen: at most 0.2%). Adam turns every
+  gradient entry into about +-learning rate, so an update's sign is only determined
+  where the gradient is well above that noise: parameters are compared (to 1e-5) where
+  it exceeds 1e-3 of the parameter's largest entry."""
+  np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+  keys = sorted(k for k in a if k not in ("devices", "loss"))
+  assert keys == sorted(k for k in b if k not in ("devices", "loss"))
+  for key in keys:
+    if key.startswith("['batch_stats']"):
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    elif key.startswith("['mu']") and not _zero_gradient(key):
+      error = np.linalg.norm(a[key] - b[key]) / np.linalg.norm(a[key])
+      assert error < 1e-2, (key, error)
+    elif key.startswith("['params']"):
+      mu = np.abs(a["['mu']" + key[len("['params']"):]])
+      clear = mu > 1e-3 * mu.max()
+      if _zero_gradient(key):
+        continue
+      np.testing.assert_allclose(a[key][clear], b[key][clear], rtol=1e-5, atol=1e-6,
+                                 err_msg=key)
+
+
+def test_step_on_8_devices_equals_1_device(tmp_path):
+  """Same global batch, one step: the sharded step computes what one device computes
+  (float32 reductions in another order: tolerance 1e-5 relative)."""
+  one = run_steps(tmp_path / "one.npz", 1)
+  eight = run_steps(tmp_path / "eight.npz", 1, setup=(
+      'os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"'))
+  assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
+  assert_same_step(one, eight)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
+  port = _free_port()
+  setup = textwrap.dedent("""
+      import jax
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
+                                 process_id=int(os.environ["PROCESS_ID"]))
+  """).format(port=port)
+  script = lambda i: STEP_SCRIPT.format(setup=setup, repo=str(REPO), steps=1,
+                                        out=str(tmp_path / f"host{i}.npz"))
+  procs = [subprocess.Popen([sys.executable, "-c", script(i)], cwd=REPO,
+                            env={**os.environ, "PROCESS_ID": str(i)}) for i in range(2)]
+  assert [p.wait(timeout=300) for p in procs] == [0, 0]
+  hosts = [dict(np.load(tmp_path / f"host{i}.npz")) for i in range(2)]
+  assert int(hosts[0]["devices"]) == 2
+  for key in hosts[0]:  # replicated state: bit-identical on both hosts
+    np.testing.assert_array_equal(hosts[0][key], hosts[1][key], err_msg=key)
+  single = run_steps(tmp_path / "single.npz", 1)
+  assert_same_step(hosts[0], single)
+
+
+def launch(workdir, data_dir, *flags):
+  return [sys.executable, "launch.py", "--config", "configs/default.py",
+          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
+          *TINY_TRAIN_FLAGS, *flags]
+
+
+def restore_params(workdir: Path, step: int) -> dict:
+  """Plain Orbax, as the README shows: no cfrnet_jax code involved."""
+  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+  flat = jax.tree_util.tree_leaves_with_path({"params": state["params"]})
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
+  deadline = time.time() + timeout
+  while not path.exists():
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    assert time.time() < deadline, f"no {path} after {timeout} s"
+    time.sleep(0.05)
+
+
+def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
+  flags = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=4",
+           "--config.eval_every_steps=1000", "--config.log_every_steps=4")
+  subprocess.run(launch(tmp_path / "straight", synthetic_data_dir, *flags), check=True,
+                 cwd=REPO, capture_output=True)
+  proc = subprocess.Popen(launch(tmp_path / "killed", synthetic_data_dir, *flags),
+                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  _wait_for(tmp_path / "killed" / "checkpoints" / "8", proc)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL
+  kept = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
+                if p.name.isdigit())
+  assert kept and kept[-1] < 40
+  subprocess.run(launch(tmp_path / "killed", synthetic_data_dir, *flags), check=True,
+                 cwd=REPO, capture_output=True)
+  # Deterministic CPU kernels and the restored data iterator: identical parameters.
+  straight = restore_params(tmp_path / "straight", 40)
+  resumed = restore_params(tmp_path / "killed", 40)
+  assert sorted(straight) == sorted(resumed)
+  for key in straight:
+    np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(launch(workdir, synthetic_data_dir, "--config.num_train_steps=10000",
+                                 "--config.checkpoint_every_steps=5",
+                                 "--config.eval_every_steps=100000"),
+                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _wait_for(workdir / "checkpoints" / "5", proc)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, output
+  assert "Preempted: saved step" in output
+  stopped_at = int(output.split("Preempted: saved step ")[1].split()[0])
+  assert stopped_at >= 5
+  params = restore_params(workdir, stopped_at)
+  assert params and all(np.isfinite(v).all() for v in params.values())
+
+
+def test_padding_an_evaluation_image_does_not_change_its_count(synthetic_data_dir):
+  config = tiny_train_config(synthetic_data_dir)
+  mesh = sharding.create_mesh()
+  state, _ = train.create_train_state(config, mesh)
+  graphdef = train.model_graphdef(config)
+  count_fn = evaluation.make_count_fn(graphdef, config.data)
+  image = np.random.default_rng(0).integers(0, 255, (1, 130, 201, 3)).astype(np.uint8)
+  valid_size = np.array([[130, 201]], np.int32)
+  counts = []
+  for bucket in (128, 256, 512):  # pad to 256x256, 256x256 and 512x512
+    height, width = -(-130 // bucket) * bucket, -(-201 // bucket) * bucket
+    padded = np.zeros((1, height, width, 3), np.uint8)
+    padded[:, :130, :201] = image
+    counts.append(float(count_fn(state.params, state.batch_stats, padded, valid_size)[0][0]))
+  # 128 and 256 both pad to 256x256 (the model's own padding): exactly equal.
+  assert counts[0] == counts[1]
+  # And the unpadded image through the model (which pads to 256x256 itself) agrees.
+  from flax import nnx
+  model = nnx.merge(graphdef, state.params, state.batch_stats)
+  model.eval()
+  from cfrnet_jax.input_pipeline import normalize_images
+  direct = float(model(normalize_images(image, valid_size, config.data))["density"].sum())
+  np.testing.assert_allclose(counts[0], direct, rtol=1e-5)
+  config.data.eval_bucket = 96
+  with pytest.raises(ValueError, match="multiple of the model's padding multiple 128"):
+    train.check_eval_bucket(config)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthetic_data_dir):
+  config = tiny_train_config(synthetic_data_dir, num_train_steps=6, log_every_steps=3,
+                             checkpoint_every_steps=3, eval_every_steps=1000)
+  config.model.density_scale = 1e30  # the squared error overflows to inf at step 0
+  with pytest.raises(FloatingPointError, match="NaN or inf at step 0"):
+    train.train_and_evaluate(config, str(tmp_path))
+  checkpoints = tmp_path / "checkpoints"
+  assert not checkpoints.exists() or not [p for p in checkpoints.iterdir() if p.name.isdigit()]
+
+
+def test_evaluate_mode_writes_predictions_and_metrics(tmp_path, synthetic_data_dir):
+  config = tiny_train_config(synthetic_data_dir, num_train_steps=2, eval_every_steps=2,
+                             checkpoint_every_steps=2, log_every_steps=1)
+  metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert set(metrics) == {"mae", "mse", "nae", "images"} and metrics["images"] == 4
+  rows = evaluation.read_predictions(tmp_path / "eval" / "step_2" / "predictions.csv")
+  true = np.array([r[1] for r in rows])
+  predicted = np.array([r[2] for r in rows])
+  np.testing.assert_allclose(metrics["mae"], np.abs(predicted - true).mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["mse"], np.sqrt(((predicted - true) ** 2).mean()),
+                             rtol=1e-5)
+  again = train.evaluate_checkpoint(config, str(tmp_path))
+  np.testing.assert_allclose(again["mae"], metrics["mae"], rtol=1e-5)
+  config_json = json.loads((tmp_path / "config.json").read_text())
+  assert config_json["data"]["eval_split"] == "test[:4]"
+  assert list((tmp_path / "tensorboard").iterdir())
+
+
+def test_unlabeled_split_writes_a_submission_file(tmp_path):
+  from tests.test_tfds_crowd import test_nwpu_crowd_from_official_zips_with_unlabeled_test
+  test_nwpu_crowd_from_official_zips_with_unlabeled_test(tmp_path)  # builds nwpu_crowd
+  config = tiny_train_config(str(tmp_path / "data"))
+  config.data.name = "nwpu_crowd"
+  mesh = sharding.create_mesh()
+  state, _ = train.create_train_state(config, mesh)
+  out = tmp_path / "eval"
+  assert train.evaluate(config, train.model_graphdef(config), state, "test", out) is None
+  lines = (out / "submission.txt").read_text().splitlines()
+  assert len(lines) == 1 and lines[0].split()[0] == "0004"
+  float(lines[0].split()[1])
+
+
+def test_count_metrics_by_hand():
+  metrics = evaluation.count_metrics([10, 0, 4], [12, 1, 1])
+  assert metrics["mae"] == pytest.approx(2.0)
+  assert metrics["mse"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
+  assert metrics["nae"] == pytest.approx((2 / 10 + 3 / 4) / 2)  # images with people only
