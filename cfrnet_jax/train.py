@@ -35,7 +35,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cfrnet_jax import checkpointing, evaluation, input_pipeline, sharding
+from cfrnet_jax import checkpointing, evaluation, input_pipeline, pretrained, sharding
 from cfrnet_jax.losses import cfrnet_loss
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES, build_model, pad_multiple
 from cfrnet_jax.targets import batch_density_targets
@@ -254,6 +254,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
   else:
     state, state_sharding = create_train_state(config, mesh)
+    if config.backbone_weights:
+      params, batch_stats, loaded = pretrained.load_backbone(
+          state.params, state.batch_stats, config.backbone_weights)
+      state = state.replace(params=params, batch_stats=batch_stats)
+      logging.info("Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
+                   "BatchNorm layers of the backbone; the rest is freshly initialised.",
+                   config.backbone_weights, loaded)
   train_step = jit_train_step(config, graphdef, mesh, state_sharding)
   writer = _metric_writer(workdir)
   preemption = _Preemption()
