@@ -73,6 +73,8 @@ def main():
   parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"],
                       help="HEIGHTxWIDTH input sizes")
   parser.add_argument("--runs", type=int, default=5, help="timed runs per size")
+  parser.add_argument("--memory_sizes", nargs="*", default=["1024x768", "2048x2048"],
+                      help="sizes whose inference memory XLA reports (compiled, not run)")
   args = parser.parse_args()
   sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
 
@@ -103,6 +105,14 @@ def main():
       times.append(time.perf_counter() - start)
     print(f"| {height}x{width} | {flops / 1e9:.1f} | {statistics.median(times):.3f} |"
           f" {args.runs} |")
+
+  print("\n| input (HxW) | inference memory, XLA arguments + temporaries (GB) |")
+  print("|---|---|")
+  for size in args.memory_sizes:
+    height, width = (int(v) for v in size.split("x"))
+    memory = forward.lower(state, jnp.zeros((1, height, width, 3))).compile().memory_analysis()
+    total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30
+    print(f"| {height}x{width} | {total:.2f} |")
 
   print("\n| input | CFRM | high map | window k | gap i | XLA GFLOPs | our matmul "
         "formula | Eq. 6 |")

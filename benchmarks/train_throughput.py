@@ -5,7 +5,10 @@
 
 Times `train.train_step` (targets rendered in the step, forward, backward, Adam update,
 state donated) on a fixed batch laid out over all visible devices, after one warm-up
-step, and prints the median over `--steps` steps.
+step, and prints the median over `--steps` steps. Before running it prints the memory
+XLA's compiled step needs (arguments + temporaries, from `memory_analysis()`) and skips
+configurations that need more than `--max_memory_gb` (default: 80% of this machine's
+RAM on CPU).
 """
 
 from __future__ import annotations
@@ -41,13 +44,17 @@ def main():
   parser.add_argument("--batch_sizes", type=int, nargs="+", default=[4, 32])
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
   parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--max_memory_gb", type=float, default=None)
   args = parser.parse_args()
+  if args.max_memory_gb is None:
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    args.max_memory_gb = 0.8 * ram if jax.devices()[0].platform == "cpu" else float("inf")
   device = jax.devices()[0]
   print(f"# train_throughput  {datetime.date.today()}  {platform.machine()}  "
         f"{os.cpu_count()} cpus  jax {jax.__version__}  {jax.device_count()} x "
         f"{device.device_kind} ({device.platform})")
-  print("| batch | dtype | step (s) | images/s | steps timed |")
-  print("|---|---|---|---|---|")
+  print("| batch | dtype | step memory (GB, XLA) | step (s) | images/s | steps timed |")
+  print("|---|---|---|---|---|---|")
   mesh = sharding.create_mesh()
   for dtype in args.dtypes:
     for batch_size in args.batch_sizes:
@@ -59,6 +66,12 @@ def main():
       step = train.jit_train_step(config, graphdef, mesh, state_sharding)
       batch = sharding.make_global_batch(
           synthetic_batch(batch_size, config.data.crop_size, config.data.max_points), mesh)
+      memory = step.lower(state, batch).compile().memory_analysis()
+      gigabytes = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30
+      if gigabytes > args.max_memory_gb:
+        print(f"| {batch_size} | {dtype} | {gigabytes:.1f} | skipped: more than "
+              f"{args.max_memory_gb:.0f} GB | | |", flush=True)
+        continue
       state, _ = step(state, batch)
       jax.block_until_ready(state)
       times = []
@@ -68,8 +81,8 @@ def main():
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
       seconds = statistics.median(times)
-      print(f"| {batch_size} | {dtype} | {seconds:.3f} | {batch_size / seconds:.1f} |"
-            f" {args.steps} |", flush=True)
+      print(f"| {batch_size} | {dtype} | {gigabytes:.1f} | {seconds:.3f} |"
+            f" {batch_size / seconds:.2f} | {args.steps} |", flush=True)
 
 
 if __name__ == "__main__":
