@@ -278,3 +278,26 @@ def test_count_metrics_by_hand():
   assert metrics["mae"] == pytest.approx(2.0)
   assert metrics["mse"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
   assert metrics["nae"] == pytest.approx((2 / 10 + 3 / 4) / 2)  # images with people only
+
+
+def test_ucf_cc_50_protocol_runs_five_folds_and_averages(tmp_path, monkeypatch):
+  """The orchestration of the five folds (each fold's training is the tested loop)."""
+  from configs import ucf_cc_50
+  from cfrnet_jax.input_pipeline import resolve_splits
+  seen = []
+  run_folds = train.train_and_evaluate
+
+  def one_fold(config, workdir):
+    if config.data.fold == 0:
+      return run_folds(config, workdir)
+    seen.append((config.data.fold, resolve_splits(config.data), Path(workdir).name))
+    return {"mae": 10.0 * config.data.fold, "mse": 20.0 * config.data.fold}
+
+  monkeypatch.setattr(train, "train_and_evaluate", one_fold)
+  config = ucf_cc_50.get_config()
+  assert config.data.fold == 0
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert [fold for fold, _, _ in seen] == [1, 2, 3, 4, 5]
+  assert seen[2][1] == ("fold1+fold2+fold4+fold5", "fold3") and seen[2][2] == "fold_3"
+  assert summary["mae"] == pytest.approx(30.0) and summary["mse"] == pytest.approx(60.0)
+  assert json.loads((tmp_path / "folds_summary.json").read_text())["mae"] == pytest.approx(30.0)
