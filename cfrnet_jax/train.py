@@ -235,7 +235,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
   """Trains, evaluates and checkpoints in `workdir`; resumes if it holds a checkpoint.
 
-  Returns the last evaluation's metrics (host 0; None elsewhere). For UCF_CC_50 with
+  Returns the last evaluation's metrics (the same on every host). For UCF_CC_50 with
   `data.fold = 0`, runs the five folds in `workdir/fold_k` and returns their mean.
   """
   if "fold" in config.data and config.data.fold == 0:
