@@ -3,6 +3,7 @@
     python launch.py --config configs/default.py --workdir runs/quickstart
     python launch.py --config configs/shha.py --workdir runs/shha --config.batch_size=8
     python launch.py --config configs/shha.py --workdir runs/shha --mode evaluate
+    python launch.py --mode predict --workdir runs/shha --images "photos/*.jpg" --out results
 
 The same command runs on one CPU, one GPU, a multi-GPU host or several hosts: it uses
 every device it sees, along the mesh's `data` axis. On several hosts, set
@@ -20,12 +21,35 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file in config
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, "
                                "evaluation results.", required=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
-                          "train (resumes from the workdir's checkpoint if there is one) "
-                          "or evaluate (the best checkpoint on the evaluation split).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
+                          "train (resumes from the workdir's checkpoint if there is one), "
+                          "evaluate (the best checkpoint on the evaluation split) or "
+                          "predict (the best checkpoint on --images).")
 _SPLIT = flags.DEFINE_string("split", None, "evaluate: the split (default: the config's "
                              "evaluation split, e.g. test; nwpu_crowd's test writes a "
                              "submission file).")
+
+
+_IMAGES = flags.DEFINE_multi_string("images", None, "predict: image files, directories "
+                                    "(searched recursively) or glob patterns; repeatable.")
+_OUT = flags.DEFINE_string("out", None, "predict: output directory (default: "
+                           "WORKDIR/predictions).")
+_SAVE_DENSITY = flags.DEFINE_bool("save_density", False, "predict: also write each raw "
+                                  "density map as a .npy file.")
+_STEP = flags.DEFINE_integer("step", None, "predict: the checkpoint step (default: the "
+                             "best by evaluation MAE, else the latest).")
+
+
+def _predict(config):
+  """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
+  without it the run's own `config.json` is used."""
+  from cfrnet_jax.predict import CrowdCounter, predict_files
+  if not _IMAGES.value:
+    raise app.UsageError("--mode predict needs --images (files, directories or globs).")
+  counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
+  predict_files(counter, _IMAGES.value, _OUT.value or os.path.join(_WORKDIR.value,
+                                                                   "predictions"),
+                save_density=_SAVE_DENSITY.value)
 
 
 def _initialize_distributed():
@@ -52,6 +76,8 @@ class _OwnInfoOnly:
 def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_OwnInfoOnly())
+  if _MODE.value == "predict":
+    return _predict(_CONFIG.value)
   _initialize_distributed()
   import jax
 

@@ -24,11 +24,12 @@ import numpy as np
 from flax import nnx
 
 from cfrnet_jax.input_pipeline import normalize_images
+from cfrnet_jax.models.cfrnet import DENSITY_STRIDE
 
 
 def make_count_fn(graphdef: nnx.GraphDef, data_config: ml_collections.ConfigDict):
   """jit(params, batch_stats, image uint8 (1, H, W, 3), valid_size (1, 2)) -> (count (1,),
-  density (1, H/4, W/4)); compiles once per bucket shape."""
+  density (1, H/4, W/4), the whole padded map); compiles once per input shape."""
 
   @jax.jit
   def count(params, batch_stats, image, valid_size):
@@ -36,8 +37,9 @@ def make_count_fn(graphdef: nnx.GraphDef, data_config: ml_collections.ConfigDict
     model.eval()
     density = model(normalize_images(image, valid_size, data_config))["density"]
     density = density[..., 0].astype(jnp.float32)
-    rows = jnp.arange(density.shape[1])[None, :, None] < -(-valid_size[:, 0, None, None] // 4)
-    cols = jnp.arange(density.shape[2])[None, None, :] < -(-valid_size[:, 1, None, None] // 4)
+    cells = -(-valid_size // DENSITY_STRIDE)
+    rows = jnp.arange(density.shape[1])[None, :, None] < cells[:, 0, None, None]
+    cols = jnp.arange(density.shape[2])[None, None, :] < cells[:, 1, None, None]
     return jnp.sum(jnp.where(rows & cols, density, 0.0), axis=(1, 2)), density
 
   return count

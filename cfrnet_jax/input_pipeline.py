@@ -44,23 +44,36 @@ def mean_colour(data_config: ml_collections.ConfigDict) -> np.ndarray:
   return np.round(255 * np.asarray(data_config.mean)).astype(np.uint8)
 
 
+def fit_max_side(image: Image.Image, max_side: int) -> Image.Image:
+  """`image` resized (bilinear, to RGB) so that its longer side is at most `max_side`;
+  unchanged when it already fits or `max_side` is 0."""
+  width, height = image.size
+  scale = max_side / max(width, height) if max_side else 1.0
+  if scale >= 1.0:
+    return image
+  size = (max(1, round(width * scale)), max(1, round(height * scale)))
+  image.draft("RGB", size)  # JPEG: decode at a reduced DCT scale when possible.
+  return image.convert("RGB").resize(size, Image.BILINEAR)
+
+
 def decode_image(data: bytes, max_side: int, where: str) -> tuple[np.ndarray, np.ndarray]:
   """Encoded bytes -> (H, W, 3) uint8 RGB, resized so that max(H, W) <= max_side
   (0 = no limit), and the (x, y) factors by which points must be scaled."""
   try:
     with Image.open(io.BytesIO(data)) as image:
       width, height = image.size
-      scale = max_side / max(width, height) if max_side else 1.0
-      if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image.draft("RGB", size)  # JPEG: decode at a reduced DCT scale when possible.
-        image = image.convert("RGB").resize(size, Image.BILINEAR)
-      else:
-        image = image.convert("RGB")
-      pixels = np.asarray(image)
+      pixels = np.asarray(fit_max_side(image, max_side).convert("RGB"))
   except Exception as error:  # Pillow raises many types for bad files.
     raise ValueError(f"{where}: cannot decode the image ({error}).") from error
   return pixels, np.array([pixels.shape[1] / width, pixels.shape[0] / height], np.float32)
+
+
+def pad_image(image: np.ndarray, shape: tuple[int, int], fill: np.ndarray) -> np.ndarray:
+  """(H, W, 3) uint8 -> `shape` + (3,), the image at the top left, the rest `fill`."""
+  padded = np.empty((*shape, 3), np.uint8)
+  padded[...] = fill
+  padded[:image.shape[0], :image.shape[1]] = image
+  return padded
 
 
 def _name(element: dict) -> str:
@@ -103,9 +116,7 @@ class TrainCrop(grain.RandomMapTransform):
       raise ValueError(
           f"{_name(element)}: {len(points)} heads in one {self.crop_size}-pixel crop, more "
           f"than data.max_points = {self.max_points}; raise --config.data.max_points.")
-    crop = np.empty((self.crop_size, self.crop_size, 3), np.uint8)
-    crop[...] = self.fill
-    crop[:crop_h, :crop_w] = patch
+    crop = pad_image(patch, (self.crop_size, self.crop_size), self.fill)
     padded = np.zeros((self.max_points, 2), np.float32)
     padded[:len(points)] = points
     return {"image": crop, "points": padded,
@@ -131,10 +142,8 @@ class EvalImage(grain.MapTransform):
   def map(self, element: dict) -> dict:
     image, _ = decode_image(element["image"], self.max_side, _name(element))
     height, width = image.shape[:2]
-    padded = np.empty((-(-height // self.bucket) * self.bucket,
-                       -(-width // self.bucket) * self.bucket, 3), np.uint8)
-    padded[...] = self.fill
-    padded[:height, :width] = image
+    padded = pad_image(image, (-(-height // self.bucket) * self.bucket,
+                               -(-width // self.bucket) * self.bucket), self.fill)
     return {"image": padded, "valid_size": np.array([height, width], np.int32),
             "count": np.int32(element["count"]), "filename": _name(element)}
 

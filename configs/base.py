@@ -80,4 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3  # the latest k, plus the best by MAE.
   config.backbone_weights = ""  # converted ImageNet VGG16-BN weights (.msgpack), if any.
+
+  # launch.py --mode predict / CrowdCounter: tiling of large images, overlay size.
+  from cfrnet_jax.predict import default_predict_config
+  config.predict = default_predict_config()
   return config

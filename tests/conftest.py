@@ -4,6 +4,9 @@ The tiny model has the same layers, windows and switches as the paper's, with na
 channels so that a forward and backward pass take well under a second on 2 CPU cores.
 """
 
+import os
+from pathlib import Path
+
 import ml_collections
 import pytest
 
@@ -64,3 +67,16 @@ def synthetic_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   build("synthetic_crowd", str(data_dir))
   return str(data_dir)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_data(name: str) -> Path:
+  """A folder of ../shared/data; CI must have it, a user's fresh clone may not."""
+  path = SHARED_DATA / name
+  if not path.is_dir():
+    if os.environ.get("CI"):
+      pytest.fail(f"{path} is missing: CI must run the real-data tests.")
+    pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo).")
+  return path

@@ -1,7 +1,6 @@
 """TFDS builders: fixtures in each official layout, built and read back exactly."""
 
 import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,22 +9,12 @@ import numpy as np
 import pytest
 import scipy.io
 
+from tests.conftest import shared_data
 from tfds_crowd import fold_splits
 from tfds_crowd.build import build
 from tfds_crowd.crowd_builder import CrowdDataError
 from tfds_crowd.synthetic_crowd import render_crowd_image
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def shared_data(name: str) -> Path:
-  """A folder of ../shared/data; CI must have it, a user's fresh clone may not."""
-  path = SHARED_DATA / name
-  if not path.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(f"{path} is missing: CI must run the real-data tests.")
-    pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo).")
-  return path
 
 
 def write_jpeg(path: Path, height: int, width: int, mode: str = "RGB"):

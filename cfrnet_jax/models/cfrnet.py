@@ -36,6 +36,9 @@ from cfrnet_jax.models.layers import ConvBNReLU
 # Stride of each supervised head's output (section 3.5); F4 has no head.
 HEAD_STRIDES = {"f1": 4, "f2": 8, "f3": 16, "f5": 4}
 LEVEL_STRIDES = (4, 8, 16, 32)  # F1..F4
+# Stride of the final density map (F5's head, or F1's without the axial decoder): one
+# cell per 4x4 pixels.
+DENSITY_STRIDE = 4
 
 
 def pad_multiple(config: ml_collections.ConfigDict) -> int:
