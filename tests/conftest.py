@@ -80,3 +80,12 @@ def shared_data(name: str) -> Path:
       pytest.fail(f"{path} is missing: CI must run the real-data tests.")
     pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo).")
   return path
+
+
+def import_torch():
+  """PyTorch: CI installs it (requirements-dev.txt) and must run the tests that need
+  it; elsewhere they skip when it is absent."""
+  if os.environ.get("CI"):
+    import torch
+    return torch
+  return pytest.importorskip("torch", reason="needs PyTorch (requirements-dev.txt)")

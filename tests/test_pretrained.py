@@ -11,11 +11,9 @@ from flax import nnx
 
 from cfrnet_jax import pretrained
 from cfrnet_jax.models.backbone import VGG16BN
+from tests.conftest import import_torch
 
-if os.environ.get("CI"):
-  import torch  # CI installs requirements-dev.txt: these tests must run there.
-else:
-  torch = pytest.importorskip("torch", reason="the weight-port tests need PyTorch")
+torch = import_torch()
 
 # torchvision's configuration "D" with batch norm, written out here (no torchvision).
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cfrnet_jax.models.conv import conv_general_dilated
+
 # torchvision's BatchNorm2d uses momentum 0.1 for the *new* batch; Flax's momentum is the
 # weight of the *old* running value, so 0.9 reproduces torchvision's running statistics.
 BATCH_NORM_MOMENTUM = 0.9
@@ -22,6 +24,7 @@ class ConvBNReLU(nnx.Module):
   """3x3 convolution + BatchNorm + ReLU: the paper's "Conv".
 
   Maps (batch, height, width, in_channels) to (batch, height, width, out_channels).
+  The convolution's kernel gradient is computed CPU-friendly on CPU (`conv.py`).
   `use_bias` exists for the backbone, whose torchvision weights carry a conv bias; every
   other Conv feeds BatchNorm directly, where a bias would be redundant.
   """
@@ -29,7 +32,8 @@ class ConvBNReLU(nnx.Module):
   def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool = False,
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(in_channels, out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                         use_bias=use_bias, rngs=rngs)
+                         use_bias=use_bias, conv_general_dilated=conv_general_dilated,
+                         rngs=rngs)
     self.norm = nnx.BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM,
                               epsilon=BATCH_NORM_EPSILON, rngs=rngs)
 
