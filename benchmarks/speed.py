@@ -10,9 +10,10 @@ backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of it
 Backends: JAX float32 and bfloat16 (our `train.jit_train_step` / `make_count_fn`, the code
 users run), the PyTorch twin (benchmarks/torch_twin) eager and under `torch.compile`.
 
-Each backend of a row is built and warmed up (compilation excluded), then the backends
-run in turn, `--repeats` times, so that machine noise hits all of them alike; the median
-is reported. What each JAX step does beyond the twin: it takes uint8 images and head
+Each backend of a row runs in its own process (PyTorch and XLA in one process slowed
+XLA's CPU step by 30% here), is built and warmed up (compilation excluded), then the
+backends run in turn, `--repeats` times, so that machine noise hits all of them alike;
+the median is reported. What each JAX step does beyond the twin: it takes uint8 images and head
 points and normalises and renders the density targets inside the step, while the twin
 gets normalised float images and finished targets (its step does less work).
 
@@ -26,8 +27,8 @@ is skipped with the figure.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -35,6 +36,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Several backends share one GPU: JAX must not take 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -205,10 +208,45 @@ def gpu_peak(dtype: str) -> float | None:
   return None
 
 
-def bench_row(name: str, backends: list[str], repeats: int, warmup: int) -> dict:
+def _worker(connection, backend: str, kind: str, batch_size: int, height: int, width: int,
+            warmup: int) -> None:
+  """One backend in its own process: build, warm up, then time one unit per request."""
+  try:
+    start = time.perf_counter()
+    if backend.startswith("jax"):
+      dtype = "bfloat16" if backend == "jax_bf16" else "float32"
+      run, flops, memory = jax_runner(kind, dtype, batch_size, height, width)
+      info = {"flops": flops, "memory_gb": round(memory, 2)}
+      if memory > 0.9 * available_memory_gb():
+        info["skipped"] = (f"needs {memory:.1f} GB (XLA), the machine has "
+                           f"{available_memory_gb():.0f} GB")
+        connection.send(info)
+        return
+    else:
+      run, info = torch_runner(kind, backend == "torch_compile", batch_size, height, width), {}
+    for _ in range(warmup):
+      run()
+    _sync()
+    info["setup_s"] = round(time.perf_counter() - start, 1)
+  except Exception as error:  # one backend failing is a result, not the end of the run.
+    connection.send({"failed": f"{type(error).__name__}: {error}"[:300]})
+    return
+  connection.send(info)
+  while connection.recv() == "run":
+    start = time.perf_counter()
+    run()
+    _sync()
+    connection.send(time.perf_counter() - start)
+
+
+def bench_row(name: str, backends: list[str], repeats: int, warmup: int,
+              setup_limit_s: float) -> dict:
+  """Every backend in its own process (measured here: PyTorch and XLA in one process
+  slow XLA's CPU step by 30%), built one after the other, then timed in turns."""
   kind, batch_size, height, width = ROWS[name]
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
-  runners, too_big = {}, None
+  context = multiprocessing.get_context("spawn")
+  workers, too_big = {}, None
   for backend in backends:
     if kind == "backbone" and backend not in ("jax_fp32", "torch_eager"):
       continue
@@ -216,35 +254,30 @@ def bench_row(name: str, backends: list[str], repeats: int, warmup: int) -> dict
       # PyTorch keeps the same activations for backward: do not risk the machine.
       row["results"][backend] = {"skipped": too_big}
       continue
-    try:
-      start = time.perf_counter()
-      if backend.startswith("jax"):
-        dtype = "bfloat16" if backend == "jax_bf16" else "float32"
-        run, flops, memory = jax_runner(kind, dtype, batch_size, height, width)
-        row["results"][backend] = {"flops": flops, "memory_gb": round(memory, 2)}
-        if memory > 0.9 * available_memory_gb():
-          too_big = (f"needs {memory:.1f} GB (XLA), the machine has "
-                     f"{available_memory_gb():.0f} GB")
-          row["results"][backend]["skipped"] = too_big
-          continue
-      else:
-        run = torch_runner(kind, backend == "torch_compile", batch_size, height, width)
-        row["results"][backend] = {}
-      for _ in range(warmup):
-        run()
-      _sync()
-      row["results"][backend]["setup_s"] = round(time.perf_counter() - start, 1)
-      runners[backend] = run
-    except Exception as error:  # report and go on: one backend failing is a result.
-      row["results"].setdefault(backend, {})["failed"] = f"{type(error).__name__}: {error}"[:300]
-    print(f"  {name} {backend}: ready {row['results'][backend]}", flush=True)
-  times = {backend: [] for backend in runners}
+    connection, child = context.Pipe()
+    process = context.Process(target=_worker, args=(
+        child, backend, kind, batch_size, height, width, warmup))
+    process.start()
+    if connection.poll(setup_limit_s):
+      row["results"][backend] = connection.recv()
+    else:
+      row["results"][backend] = {"failed": f"not ready (compiled and warmed up) within "
+                                           f"{setup_limit_s:.0f} s"}
+    result = row["results"][backend]
+    too_big = too_big or result.get("skipped")
+    if "setup_s" in result:
+      workers[backend] = (process, connection)
+    else:
+      process.kill()
+    print(f"  {name} {backend}: {result}", flush=True)
+  times = {backend: [] for backend in workers}
   for _ in range(repeats):
-    for backend, run in runners.items():
-      start = time.perf_counter()
-      run()
-      _sync()
-      times[backend].append(time.perf_counter() - start)
+    for backend, (_, connection) in workers.items():
+      connection.send("run")
+      times[backend].append(connection.recv())
+  for process, connection in workers.values():
+    connection.send("stop")
+    process.join()
   for backend, values in times.items():
     result = row["results"][backend]
     result["median_s"] = statistics.median(values)
@@ -258,8 +291,6 @@ def bench_row(name: str, backends: list[str], repeats: int, warmup: int) -> dict
   for backend in ("jax_fp32", "jax_bf16"):
     if eager and "median_s" in row["results"].get(backend, {}):
       row["results"][backend]["ratio_to_torch_eager"] = row["results"][backend]["median_s"] / eager
-  del runners
-  gc.collect()
   return row
 
 
@@ -290,6 +321,10 @@ def main():
   parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--setup_limit_s", type=float, default=900,
+                      help="a backend not compiled and warmed up by then is reported as "
+                           "failed (torch.compile at 2048x1536 on 2 CPU cores did not "
+                           "finish in 20 minutes)")
   parser.add_argument("--out", help="also write the results as JSON here")
   args = parser.parse_args()
   if TORCH_DEVICE == "cuda":
@@ -303,7 +338,8 @@ def main():
   print(json.dumps(header), flush=True)
   rows = []
   for name in args.rows:
-    rows.append(bench_row(name, args.backends, args.repeats, args.warmup))
+    rows.append(bench_row(name, args.backends, args.repeats, args.warmup,
+                          args.setup_limit_s))
     print(json.dumps(rows[-1]), flush=True)
   print(markdown(rows))
   if args.out:
