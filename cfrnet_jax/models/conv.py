@@ -12,7 +12,10 @@ dimension split into a few independent batched products so that every core gets 
 `conv_general_dilated` is a drop-in for `jax.lax.conv_general_dilated`, passed to
 `nnx.Conv`: on the CPU backend, for undilated stride-1 NHWC convolutions with explicit
 padding (every "Conv" of the paper), it uses this gradient; everywhere else (GPU, TPU,
-other convolutions) it is `lax.conv_general_dilated` itself. Values are identical;
+other convolutions) it is `lax.conv_general_dilated` itself. Multi-process CPU runs
+(jax.distributed with gloo, which we use only to test multi-host code) also keep XLA's
+gradient: with the tap loop in the step, the two processes' gloo all-reduces came out
+of step ("received data size doesn't match"; tests/test_train.py caught it). Values are identical;
 gradients agree to float32 rounding (tests/test_conv.py).
 """
 
@@ -80,7 +83,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          precision=None, **kwargs):
   """`lax.conv_general_dilated`, with the split kernel gradient where it applies."""
   specs = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS)
-  applies = (jax.default_backend() == "cpu" and lhs.ndim == 4
+  applies = (jax.default_backend() == "cpu" and jax.process_count() == 1 and lhs.ndim == 4
              and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
              and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and feature_group_count == 1 and dimension_numbers == specs
