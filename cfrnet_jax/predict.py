@@ -32,7 +32,7 @@ from absl import logging
 from flax import nnx
 from PIL import Image
 
-from cfrnet_jax import checkpointing, evaluation, overlay, sharding, tiling
+from cfrnet_jax import checkpointing, evaluation, overlay, sharding, tiling, train
 from cfrnet_jax.input_pipeline import fit_max_side, mean_colour, pad_image
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE, build_model, pad_multiple
 from cfrnet_jax.user_images import IMAGE_SUFFIXES, ImageSource, collect_images, load_image
@@ -66,15 +66,11 @@ class CrowdCounter:
       config = ml_collections.ConfigDict(config.to_dict())
       config.predict = default_predict_config()
     self.config = config
+    train.check_eval_bucket(config)
     self._multiple = pad_multiple(config.model)
-    if config.data.eval_bucket % self._multiple:
-      raise ValueError(f"data.eval_bucket = {config.data.eval_bucket} must be a multiple "
-                       f"of the model's padding multiple {self._multiple}.")
     self._tile_size, self._overlap = config.predict.tile_size, config.predict.tile_overlap
     tiling.check_tiling(self._tile_size, self._overlap, self._multiple, DENSITY_STRIDE)
-    abstract = nnx.eval_shape(lambda: build_model(config.model, 0))
-    graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    self._count_fn = evaluation.make_count_fn(graphdef, config.data)
+    self._count_fn = evaluation.make_count_fn(train.model_graphdef(config), config.data)
     self._params, self._batch_stats = params, batch_stats
     self._background = mean_colour(config.data)
     self._shapes: set[tuple[int, int]] = set()
@@ -85,7 +81,6 @@ class CrowdCounter:
     """The model of `workdir`'s checkpoint at `step` (default: the best by evaluation
     MAE, else the latest), with the config the run saved in `workdir/config.json`
     unless `config` is given."""
-    from cfrnet_jax import train  # the state's structure; imported late (tensorboardX).
     workdir = Path(workdir)
     if config is None:
       config_path = workdir / "config.json"
