@@ -43,7 +43,8 @@ _STEP = flags.DEFINE_integer("step", None, "predict: the checkpoint step (defaul
 def _predict(config):
   """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
   without it the run's own `config.json` is used."""
-  from cfrnet_jax.predict import CrowdCounter, predict_files
+  from cfrnet_jax.inference.counter import CrowdCounter
+  from cfrnet_jax.inference.predict_mode import predict_files
   if not _IMAGES.value:
     raise app.UsageError("--mode predict needs --images (files, directories or globs).")
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
@@ -64,24 +65,28 @@ def _initialize_distributed():
     jax.distributed.initialize()
 
 
-class _OwnInfoOnly:
-  """Shows INFO lines of this project only (libraries such as Orbax log every save at
-  INFO); warnings and errors from everywhere."""
+class _LogFilter:
+  """What the command shows: INFO lines of this project only (libraries such as Orbax
+  log every save at INFO); warnings and errors from everywhere, except Orbax's notice at
+  every training save that it got no metrics (by design: only evaluations have an MAE
+  to rank checkpoints by)."""
 
   def filter(self, record) -> bool:
-    return record.levelno > std_logging.INFO or any(
-        part in record.pathname for part in ("cfrnet_jax", "tfds_crowd", "launch.py"))
+    if record.levelno <= std_logging.INFO:
+      return any(part in record.pathname for part in ("cfrnet_jax", "tfds_crowd", "launch.py"))
+    return "did not provide metrics" not in record.getMessage()
 
 
 def main(argv):
   del argv
-  logging.get_absl_logger().addFilter(_OwnInfoOnly())
+  logging.get_absl_logger().addFilter(_LogFilter())
   if _MODE.value == "predict":
     return _predict(_CONFIG.value)
   _initialize_distributed()
   import jax
 
-  from cfrnet_jax import train
+  from cfrnet_jax import cross_validation, evaluation
+  from cfrnet_jax.training import trainer
   from tfds_crowd.build import ensure_synthetic
   config = _CONFIG.value
   if config is None:
@@ -95,9 +100,10 @@ def main(argv):
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("datasets ready")
   if _MODE.value == "train":
-    train.train_and_evaluate(config, _WORKDIR.value)
+    cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
   else:
-    train.evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value)
+    cross_validation.run_folds(config, _WORKDIR.value, lambda fold_config, workdir: (
+        evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)))
 
 
 if __name__ == "__main__":

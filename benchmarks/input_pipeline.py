@@ -31,9 +31,10 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import cfrnet_jax  # noqa: E402
-from cfrnet_jax import input_pipeline  # noqa: E402
-from cfrnet_jax.losses import cfrnet_loss  # noqa: E402
-from cfrnet_jax.targets import batch_density_targets  # noqa: E402
+from cfrnet_jax.data import pipeline  # noqa: E402
+from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
+from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
+from cfrnet_jax.training.losses import cfrnet_loss  # noqa: E402
 from configs import ucf_cc_50  # noqa: E402
 from tfds_crowd.build import build  # noqa: E402
 
@@ -52,12 +53,13 @@ def median_seconds(function, runs: int) -> float:
 def device_preprocess(config):
   """What the jitted step does with a host batch before the model."""
   def preprocess(batch):
-    images = input_pipeline.normalize_images(batch["image"], batch["valid_size"],
-                                             config.data)
+    images = normalize_images(batch["image"], batch["valid_size"], config.data.mean,
+                              config.data.std)
     targets = batch_density_targets(batch["points"], batch["valid"],
                                     batch["image"].shape[1:3],
                                     valid_size=batch["valid_size"],
-                                    strides=HEAD_STRIDE_SET)
+                                    strides=HEAD_STRIDE_SET, sigma=config.targets.sigma,
+                                    foreground_radius=config.targets.foreground_radius)
     return images, targets
   return jax.jit(preprocess)
 
@@ -78,12 +80,12 @@ def main():
   with tempfile.TemporaryDirectory() as data_dir:
     build("ucf_cc_50", data_dir, args.shared)
     config.data.data_dir = data_dir
-    source = input_pipeline.open_split(config.data, "fold1+fold2+fold3+fold4+fold5")
+    source = pipeline.open_split(config.data, "fold1+fold2+fold3+fold4+fold5")
     print("| workers | crops/s (batch 32) | batches timed |")
     print("|---|---|---|")
     for workers in args.workers:
       config.data.num_workers = workers
-      iterator = iter(input_pipeline.create_train_loader(config, source))
+      iterator = iter(pipeline.create_train_loader(config, source))
       batch = next(iterator)  # start-up (worker processes) is not timed
       start = time.perf_counter()
       for _ in range(args.batches):

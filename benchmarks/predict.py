@@ -31,7 +31,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from cfrnet_jax.predict import CrowdCounter, predict_files  # noqa: E402
+from cfrnet_jax.inference.counter import CrowdCounter  # noqa: E402
+from cfrnet_jax.inference.predict_mode import predict_files  # noqa: E402
 from tfds_crowd.synthetic_crowd import render_crowd_image  # noqa: E402
 
 SHT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sht_sample" / "images"
@@ -70,7 +71,7 @@ def tile_check(counter: CrowdCounter) -> dict:
   whole = counter.predict(image)
   config = counter.config.copy_and_resolve_references()
   config.predict.update(tile_size=512, tile_overlap=256)
-  tiled = CrowdCounter(config, counter._params, counter._batch_stats).predict(image)
+  tiled = CrowdCounter(config, counter._variables).predict(image)
   return {"image": list(image.shape[:2]), "whole": round(whole.count, 2),
           "tiled": round(tiled.count, 2), "tiles": tiled.tiles,
           "relative_difference": round(tiled.count / whole.count - 1, 4)}

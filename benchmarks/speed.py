@@ -7,7 +7,7 @@
 Rows: the training step (forward, backward, Adam update) of the paper model at 4 and 32
 crops of 256x256; inference of one 1024x768 and one 2048x1536 image; and, to follow the
 backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of its taps).
-Backends: JAX float32 and bfloat16 (our `train.jit_train_step` / `make_count_fn`, the code
+Backends: JAX float32 and bfloat16 (our `trainer.jit_train_step` / `make_count_fn`, the code
 users run), the PyTorch twin (benchmarks/torch_twin) eager and under `torch.compile`.
 
 Each backend of a row runs in its own process (PyTorch and XLA in one process slowed
@@ -47,11 +47,13 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks.torch_twin import model as twin  # noqa: E402
-from cfrnet_jax import evaluation, sharding, train  # noqa: E402
-from cfrnet_jax.input_pipeline import normalize_images  # noqa: E402
-from cfrnet_jax.models.backbone import VGG16BN  # noqa: E402
+from cfrnet_jax import evaluation  # noqa: E402
+from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
+from cfrnet_jax.models.backbone import VGG16_WIDTHS, VGG16BN  # noqa: E402
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
-from cfrnet_jax.targets import batch_density_targets  # noqa: E402
+from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
+from cfrnet_jax.state import ModelVariables, local_copy, model_graphdef  # noqa: E402
+from cfrnet_jax.training import sharding, trainer  # noqa: E402
 from configs.base import get_config  # noqa: E402
 
 ROWS = {  # name: (kind, batch, height, width)
@@ -74,7 +76,7 @@ def _sync():
 
 
 def make_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
-  """Random crops with 64 heads each, in the fields of `input_pipeline.TrainCrop`."""
+  """Random crops with 64 heads each, in the fields of `data.pipeline.TrainCrop`."""
   rng = np.random.default_rng(seed)
   points = rng.uniform(0, [width, height], (batch, 256, 2)).astype(np.float32)
   return {"image": rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8),
@@ -97,10 +99,10 @@ def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
   if kind == "backbone":
     return _jax_backbone_runner(batch_size, height, width)
   mesh = sharding.create_mesh(("data",))
-  graphdef = train.model_graphdef(config)
-  state, state_sharding = train.create_train_state(config, mesh)
+  graphdef = model_graphdef(config.model)
+  state, state_sharding = trainer.create_train_state(config, mesh)
   if kind == "train":
-    step = train.jit_train_step(config, graphdef, mesh, state_sharding)
+    step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = sharding.make_global_batch(make_batch(batch_size, height, width), mesh)
     compiled = step.lower(state, batch).compile()
     holder = {"state": state}
@@ -110,18 +112,18 @@ def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
       jax.block_until_ready(metrics["loss"])
   else:
     count_fn = evaluation.make_count_fn(graphdef, config.data)
-    params, stats = train.local_copy(state.params), train.local_copy(state.batch_stats)
+    variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
     image = jnp.asarray(make_batch(1, height, width)["image"])
     valid = jnp.array([[height, width]], jnp.int32)
-    compiled = count_fn.lower(params, stats, image, valid).compile()
+    compiled = count_fn.lower(variables, image, valid).compile()
 
     def run():
-      jax.block_until_ready(compiled(params, stats, image, valid))
+      jax.block_until_ready(compiled(variables, image, valid))
   return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
 
 
 def _jax_backbone_runner(batch_size, height, width):
-  model = VGG16BN(rngs=nnx.Rngs(0))
+  model = VGG16BN(VGG16_WIDTHS, rngs=nnx.Rngs(0))
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
   tx = optax.adam(1e-5)
@@ -157,7 +159,8 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
     network = twin.CFRNet(config.model).to(TORCH_DEVICE)
   batch = make_batch(batch_size, height, width)
   images = torch.from_numpy(np.array(normalize_images(
-      jnp.asarray(batch["image"]), jnp.asarray(batch["valid_size"]), config.data))
+      jnp.asarray(batch["image"]), jnp.asarray(batch["valid_size"]), config.data.mean,
+      config.data.std))
   ).permute(0, 3, 1, 2).contiguous().to(TORCH_DEVICE)
   if kind == "infer":
     network.eval()

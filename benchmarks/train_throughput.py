@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--batch_sizes 4 32] [--dtypes float32 bfloat16]
                                           [--steps 3]
 
-Times `train.train_step` (targets rendered in the step, forward, backward, Adam update,
+Times `trainer.train_step` (targets rendered in the step, forward, backward, Adam update,
 state donated) on a fixed batch laid out over all visible devices, after one warm-up
 step, and prints the median over `--steps` steps. Before running it prints the memory
 XLA's compiled step needs (arguments + temporaries, from `memory_analysis()`) and skips
@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cfrnet_jax import sharding, train  # noqa: E402
+from cfrnet_jax.state import model_graphdef  # noqa: E402
+from cfrnet_jax.training import sharding, trainer  # noqa: E402
 from configs import shha  # noqa: E402
 
 
@@ -61,9 +62,9 @@ def main():
       config = shha.get_config()
       config.batch_size = batch_size
       config.model.dtype = dtype
-      graphdef = train.model_graphdef(config)
-      state, state_sharding = train.create_train_state(config, mesh)
-      step = train.jit_train_step(config, graphdef, mesh, state_sharding)
+      graphdef = model_graphdef(config.model)
+      state, state_sharding = trainer.create_train_state(config, mesh)
+      step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
       batch = sharding.make_global_batch(
           synthetic_batch(batch_size, config.data.crop_size, config.data.max_points), mesh)
       memory = step.lower(state, batch).compile().memory_analysis()

@@ -1,43 +1,42 @@
-"""Orbax checkpoints: the training state and the data iterator, saved together.
+"""Orbax checkpoints: written by training, read by training, evaluation and prediction.
 
 One `CheckpointManager` per run under `WORKDIR/checkpoints`, with two items per step:
   state      the `TrainState` pytree (step, params, batch_stats, opt_state, ...);
   data_iter  grain's iterator state, so that a resumed run sees exactly the batches an
              uninterrupted run would have seen.
 Saves are asynchronous. Kept: the latest `config.keep_checkpoints` steps and the best
-step by evaluation MAE. Restoring without this code is plain Orbax (see README):
-    ocp.CheckpointManager(WORKDIR + "/checkpoints").restore(step)["state"]
+step by evaluation MAE.
+
+Training restores everything (`restore`). Evaluation and prediction restore only the
+parameters and BatchNorm statistics (`restore_variables`, a partial restore: the Adam
+moments, twice the parameters' size, are never read). Restoring without this package is
+plain Orbax:
+    ocp.StandardCheckpointer().restore(WORKDIR + "/checkpoints/STEP/state")
 """
 
 from __future__ import annotations
 
-import logging
+import json
 from pathlib import Path
 
 import grain.python as grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cfrnet_jax.state import ModelVariables, abstract_variables
+from configs import base
+
 ITEMS = ("state", "data_iter")
 
 
-class _WithoutMetricsNotice(logging.Filter):
-  """Orbax warns at every save without metrics when a best-by-metric policy is set; our
-  training saves are metric-free by design (only evaluations have an MAE)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return "did not provide metrics" not in record.getMessage()
-
-
-
-def create_checkpoint_manager(workdir: str | Path,
-                              config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
-  absl_logger = logging.getLogger("absl")
-  if not any(isinstance(f, _WithoutMetricsNotice) for f in absl_logger.filters):
-    absl_logger.addFilter(_WithoutMetricsNotice())
+def create_checkpoint_manager(workdir: str | Path, keep_checkpoints: int = 1
+                              ) -> ocp.CheckpointManager:
+  """The run's manager; `keep_checkpoints` is how many of the latest steps a training
+  run keeps (besides the best by MAE); readers need not set it."""
   policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(config.keep_checkpoints),
+      checkpoint_managers.LatestN(keep_checkpoints),
       checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics["mae"], reverse=True,
                                 n=1, keep_checkpoints_without_metrics=False),
   ])
@@ -57,7 +56,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, iterator,
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
-  """The state at `step` (shaped and sharded like `abstract_state`); restores the
+  """The whole state at `step` (shaped and sharded like `abstract_state`); restores the
   iterator's position in place when one is given."""
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if iterator is not None:
@@ -69,3 +68,42 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   """The kept step with the lowest MAE, or the latest when none was evaluated."""
   best = manager.best_step()
   return manager.latest_step() if best is None else best
+
+
+def restore_variables(workdir: str | Path, model_config: ml_collections.ConfigDict,
+                      step: int | None = None) -> tuple[int, ModelVariables]:
+  """(step, parameters and BatchNorm statistics) of `workdir`'s checkpoint at `step`
+  (default: the best by evaluation MAE, else the latest), on this host's first device.
+  Nothing else of the checkpoint is read."""
+  manager = create_checkpoint_manager(workdir)
+  try:
+    step = best_step(manager) if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f"No checkpoint of step {step} in {manager.directory} "
+                              f"(it has steps {sorted(manager.all_steps())}).")
+    directory = manager.directory / str(step) / "state"
+  finally:
+    manager.close()
+  abstract = abstract_variables(model_config)._asdict()
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True))
+  return step, ModelVariables(**restored)
+
+
+def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+  """The config a training run saved in `workdir/config.json`, completed with today's
+  defaults for fields added since it was written (`configs.base.complete`)."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir? "
+                            f"Otherwise pass the config that trained it.")
+  try:
+    saved = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}).") from error
+  return base.complete(saved)

@@ -1,14 +1,17 @@
 """Whole-image evaluation: counts, MAE / MSE / NAE, per-image CSV, NWPU submission.
 
 Each image is evaluated whole (resized only by the dataset's `data.max_side`, not tiled)
-and padded to a multiple of `data.eval_bucket`; the count is the density summed over the
-cells that hold image pixels, so padding never enters it. With `eval_bucket` a multiple
-of the model's padding multiple, the padded input is exactly what the model would pad to
-itself, so the count equals that of the unpadded image.
+and padded by the one padding rule of `data.geometry`: to the next multiples of the
+model's padding multiple, exactly what the model pads to itself, so the count equals
+that of the unpadded image. The count is the density summed over the cells that hold
+image pixels, so padding never enters it.
 
 Metrics (crowd-counting convention): MAE = mean |pred - true|; MSE = sqrt(mean
 (pred - true)^2) (the field's "MSE" is a root); NAE = mean |pred - true| / true over
 images with true > 0 (NWPU-Crowd's benchmark metric).
+
+Every host counts its shard of the split; host 0 gathers the rows, writes the table and
+computes the metrics, which `evaluate` then shares with every host.
 """
 
 from __future__ import annotations
@@ -21,26 +24,31 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from cfrnet_jax.input_pipeline import normalize_images
+from cfrnet_jax import checkpointing
+from cfrnet_jax.data import pipeline
+from cfrnet_jax.data.device_ops import normalize_images, valid_mask
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE
+from cfrnet_jax.state import ModelVariables, model_graphdef
+
+METRICS = ("mae", "mse", "nae")
 
 
 def make_count_fn(graphdef: nnx.GraphDef, data_config: ml_collections.ConfigDict):
-  """jit(params, batch_stats, image uint8 (1, H, W, 3), valid_size (1, 2)) -> (count (1,),
-  density (1, H/4, W/4), the whole padded map); compiles once per input shape."""
+  """jit(variables, image uint8 (b, H, W, 3), valid_size (b, 2)) -> (count (b,), density
+  (b, H/4, W/4), the whole padded map); compiles once per input shape."""
 
   @jax.jit
-  def count(params, batch_stats, image, valid_size):
-    model = nnx.merge(graphdef, params, batch_stats)
+  def count(variables: ModelVariables, image, valid_size):
+    model = nnx.merge(graphdef, variables.params, variables.batch_stats)
     model.eval()
-    density = model(normalize_images(image, valid_size, data_config))["density"]
-    density = density[..., 0].astype(jnp.float32)
-    cells = -(-valid_size // DENSITY_STRIDE)
-    rows = jnp.arange(density.shape[1])[None, :, None] < cells[:, 0, None, None]
-    cols = jnp.arange(density.shape[2])[None, None, :] < cells[:, 1, None, None]
-    return jnp.sum(jnp.where(rows & cols, density, 0.0), axis=(1, 2)), density
+    images = normalize_images(image, valid_size, data_config.mean, data_config.std)
+    density = model(images)["density"][..., 0].astype(jnp.float32)
+    inside = valid_mask(valid_size, density.shape[1:3], DENSITY_STRIDE)
+    return jnp.sum(jnp.where(inside, density, 0.0), axis=(1, 2)), density
 
   return count
 
@@ -52,15 +60,16 @@ def count_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
   return {"mae": float(np.mean(np.abs(error))),
           "mse": float(np.sqrt(np.mean(np.square(error)))),
           "nae": float(np.mean(np.abs(error[labeled]) / true[labeled])) if labeled.any()
-                 else float("nan"),
+          else float("nan"),
           "images": int(len(true))}
 
 
-def predict_counts(count_fn, params, batch_stats, batches: Iterable[dict]) -> list[tuple]:
+def predict_counts(count_fn, variables: ModelVariables, batches: Iterable[dict]
+                   ) -> list[tuple]:
   """[(filename, true count, predicted count)] over an evaluation loader's batches."""
   rows = []
   for batch in batches:
-    counts, _ = count_fn(params, batch_stats, batch["image"], batch["valid_size"])
+    counts, _ = count_fn(variables, batch["image"], batch["valid_size"])
     rows.append((str(batch["filename"][0]), int(batch["count"][0]), float(counts[0])))
   return rows
 
@@ -86,3 +95,64 @@ def read_predictions(path: Path) -> list[tuple]:
   with open(path, newline="") as source:
     return [(row["filename"], int(row["true_count"]), float(row["predicted_count"]))
             for row in csv.DictReader(source)]
+
+
+def evaluate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+             variables: ModelVariables, split: str, out_dir: Path) -> dict | None:
+  """Counts every image of `split` (each host its shard, with `variables` on one local
+  device); host 0 writes `out_dir/predictions.csv`. Returns the metrics on every host,
+  or None for an unlabeled split, for which host 0 writes `out_dir/submission.txt`
+  (NWPU's server format)."""
+  count_fn = make_count_fn(graphdef, config.data)
+  loader = pipeline.create_eval_loader(config, pipeline.open_split(config.data, split))
+  rows = predict_counts(count_fn, variables, loader)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  part = out_dir / f"predictions.host{jax.process_index()}.csv"
+  write_predictions(part, rows)
+  multihost_utils.sync_global_devices(f"eval {split} {out_dir}")
+  metrics = None
+  if jax.process_index() == 0:
+    rows = []
+    for host in range(jax.process_count()):
+      path = out_dir / f"predictions.host{host}.csv"
+      rows += read_predictions(path)
+      path.unlink()
+    if any(true < 0 for _, true, _ in rows):
+      write_submission(out_dir / "submission.txt", rows)
+      logging.info("%s/%s is unlabeled: wrote %d counts to %s", config.data.name, split,
+                   len(rows), out_dir / "submission.txt")
+    else:
+      write_predictions(out_dir / "predictions.csv", rows)
+      metrics = count_metrics([r[1] for r in rows], [r[2] for r in rows])
+  return _share_metrics(metrics)
+
+
+def _share_metrics(metrics: dict | None) -> dict | None:
+  """Host 0's metrics on every host (so every host tags the best checkpoint alike)."""
+  if jax.process_count() == 1:
+    return metrics
+  values = np.array([metrics[k] if metrics else 0.0 for k in METRICS]
+                    + [metrics["images"] if metrics else 0.0], np.float64)
+  values = multihost_utils.broadcast_one_to_all(values)
+  if np.all(values == 0):
+    return None
+  return dict(zip((*METRICS, "images"), map(float, values)))
+
+
+def log_metrics(step: int, metrics: dict) -> None:
+  logging.info("eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)", step,
+               metrics["mae"], metrics["mse"], metrics["nae"], metrics["images"])
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path,
+                        split: str | None = None) -> dict | None:
+  """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
+  (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`."""
+  workdir = Path(workdir)
+  step, variables = checkpointing.restore_variables(workdir, config.model)
+  split = split or config.data.eval_split
+  metrics = evaluate(config, model_graphdef(config.model), variables, split,
+                     workdir / f"eval/{split}_step_{step}")
+  if metrics is not None:
+    log_metrics(step, metrics)
+  return metrics

@@ -36,7 +36,7 @@ def get_model_config() -> ml_collections.ConfigDict:
 
 
 def get_data_config() -> ml_collections.ConfigDict:
-  """Input pipeline settings (`cfrnet_jax/input_pipeline.py`), section 4.1 of the paper."""
+  """Input pipeline settings (`cfrnet_jax/data/pipeline.py`), section 4.1 of the paper."""
   data = ml_collections.ConfigDict()
   data.name = "synthetic_crowd"  # a tfds_crowd dataset (with /config where needed).
   data.data_dir = ml_collections.FieldReference(None, field_type=str)  # ~/tensorflow_datasets
@@ -47,7 +47,6 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.grayscale_prob = 0.1
   data.max_side = 0  # resize so that the longer side is at most this; 0 = never.
   data.max_points = 256  # head points shipped per crop; more raises a clear error.
-  data.eval_bucket = 128  # evaluation images are padded to multiples of this.
   data.mean = (0.485, 0.456, 0.406)  # ImageNet, as the VGG16-BN weights expect.
   data.std = (0.229, 0.224, 0.225)
   data.num_workers = 2  # grain worker processes for decoding and cropping; 0 = inline.
@@ -81,7 +80,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3  # the latest k, plus the best by MAE.
   config.backbone_weights = ""  # converted ImageNet VGG16-BN weights (.msgpack), if any.
 
-  # launch.py --mode predict / CrowdCounter: tiling of large images, overlay size.
-  from cfrnet_jax.predict import default_predict_config
-  config.predict = default_predict_config()
+  # launch.py --mode predict / CrowdCounter (cfrnet_jax/inference).
+  config.predict = ml_collections.ConfigDict()
+  # Sides longer than this are cut into overlapping tiles (cfrnet_jax/inference/tiling.py).
+  # 2048 keeps the paper model's inference within about 6 GB (docs/performance.md).
+  config.predict.tile_size = 2048
+  config.predict.tile_overlap = 256  # >= 128 px of context on each side of a kept cell.
+  config.predict.overlay_max_side = 2048  # longer side of the overlay pictures.
   return config
+
+
+def complete(saved: dict) -> ml_collections.ConfigDict:
+  """A run's saved `config.json` (as a dict), with today's defaults filled in for the
+  sections and fields it lacks (a run saved before they existed). Saved values win;
+  fields that are no longer used are kept and ignored."""
+
+  def fill(values: dict, defaults: dict) -> dict:
+    for key, default in defaults.items():
+      if key not in values:
+        values[key] = default
+      elif isinstance(values[key], dict) and isinstance(default, dict):
+        fill(values[key], default)
+    return values
+
+  return ml_collections.ConfigDict(fill(saved, get_config().to_dict()))

@@ -1,8 +1,4 @@
-"""Shared test fixtures: a tiny CFRNet that keeps the paper's structure.
-
-The tiny model has the same layers, windows and switches as the paper's, with narrow
-channels so that a forward and backward pass take well under a second on 2 CPU cores.
-"""
+"""Shared test fixtures: the tiny model of `configs/tiny.py`, datasets built once."""
 
 import os
 from pathlib import Path
@@ -10,7 +6,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from configs.base import get_model_config
+from configs import tiny
 
 # Every ablation of the paper's Tables 1-3, as overrides of the full model.
 ABLATIONS = {
@@ -27,9 +23,8 @@ ABLATIONS = {
 
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
-  config = get_model_config()
-  config.update(vgg_widths=(8, 8, 16, 16, 16), channels=16, num_heads=2, gam_heads=2,
-                head_channels=8, head_hidden_channels=8)
+  """`configs/tiny.py`'s model (the paper's structure, narrow) with `overrides`."""
+  config = tiny.get_config().model
   config.update(overrides)
   return config
 
@@ -39,23 +34,10 @@ def tiny_config():
   return tiny_model_config()
 
 
-# A training run small enough for CPU tests: the tiny model on synthetic crowds.
-TINY_TRAIN_FLAGS = (
-    "--config.model.vgg_widths=(8,8,16,16,16)", "--config.model.channels=16",
-    "--config.model.num_heads=2", "--config.model.gam_heads=2",
-    "--config.model.head_channels=8", "--config.model.head_hidden_channels=8",
-    "--config.batch_size=4", "--config.data.num_workers=0",
-    "--config.data.eval_split=test[:4]", "--config.learning_rate=1e-3",
-)
-
-
-def tiny_train_config(data_dir: str, **overrides) -> ml_collections.ConfigDict:
-  """`configs/default.py` with the tiny model and `TINY_TRAIN_FLAGS`'s settings."""
-  from configs import default
-  config = default.get_config()
-  config.model = tiny_model_config(density_scale=config.model.density_scale)
-  config.update(batch_size=4, learning_rate=1e-3)
-  config.data.update(num_workers=0, eval_split="test[:4]", data_dir=data_dir)
+def tiny_train_config(data_dir: str | None, **overrides) -> ml_collections.ConfigDict:
+  """`configs/tiny.py` reading datasets from `data_dir`, with `overrides`."""
+  config = tiny.get_config()
+  config.data.data_dir = data_dir
   config.update(overrides)
   return config
 
@@ -67,6 +49,18 @@ def synthetic_data_dir(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
   build("synthetic_crowd", str(data_dir))
   return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, synthetic_data_dir):
+  """A finished tiny run (2 steps, evaluated on 4 test images at step 2), shared by the
+  tests that evaluate, restore or predict from a workdir; they must not change it."""
+  from cfrnet_jax.training import trainer
+  workdir = tmp_path_factory.mktemp("run")
+  trainer.train_and_evaluate(tiny_train_config(synthetic_data_dir, num_train_steps=2,
+                                               eval_every_steps=2, log_every_steps=1),
+                             workdir)
+  return workdir
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -4,6 +4,7 @@ import numpy as np
 from flax import nnx
 
 from cfrnet_jax.models.backbone import TORCHVISION_CONV_INDEX, VGG16BN, VGG16_WIDTHS
+from configs.base import get_model_config
 
 
 def test_torchvision_index_matches_vgg16_bn_features():
@@ -13,7 +14,9 @@ def test_torchvision_index_matches_vgg16_bn_features():
 
 
 def test_paper_backbone_has_vgg16_bn_shapes_in_torchvision_order():
-  backbone = nnx.eval_shape(lambda: VGG16BN(rngs=nnx.Rngs(0)))
+  widths = tuple(get_model_config().vgg_widths)  # the paper model's config
+  assert widths == VGG16_WIDTHS  # = the ImageNet weights' shapes
+  backbone = nnx.eval_shape(lambda: VGG16BN(widths, rngs=nnx.Rngs(0)))
   expected_out = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
   expected_in = [3] + expected_out[:-1]
   assert len(backbone.layers) == 13

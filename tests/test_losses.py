@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfrnet_jax.losses import cfrnet_loss
+from cfrnet_jax.training.losses import cfrnet_loss
 
 
 def _fake(key, with_seg=True):

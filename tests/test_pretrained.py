@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfrnet_jax import pretrained
-from cfrnet_jax.models.backbone import VGG16BN
+from cfrnet_jax.models import pretrained
+from cfrnet_jax.models.backbone import VGG16_WIDTHS, VGG16BN
 from tests.conftest import import_torch
 
 torch = import_torch()
@@ -64,7 +64,7 @@ def weight_files(torch_model, tmp_path_factory):
 
 def _ours(flat):
   """Our backbone with the converted weights, in inference mode."""
-  model = VGG16BN(rngs=nnx.Rngs(0))
+  model = VGG16BN(VGG16_WIDTHS, rngs=nnx.Rngs(0))
   _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params = {"backbone": nnx.to_pure_dict(params)}
   stats = {"backbone": nnx.to_pure_dict(stats)}

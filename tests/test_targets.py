@@ -3,15 +3,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfrnet_jax.targets import batch_density_targets, density_targets
+from cfrnet_jax.data.targets import batch_density_targets, density_targets
 
 STRIDES = (1, 4, 8, 16)
+PAPER = {"sigma": 4.0, "foreground_radius": 8.0}  # section 4; configs/base.py
 
 
 def _targets(points, valid=None, size=(100, 130), **kwargs):
   points = jnp.asarray(points, jnp.float32)
   valid = jnp.ones(points.shape[0], bool) if valid is None else jnp.asarray(valid)
-  return jax.jit(lambda p, v: density_targets(p, v, size, STRIDES, **kwargs))(points, valid)
+  kwargs = {**PAPER, **kwargs}
+  return jax.jit(lambda p, v: density_targets(p, v, size, strides=STRIDES, **kwargs))(
+      points, valid)
 
 
 def test_count_is_kept_at_every_stride_including_border_points():
@@ -86,9 +89,9 @@ def test_no_heads_gives_empty_targets():
 def test_batched_targets_match_single_images():
   points = jax.random.uniform(jax.random.key(0), (3, 20, 2), maxval=64.0)
   valid = jax.random.uniform(jax.random.key(1), (3, 20)) < 0.5
-  batched = batch_density_targets(points, valid, (64, 64), strides=(4,))
+  batched = batch_density_targets(points, valid, (64, 64), strides=(4,), **PAPER)
   for i in range(3):
-    single = density_targets(points[i], valid[i], (64, 64), strides=(4,))
+    single = density_targets(points[i], valid[i], (64, 64), strides=(4,), **PAPER)
     np.testing.assert_allclose(batched["density"][4][i], single["density"][4], atol=1e-7)
     assert abs(float(batched["density"][4][i].sum()) - int(valid[i].sum())) < 1e-4
 
@@ -98,7 +101,7 @@ def test_padding_beyond_valid_size_gets_no_density_or_foreground():
   # mass inside the 20 x 30 area.
   points = jnp.array([[29.5, 19.0], [3.0, 18.0], [31.0, 5.0]])  # the last is outside.
   targets = density_targets(points, jnp.ones(3, bool), (32, 32), strides=(1, 4),
-                            valid_size=jnp.array([20, 30]))
+                            valid_size=jnp.array([20, 30]), **PAPER)
   assert int(targets["count"]) == 2 and int(targets["dropped"]) == 1
   density = np.asarray(targets["density"][1])
   assert abs(density.sum() - 2.0) < 1e-5

@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 
 import cfrnet_jax
-from cfrnet_jax.losses import cfrnet_loss
-from cfrnet_jax.targets import batch_density_targets
+from cfrnet_jax.training.losses import cfrnet_loss
+from cfrnet_jax.data.targets import batch_density_targets
 from configs.base import get_config
 from tests.conftest import import_torch, tiny_model_config
 

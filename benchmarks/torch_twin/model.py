@@ -280,7 +280,7 @@ class CFRNet(nn.Module):
 
 
 def cfrnet_loss(outputs: dict, targets: dict, gamma: float, density_scale: float):
-  """`cfrnet_jax.losses.cfrnet_loss` in PyTorch; targets as torch tensors keyed by
+  """`cfrnet_jax.training.losses.cfrnet_loss` in PyTorch; targets as torch tensors keyed by
   stride: 'density'[s] (batch, H_s, W_s) float, 'foreground'[s] (batch, H_s, W_s) int."""
   total = 0.0
   for name, head in outputs["heads"].items():

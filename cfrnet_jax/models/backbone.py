@@ -26,7 +26,8 @@ from cfrnet_jax.models.layers import ConvBNReLU
 
 # Convolutions per VGG16 block; a 2x2 max pool follows each block.
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
-# ImageNet widths of the five blocks. Smaller widths are only for fast tests.
+# Widths of the five blocks of torchvision's VGG16-BN, the shapes its ImageNet weights have
+# (`pretrained`); the model's own widths are `config.model.vgg_widths`.
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
 
 
@@ -62,7 +63,7 @@ class VGG16BN(nnx.Module):
   H and W must be multiples of 32 (the model pads its input to ensure this).
   """
 
-  def __init__(self, widths: tuple[int, ...] = VGG16_WIDTHS, *, rngs: nnx.Rngs):
+  def __init__(self, widths: tuple[int, ...], *, rngs: nnx.Rngs):
     if len(widths) != len(VGG16_BLOCK_DEPTHS):
       raise ValueError(f"VGG16 has 5 blocks; got {len(widths)} widths {widths}.")
     self.widths = tuple(widths)

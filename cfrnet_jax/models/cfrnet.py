@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from cfrnet_jax.data.geometry import ceil_div
 from cfrnet_jax.models.backbone import VGG16BN
 from cfrnet_jax.models.decoders import AxialDecoder, HierarchicalDecoder
 from cfrnet_jax.models.gam import GlobalAttention
@@ -110,7 +111,7 @@ class CFRNet(nnx.Module):
     heads = {}
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
-      rows, cols = -(-height // stride), -(-width // stride)
+      rows, cols = ceil_div(height, stride), ceil_div(width, stride)
       heads[name] = {key: value[:, :rows, :cols]
                      for key, value in head(features[name]).items()}
     return {"density": heads[self.final_head]["density"], "heads": heads}

@@ -61,9 +61,8 @@ def _axis_weights(coords: jax.Array, length: int, valid_length: jax.Array, sigma
   return _cell_sums(gaussian, stride), _cell_sums(overlaps, stride)
 
 
-def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, int],
-                    strides: Sequence[int] = (1, 4, 8, 16), sigma: float = 4.0,
-                    foreground_radius: float = 8.0,
+def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, int], *,
+                    strides: Sequence[int], sigma: float, foreground_radius: float,
                     valid_size: jax.Array | None = None) -> dict:
   """Targets of one image.
 
@@ -72,8 +71,9 @@ def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, 
     valid: (N,) bool, False for padding.
     image_size: static (height, width) of the image the points live in.
     strides: output strides; stride s gives maps of shape (ceil(H/s), ceil(W/s)).
-    sigma: Gaussian sigma in pixels.
-    foreground_radius: half-side in pixels of each head's foreground square.
+    sigma: Gaussian sigma in pixels (`config.targets.sigma`).
+    foreground_radius: half-side in pixels of each head's foreground square
+      (`config.targets.foreground_radius`).
     valid_size: optional (2,) int (height, width) of the image inside a map of
       `image_size` padded at the bottom and right (a crop of a small image): padding
       gets no density and no foreground, and points must lie within this size.

@@ -6,74 +6,38 @@ are exact: the sampler's position is a small state that `get_state()` returns an
 `set_state()` restores, and every random augmentation draws from a generator that grain
 derives from the seed and the record's position, not from worker timing.
 
-What runs where (measured in `benchmarks/input_pipeline.py`, see README):
-* host (grain workers, numpy + Pillow): decode the JPEG, resize to `data.max_side`,
-  take one random `crop_size` crop (padded with the mean colour when the image is
-  smaller), flip with `flip_prob`, grayscale with `grayscale_prob`, and ship the crop as
-  uint8 with its head points padded to `data.max_points`, a validity mask and the size of
-  the image part of the crop (`valid_size`);
-* accelerator, inside the jitted step: `normalize_images` (ImageNet mean/std, padding
-  set to exactly 0 as the model's own padding) and `cfrnet_jax.targets` (density and
-  foreground targets of all heads from the padded points). uint8 crops are 4x smaller to
-  transfer than float32, and rendering targets costs the host nothing.
+What runs where:
+* host (grain workers, numpy + Pillow, `data.geometry`): decode the JPEG, resize to
+  `data.max_side`, take one random `crop_size` crop (padded with the mean colour when the
+  image is smaller), flip with `flip_prob`, grayscale with `grayscale_prob`, and ship the
+  crop as uint8 with its head points padded to `data.max_points`, a validity mask and the
+  size of the image part of the crop (`valid_size`);
+* accelerator, inside the jitted step: `data.device_ops.normalize_images` and
+  `data.targets` (density and foreground targets of every head from the padded points).
+  uint8 crops are 4x smaller to transfer than float32, and rendering targets on the
+  device costs the host nothing.
+
+grain's worker processes read absl flags, so loaders with `data.num_workers > 0` must run
+in an absl app (`launch.py` is one) or after `absl.flags.FLAGS.mark_as_parsed()`.
 """
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import grain.python as grain
 import jax
-import jax.numpy as jnp
 import ml_collections
-from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from absl import flags
 
 import tfds_crowd  # noqa: F401  (registers the builders with TFDS)
-from tfds_crowd.ucf_cc_50 import fold_splits
+from cfrnet_jax.data.geometry import decode_image, mean_colour, pad_image, pad_to_multiple
+from cfrnet_jax.models.cfrnet import pad_multiple
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights (Pillow's "L" mode uses them).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-
-
-def mean_colour(data_config: ml_collections.ConfigDict) -> np.ndarray:
-  """The uint8 RGB colour that normalises to (about) zero: what padding is filled with."""
-  return np.round(255 * np.asarray(data_config.mean)).astype(np.uint8)
-
-
-def fit_max_side(image: Image.Image, max_side: int) -> Image.Image:
-  """`image` resized (bilinear, to RGB) so that its longer side is at most `max_side`;
-  unchanged when it already fits or `max_side` is 0."""
-  width, height = image.size
-  scale = max_side / max(width, height) if max_side else 1.0
-  if scale >= 1.0:
-    return image
-  size = (max(1, round(width * scale)), max(1, round(height * scale)))
-  image.draft("RGB", size)  # JPEG: decode at a reduced DCT scale when possible.
-  return image.convert("RGB").resize(size, Image.BILINEAR)
-
-
-def decode_image(data: bytes, max_side: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-  """Encoded bytes -> (H, W, 3) uint8 RGB, resized so that max(H, W) <= max_side
-  (0 = no limit), and the (x, y) factors by which points must be scaled."""
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      width, height = image.size
-      pixels = np.asarray(fit_max_side(image, max_side).convert("RGB"))
-  except Exception as error:  # Pillow raises many types for bad files.
-    raise ValueError(f"{where}: cannot decode the image ({error}).") from error
-  return pixels, np.array([pixels.shape[1] / width, pixels.shape[0] / height], np.float32)
-
-
-def pad_image(image: np.ndarray, shape: tuple[int, int], fill: np.ndarray) -> np.ndarray:
-  """(H, W, 3) uint8 -> `shape` + (3,), the image at the top left, the rest `fill`."""
-  padded = np.empty((*shape, 3), np.uint8)
-  padded[...] = fill
-  padded[:image.shape[0], :image.shape[1]] = image
-  return padded
 
 
 def _name(element: dict) -> str:
@@ -95,7 +59,7 @@ class TrainCrop(grain.RandomMapTransform):
     self.grayscale_prob = data_config.grayscale_prob
     self.max_side = data_config.max_side
     self.max_points = data_config.max_points
-    self.fill = mean_colour(data_config)
+    self.fill = mean_colour(data_config.mean)
 
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     image, scale = decode_image(element["image"], self.max_side, _name(element))
@@ -126,38 +90,25 @@ class TrainCrop(grain.RandomMapTransform):
 
 
 class EvalImage(grain.MapTransform):
-  """Dataset example -> the whole image for evaluation, padded to a size bucket.
+  """Dataset example -> the whole image for evaluation, padded as the model pads.
 
-  Output: image (H_b, W_b, 3) uint8 with H_b, W_b the image size (after `max_side`)
-  rounded up to `eval_bucket`, so that a few shapes cover a dataset and the jitted
-  evaluation compiles once per bucket; valid_size (2,) int32; count int32, the dataset's
-  true count (resizing and padding never change it); filename.
+  Output: image (H_p, W_p, 3) uint8, the image after `max_side` padded to the next
+  multiples of the model's padding `multiple` (`data.geometry`'s padding rule), so that
+  a few shapes cover a dataset and the jitted evaluation compiles once per shape;
+  valid_size (2,) int32; count int32, the dataset's true count (resizing and padding
+  never change it); filename.
   """
 
-  def __init__(self, data_config: ml_collections.ConfigDict):
+  def __init__(self, data_config: ml_collections.ConfigDict, multiple: int):
     self.max_side = data_config.max_side
-    self.bucket = data_config.eval_bucket
-    self.fill = mean_colour(data_config)
+    self.multiple = multiple
+    self.fill = mean_colour(data_config.mean)
 
   def map(self, element: dict) -> dict:
     image, _ = decode_image(element["image"], self.max_side, _name(element))
-    height, width = image.shape[:2]
-    padded = pad_image(image, (-(-height // self.bucket) * self.bucket,
-                               -(-width // self.bucket) * self.bucket), self.fill)
-    return {"image": padded, "valid_size": np.array([height, width], np.int32),
+    return {"image": pad_to_multiple(image, self.multiple, self.fill),
+            "valid_size": np.array(image.shape[:2], np.int32),
             "count": np.int32(element["count"]), "filename": _name(element)}
-
-
-def normalize_images(images: jax.Array, valid_size: jax.Array,
-                     data_config: ml_collections.ConfigDict) -> jax.Array:
-  """uint8 (batch, H, W, 3) -> float32 ImageNet-normalised images whose padding (beyond
-  `valid_size` (batch, 2)) is exactly 0, as the model pads. Runs inside jit."""
-  mean = jnp.asarray(data_config.mean, jnp.float32)
-  std = jnp.asarray(data_config.std, jnp.float32)
-  normalised = (images.astype(jnp.float32) / 255.0 - mean) / std
-  rows = jnp.arange(images.shape[1])[None, :, None] < valid_size[:, 0, None, None]
-  cols = jnp.arange(images.shape[2])[None, None, :] < valid_size[:, 1, None, None]
-  return jnp.where((rows & cols)[..., None], normalised, 0.0)
 
 
 def _sampler(num_records: int, seed: int, shuffle: bool, num_epochs: int | None,
@@ -179,8 +130,11 @@ def host_batch_size(global_batch_size: int, process_count: int | None = None) ->
 def _data_loader(config: ml_collections.ConfigDict, data_source: Any,
                  sampler: grain.IndexSampler, operations: list) -> grain.DataLoader:
   if config.data.num_workers and not flags.FLAGS.is_parsed():
-    # grain's worker processes read absl flags; outside an absl app nobody parsed them.
-    flags.FLAGS.mark_as_parsed()
+    raise RuntimeError(
+        f"data.num_workers = {config.data.num_workers}: grain's worker processes read "
+        f"absl flags, which nobody has parsed. Run inside an absl app (as launch.py "
+        f"does), call absl.flags.FLAGS.mark_as_parsed() once at start, or set "
+        f"data.num_workers = 0.")
   return grain.DataLoader(data_source=data_source, sampler=sampler, operations=operations,
                           worker_count=config.data.num_workers,
                           worker_buffer_size=config.data.worker_buffer_size)
@@ -203,7 +157,7 @@ def create_eval_loader(config: ml_collections.ConfigDict, data_source: Any,
   """One pass over this host's shard, in order, one whole image per batch."""
   return _data_loader(
       config, data_source, _sampler(len(data_source), config.seed, False, 1, shard_options),
-      [EvalImage(config.data), grain.Batch(1)])
+      [EvalImage(config.data, pad_multiple(config.model)), grain.Batch(1)])
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
@@ -217,10 +171,3 @@ def open_split(data_config: ml_collections.ConfigDict, split: str):
         f"{data_config.data_dir or '~/tensorflow_datasets'}: run "
         f"`python -m tfds_crowd.build {data_config.name} --manual_dir DIR` first "
         f"({error}).") from error
-
-
-def resolve_splits(data_config: ml_collections.ConfigDict) -> tuple[str, str]:
-  """(train, eval) split strings; UCF_CC_50 configs name a test `fold` instead."""
-  if "fold" in data_config:
-    return fold_splits(data_config.fold)
-  return data_config.train_split, data_config.eval_split

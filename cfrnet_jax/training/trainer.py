@@ -1,14 +1,14 @@
-"""Training and evaluation loop: `train_and_evaluate(config, workdir)`, `evaluate_checkpoint`.
+"""The training loop: `train_and_evaluate(config, workdir)`.
 
 Reads top to bottom like big_vision's trainer:
 1. mesh over all devices (`config.mesh_axes`, a `data` axis), the state created
    already replicated with `jax.jit(init, out_shardings=...)` from its abstract shape;
-2. data: this host's shard of the training split through grain (`input_pipeline`);
+2. data: this host's shard of the training split through grain (`data.pipeline`);
 3. resume from the latest checkpoint if the workdir has one (state + iterator);
 4. loop: global batch -> jitted `train_step` (donating the old state) -> every
    `log_every_steps` a progress line and TensorBoard scalars; every `eval_every_steps`
-   whole-image evaluation (best kept by MAE); every `checkpoint_every_steps` an
-   asynchronous checkpoint; SIGTERM saves and exits cleanly.
+   whole-image evaluation (`evaluation.evaluate`; best kept by MAE); every
+   `checkpoint_every_steps` an asynchronous checkpoint; SIGTERM saves and exits cleanly.
 
 `train_step` is a pure function of (state, batch): the model is rebuilt from its static
 graph definition and the state's parameters and BatchNorm statistics, targets are
@@ -19,7 +19,6 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -33,12 +32,17 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from cfrnet_jax import checkpointing, evaluation, input_pipeline, pretrained, sharding
-from cfrnet_jax.losses import cfrnet_loss
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES, build_model, pad_multiple
-from cfrnet_jax.targets import batch_density_targets
+from cfrnet_jax import checkpointing, evaluation
+from cfrnet_jax.data import pipeline
+from cfrnet_jax.data.device_ops import normalize_images
+from cfrnet_jax.data.targets import batch_density_targets
+from cfrnet_jax.models import pretrained
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES
+from cfrnet_jax.state import (ModelVariables, init_variables, local_copy, model_graphdef,
+                              split_model)
+from cfrnet_jax.training import sharding
+from cfrnet_jax.training.losses import cfrnet_loss
 
 
 @flax.struct.dataclass
@@ -65,22 +69,13 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
                    f"{config.lr_schedule!r}.")
 
 
-def model_graphdef(config: ml_collections.ConfigDict) -> nnx.GraphDef:
-  """The model's static structure, built abstractly (no parameters allocated)."""
-  abstract = nnx.eval_shape(lambda: build_model(config.model, config.seed))
-  graphdef, _, _ = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-  return graphdef
-
-
 def _init_fn(config: ml_collections.ConfigDict):
   tx = create_optimizer(config)
 
   def init() -> TrainState:
-    model = build_model(config.model, config.seed)
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = nnx.to_pure_dict(params)
+    params, batch_stats = init_variables(config.model, config.seed)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=nnx.to_pure_dict(batch_stats), opt_state=tx.init(params),
+                      batch_stats=batch_stats, opt_state=tx.init(params),
                       nonfinite_step=jnp.full((), -1, jnp.int32))
 
   return init
@@ -107,13 +102,13 @@ def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 
 def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
   """The pure step `(state, batch) -> (state, metrics)`; `batch` holds the fields of
-  `input_pipeline.TrainCrop` with a leading global-batch axis."""
+  `data.pipeline.TrainCrop` with a leading global-batch axis."""
   tx = create_optimizer(config)
   strides = sorted(set(HEAD_STRIDES.values()))
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = input_pipeline.normalize_images(batch["image"], batch["valid_size"],
-                                             config.data)
+    images = normalize_images(batch["image"], batch["valid_size"], config.data.mean,
+                              config.data.std)
     targets = batch_density_targets(
         batch["points"], batch["valid"], images.shape[1:3],
         valid_size=batch["valid_size"], strides=strides, sigma=config.targets.sigma,
@@ -125,9 +120,8 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
       outputs = model(images)
       loss, terms = cfrnet_loss(outputs, targets, config.loss.gamma,
                                 config.model.density_scale)
-      _, _, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
       counts = outputs["density"].astype(jnp.float32).sum(axis=(1, 2, 3))
-      return loss, (terms, nnx.to_pure_dict(batch_stats), counts)
+      return loss, (terms, split_model(model)[1].batch_stats, counts)
 
     (loss, (terms, batch_stats, counts)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state.params)
@@ -156,50 +150,6 @@ def jit_train_step(config, graphdef, mesh, state_sharding):
                  in_shardings=(state_sharding, sharding.data_sharding(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=0)
-
-
-def local_copy(tree):
-  """This host's copy of replicated arrays, for per-host evaluation of whole images."""
-  return jax.tree.map(lambda x: x.addressable_data(0), tree)
-
-
-def check_eval_bucket(config: ml_collections.ConfigDict) -> None:
-  multiple = pad_multiple(config.model)
-  if config.data.eval_bucket % multiple:
-    raise ValueError(f"data.eval_bucket = {config.data.eval_bucket} must be a multiple "
-                     f"of the model's padding multiple {multiple}, or padding would "
-                     f"change the count.")
-
-
-def evaluate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, state: TrainState,
-             split: str, out_dir: Path) -> dict | None:
-  """Counts every image of `split` (each host its shard); host 0 writes
-  `out_dir/predictions.csv` and returns the metrics, or for an unlabeled split writes
-  `out_dir/submission.txt` (NWPU's server format) and returns None."""
-  check_eval_bucket(config)
-  count_fn = evaluation.make_count_fn(graphdef, config.data)
-  loader = input_pipeline.create_eval_loader(
-      config, input_pipeline.open_split(config.data, split))
-  rows = evaluation.predict_counts(count_fn, local_copy(state.params),
-                                   local_copy(state.batch_stats), loader)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  part = out_dir / f"predictions.host{jax.process_index()}.csv"
-  evaluation.write_predictions(part, rows)
-  multihost_utils.sync_global_devices(f"eval {split} {out_dir}")
-  if jax.process_index() != 0:
-    return None
-  rows = []
-  for host in range(jax.process_count()):
-    path = out_dir / f"predictions.host{host}.csv"
-    rows += evaluation.read_predictions(path)
-    path.unlink()
-  if any(true < 0 for _, true, _ in rows):
-    evaluation.write_submission(out_dir / "submission.txt", rows)
-    logging.info("%s/%s is unlabeled: wrote %d counts to %s", config.data.name, split,
-                 len(rows), out_dir / "submission.txt")
-    return None
-  evaluation.write_predictions(out_dir / "predictions.csv", rows)
-  return evaluation.count_metrics([r[1] for r in rows], [r[2] for r in rows])
 
 
 class _Preemption:
@@ -232,22 +182,18 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """Trains, evaluates and checkpoints in `workdir`; resumes if it holds a checkpoint.
-
-  Returns the last evaluation's metrics (the same on every host). For UCF_CC_50 with
-  `data.fold = 0`, runs the five folds in `workdir/fold_k` and returns their mean.
-  """
-  if "fold" in config.data and config.data.fold == 0:
-    return _train_all_folds(config, Path(workdir))
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
+                       ) -> dict | None:
+  """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
+  `workdir`; resumes if it holds a checkpoint. Returns the last evaluation's metrics
+  (the same on every host; None when the evaluation split is unlabeled)."""
   workdir = Path(workdir)
   _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
-  graphdef = model_graphdef(config)
-  train_split, eval_split = input_pipeline.resolve_splits(config.data)
-  iterator = iter(input_pipeline.create_train_loader(
-      config, input_pipeline.open_split(config.data, train_split)))
-  manager = checkpointing.create_checkpoint_manager(workdir, config)
+  graphdef = model_graphdef(config.model)
+  iterator = iter(pipeline.create_train_loader(
+      config, pipeline.open_split(config.data, config.data.train_split)))
+  manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     abstract, state_sharding = abstract_train_state(config, mesh)
     state = checkpointing.restore(manager, manager.latest_step(), abstract, iterator)
@@ -281,8 +227,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
       evaluate_now = step % config.eval_every_steps == 0 or step == config.num_train_steps
       if evaluate_now:
         _check_finite(state)
-        metrics = evaluate(config, graphdef, state, eval_split, workdir / f"eval/step_{step}")
-        metrics = _share_metrics(metrics)
+        variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
+        metrics = evaluation.evaluate(config, graphdef, variables, config.data.eval_split,
+                                      workdir / f"eval/step_{step}")
         if metrics is not None:
           _log_eval(writer, step, metrics)
       stop = preemption.requested or manager.reached_preemption(step)
@@ -300,18 +247,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict 
     if writer is not None:
       writer.close()
   return metrics
-
-
-def _share_metrics(metrics: dict | None) -> dict | None:
-  """Host 0's metrics on every host (so every host tags the best checkpoint alike)."""
-  if jax.process_count() == 1:
-    return metrics
-  values = np.array([metrics[k] if metrics else 0.0 for k in ("mae", "mse", "nae")]
-                    + [metrics["images"] if metrics else 0.0], np.float64)
-  values = multihost_utils.broadcast_one_to_all(values)
-  if np.all(values == 0):
-    return None
-  return dict(zip(("mae", "mse", "nae", "images"), map(float, values)))
 
 
 def _metric_writer(workdir: Path):
@@ -336,48 +271,8 @@ def _log_progress(writer, step, config, window, seconds):
 
 
 def _log_eval(writer, step, metrics):
-  logging.info("eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)", step,
-               metrics["mae"], metrics["mse"], metrics["nae"], metrics["images"])
+  evaluation.log_metrics(step, metrics)
   if writer is not None:
-    for key in ("mae", "mse", "nae"):
+    for key in evaluation.METRICS:
       writer.add_scalar(f"eval/{key}", metrics[key], step)
     writer.flush()
-
-
-def _train_all_folds(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
-  """UCF_CC_50's protocol: train and test each of the five folds, report the mean."""
-  results = {}
-  for fold in range(1, 6):
-    fold_config = ml_collections.ConfigDict(config.to_dict())
-    fold_config.data.fold = fold
-    logging.info("UCF_CC_50 fold %d of 5", fold)
-    results[fold] = train_and_evaluate(fold_config, str(workdir / f"fold_{fold}"))
-  if jax.process_index() != 0:
-    return None
-  summary = {"folds": results,
-             "mae": float(np.mean([r["mae"] for r in results.values()])),
-             "mse": float(np.mean([r["mse"] for r in results.values()]))}
-  (workdir / "folds_summary.json").write_text(json.dumps(summary, indent=2))
-  logging.info("UCF_CC_50 five folds: mean MAE %.2f, mean MSE %.2f", summary["mae"],
-               summary["mse"])
-  return summary
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        split: str | None = None) -> dict | None:
-  """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
-  (default: the config's evaluation split) into `workdir/eval/<split>_step_<n>`."""
-  workdir = Path(workdir)
-  mesh = sharding.create_mesh(config.mesh_axes)
-  graphdef = model_graphdef(config)
-  abstract, _ = abstract_train_state(config, mesh)
-  manager = checkpointing.create_checkpoint_manager(workdir, config)
-  step = checkpointing.best_step(manager)
-  if step is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'} to evaluate.")
-  state = checkpointing.restore(manager, step, abstract)
-  split = split or input_pipeline.resolve_splits(config.data)[1]
-  metrics = evaluate(config, graphdef, state, split, workdir / f"eval/{split}_step_{step}")
-  if metrics is not None:
-    _log_eval(None, step, metrics)
-  return metrics

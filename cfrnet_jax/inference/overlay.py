@@ -26,8 +26,9 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, density: np.ndarray, count: float,
-                   max_side: int = 2048) -> Image.Image:
-  """(H, W, 3) uint8 image and its density map -> an RGB PIL image."""
+                   max_side: int) -> Image.Image:
+  """(H, W, 3) uint8 image and its density map -> an RGB PIL image whose longer side is
+  at most `max_side` (`config.predict.overlay_max_side`)."""
   height, width = image.shape[:2]
   scale = min(1.0, max_side / max(height, width))
   size = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -1,4 +1,4 @@
-"""Predict mode and CrowdCounter: any picture a user has, tiles, buckets, the CLI."""
+"""CrowdCounter: any picture a user has, tiles stitched exactly, one compilation per shape."""
 
 import csv
 import io
@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfrnet_jax import tiling, train
-from cfrnet_jax.input_pipeline import mean_colour
-from cfrnet_jax.overlay import render_overlay
-from cfrnet_jax.predict import CrowdCounter
-from cfrnet_jax.user_images import collect_images, load_image
+from cfrnet_jax.data.geometry import mean_colour, round_up
+from cfrnet_jax.inference import tiling
+from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.user_images import load_image
 from tests.conftest import shared_data, tiny_train_config
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +44,7 @@ def test_grayscale_and_16_bit_inputs_count_as_their_rgb_equivalent(counter, phot
 
 
 def test_transparency_is_composited_over_the_mean_colour(counter, photo):
-  background = mean_colour(counter.config.data)
+  background = mean_colour(counter.config.data.mean)
   alpha = np.full(photo.shape[:2], 255, np.uint8)
   alpha[:, :100] = 0
   rgba = np.dstack([photo, alpha])
@@ -100,37 +97,23 @@ def test_unusable_inputs_raise_errors_naming_them(counter, tmp_path):
     load_image(42, np.zeros(3, np.uint8))
 
 
-@pytest.mark.parametrize("length", [1, 100, 512, 513, 700, 1067, 1600, 5000])
-def test_tile_cores_partition_the_axis(length):
-  spans = tiling.tile_spans(length, 512, 128, 4)
-  assert spans[0].keep_start == 0 and spans[-1].keep_stop == length
-  for span, following in zip(spans, spans[1:]):
-    assert span.keep_stop == following.keep_start
-    # Every kept pixel has >= overlap/2 - cell of context towards inner borders.
-    assert following.start <= following.keep_start - 60 and span.keep_stop + 60 <= span.stop
-  for span in spans:
-    assert span.start % 4 == 0 and span.keep_start % 4 == 0
-    assert span.start <= span.keep_start < span.keep_stop <= span.stop
-    assert span.stop - span.start == min(length, 512) or span.stop == length
-
-
 def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
   """With a stand-in model whose density depends on each cell's own pixels only, tiles
   must reproduce the whole image's map cell for cell: checks every stitching index."""
-  def local_density(params, batch_stats, image, valid_size):
-    del params, batch_stats, valid_size
+  def local_density(variables, image, valid_size):
+    del variables, valid_size
     pixels = image[0, ..., 0].astype(jnp.float32)
     cells = pixels.reshape(pixels.shape[0] // 4, 4, pixels.shape[1] // 4, 4).mean((1, 3))
     return None, cells[None] / 255.0
 
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (1067, 1601, 3), dtype=np.uint8)
-  whole = CrowdCounter(counter.config, None, None)
+  whole = CrowdCounter(counter.config, None)
   monkeypatch.setattr(whole, "_count_fn", jax.jit(local_density))
   expected = whole.predict(image)
   config = tiny_train_config(None)
   config.predict.update(tile_size=384, tile_overlap=128)
-  tiled = CrowdCounter(config, None, None)
+  tiled = CrowdCounter(config, None)
   monkeypatch.setattr(tiled, "_count_fn", jax.jit(local_density))
   got = tiled.predict(image)
   assert expected.tiles == 1
@@ -148,19 +131,19 @@ def test_tiled_and_whole_counts_of_a_large_photo_agree(counter):
   whole = counter.predict(path)
   config = tiny_train_config(None)
   config.predict.update(tile_size=512, tile_overlap=256)
-  tiled = CrowdCounter(config, counter._params, counter._batch_stats).predict(path)
+  tiled = CrowdCounter(config, counter._variables).predict(path)
   assert whole.tiles == 1 and tiled.tiles > 1
   assert tiled.density.shape == whole.density.shape == (267, 400)
   assert abs(tiled.count / whole.count - 1) < 0.05
 
 
-def test_mixed_sizes_compile_once_per_bucket(counter):
+def test_mixed_sizes_compile_once_per_padded_shape(counter):
   compiles = []
   def listener(event, *args, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
       compiles.append(event)
 
-  fresh = CrowdCounter(counter.config, counter._params, counter._batch_stats)
+  fresh = CrowdCounter(counter.config, counter._variables)
   rng = np.random.default_rng(2)
   sizes = [(100, 120), (128, 128), (90, 101), (300, 200), (257, 250), (290, 199), (60, 60)]
   images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size in sizes]
@@ -170,78 +153,6 @@ def test_mixed_sizes_compile_once_per_bucket(counter):
       fresh.predict(image)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  buckets = {(tiling.bucket_side(h, 128), tiling.bucket_side(w, 128)) for h, w in sizes}
-  assert buckets == {(128, 128), (384, 256)}
+  shapes = {(round_up(h, 128), round_up(w, 128)) for h, w in sizes}
+  assert shapes == {(128, 128), (384, 256)}
   assert fresh.compilations == 2 and len(compiles) == 2
-
-
-def test_bucket_sides_pad_by_less_than_a_quarter():
-  for length in range(1, 5000, 7):
-    side = tiling.bucket_side(length, 128)
-    assert side % 128 == 0 and side >= length
-    assert side <= max(1.25 * length, -(-length // 128) * 128)
-  assert len({tiling.bucket_side(n, 128) for n in range(1, 2049)}) == 12
-
-
-def test_overlay_leaves_empty_regions_unchanged_and_writes_the_count(photo):
-  density = np.zeros((48, 64), np.float32)
-  density[30:40, 40:60] = 1.0
-  picture = np.asarray(render_overlay(photo, density, 200.0))
-  assert picture.shape == photo.shape
-  # Far from the dense block and below the count box, the photo shows through unchanged.
-  np.testing.assert_array_equal(picture[60:100, :100], photo[60:100, :100])
-  assert np.abs(picture[130:150, 170:230].astype(int) - photo[130:150, 170:230]).mean() > 20
-  assert (picture[:2, :2] == 0).all() and (picture[:20, :100] == 255).any()  # the label.
-
-
-def test_collect_images_reports_what_it_ignores(tmp_path):
-  (tmp_path / "a").mkdir()
-  Image.new("RGB", (8, 8)).save(tmp_path / "a" / "x.PNG")
-  Image.new("RGB", (8, 8)).save(tmp_path / "y.jpg")
-  (tmp_path / "notes.txt").write_text("not an image")
-  files, ignored = collect_images([str(tmp_path), str(tmp_path / "*.jpg")])
-  assert files == [tmp_path / "a" / "x.PNG", tmp_path / "y.jpg"] and ignored == 1
-  with pytest.raises(FileNotFoundError, match="nothing-here"):
-    collect_images([str(tmp_path / "nothing-here*.jpg")])
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory, synthetic_data_dir):
-  workdir = tmp_path_factory.mktemp("run")
-  train.train_and_evaluate(tiny_train_config(synthetic_data_dir, num_train_steps=2,
-                                             eval_every_steps=2, log_every_steps=1),
-                           str(workdir))
-  return workdir
-
-
-def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
-  images = shared_data("sht_sample") / "images"
-  corrupt = tmp_path / "corrupt.jpg"
-  corrupt.write_bytes(b"not an image at all")
-  out = tmp_path / "out"
-  result = subprocess.run(
-      [sys.executable, "launch.py", "--mode", "predict", "--workdir", str(trained_workdir),
-       "--images", str(images), "--images", str(corrupt), "--out", str(out),
-       "--save_density"], cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert "skipped 1 unreadable: " + str(corrupt) in result.stderr
-  with open(out / "counts.csv", newline="") as table:
-    rows = list(csv.DictReader(table))
-  names = sorted(p.stem for p in images.glob("*.jpg"))
-  assert sorted(row["name"] for row in rows) == names
-  for row in rows:
-    density = np.load(out / "density" / f"{row['name']}.npy")
-    assert float(row["count"]) == pytest.approx(float(density.sum(dtype=np.float64)),
-                                                rel=1e-6)
-    with Image.open(row["file"]) as original, \
-         Image.open(out / "overlays" / f"{row['name']}.png") as overlay:
-      assert overlay.size == original.size
-      assert density.shape == (-(-original.height // 4), -(-original.width // 4))
-  summary = json.loads((out / "summary.json").read_text())
-  assert summary["images"] == 5 and list(summary["skipped"]) == [str(corrupt)]
-  # IMG_1..3 are 1024x768, IMG_4 1600x1067, IMG_5 1049x721: three buckets.
-  assert summary["compilations"] == 3
-  # The Python API on the same checkpoint gives the same counts.
-  counter = CrowdCounter.from_checkpoint(trained_workdir)
-  first = next(row for row in rows if row["name"] == "IMG_5")
-  assert counter.count(first["file"]) == pytest.approx(float(first["count"]), rel=1e-5)

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cfrnet_jax import input_pipeline
-from cfrnet_jax.targets import density_targets
+from cfrnet_jax.data import pipeline
+from cfrnet_jax.data.device_ops import normalize_images
+from cfrnet_jax.data.geometry import decode_image, mean_colour
+from cfrnet_jax.data.targets import density_targets
 from configs.base import get_config
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET_ARGS = get_config().targets.to_dict()  # sigma, foreground_radius
 
 
 def encode(pixels: np.ndarray) -> bytes:
@@ -58,7 +61,7 @@ def dataset(n=12):
 
 
 def crop(example, seed=0, **overrides):
-  transform = input_pipeline.TrainCrop(small_config(**overrides).data)
+  transform = pipeline.TrainCrop(small_config(**overrides).data)
   return transform.random_map(example, np.random.default_rng(seed))
 
 
@@ -76,7 +79,7 @@ def test_crop_points_sit_on_their_pixels_and_targets_sum_to_the_count():
         (int(y), int(x)) for x, y in np.floor(points))
     targets = density_targets(jnp.asarray(out["points"]), jnp.asarray(out["valid"]),
                               (256, 256), strides=(1, 4, 8, 16),
-                              valid_size=jnp.asarray(out["valid_size"]))
+                              valid_size=jnp.asarray(out["valid_size"]), **TARGET_ARGS)
     for stride, density in targets["density"].items():
       assert abs(float(density.sum()) - count) < 1e-4, stride
 
@@ -92,7 +95,8 @@ def test_flip_moves_points_and_density_consistently():
   def density(out, stride):
     return np.asarray(density_targets(
         jnp.asarray(out["points"]), jnp.asarray(out["valid"]), (256, 256),
-        strides=(stride,), valid_size=jnp.asarray(out["valid_size"]))["density"][stride])
+        strides=(stride,), valid_size=jnp.asarray(out["valid_size"]),
+        **TARGET_ARGS)["density"][stride])
 
   for stride in (4, 8, 16):
     np.testing.assert_allclose(density(flipped, stride), density(plain, stride)[:, ::-1],
@@ -114,16 +118,17 @@ def test_image_smaller_than_the_crop_is_padded_without_density():
   assert out["image"].shape == (256, 256, 3)
   np.testing.assert_array_equal(out["valid_size"], [80, 100])
   assert int(out["count"]) == 3
-  fill = input_pipeline.mean_colour(small_config().data)
+  fill = mean_colour(small_config().data.mean)
   assert (out["image"][80:] == fill).all() and (out["image"][:, 100:] == fill).all()
   targets = density_targets(jnp.asarray(out["points"]), jnp.asarray(out["valid"]),
-                            (256, 256), strides=(4,), valid_size=jnp.asarray(out["valid_size"]))
+                            (256, 256), strides=(4,), valid_size=jnp.asarray(out["valid_size"]),
+                            **TARGET_ARGS)
   density = np.asarray(targets["density"][4])
   assert abs(density.sum() - 3) < 1e-4
   assert density[20:].max() == 0 and density[:, 25:].max() == 0
-  images = input_pipeline.normalize_images(jnp.asarray(out["image"])[None],
-                                           jnp.asarray(out["valid_size"])[None],
-                                           small_config().data)
+  images = normalize_images(jnp.asarray(out["image"])[None],
+                            jnp.asarray(out["valid_size"])[None], small_config().data.mean,
+                            small_config().data.std)
   assert float(jnp.abs(images[0, 80:]).max()) == 0.0
 
 
@@ -140,7 +145,7 @@ def test_too_many_heads_for_max_points_is_a_clear_error():
 
 def test_max_side_resizes_images_and_points_together():
   example = marked_example(1000, 2000, [[1999.0, 999.0], [1000.0, 500.0]])
-  image, scale = input_pipeline.decode_image(example["image"], 1024, "x")
+  image, scale = decode_image(example["image"], 1024, "x")
   assert image.shape == (512, 1024, 3)
   np.testing.assert_allclose(example["points"] * scale, [[1023.488, 511.488], [512, 256]])
   out = crop(example, max_side=1024, crop_size=256)
@@ -148,7 +153,7 @@ def test_max_side_resizes_images_and_points_together():
 
 
 def _batches(config, n, source=None):
-  loader = input_pipeline.create_train_loader(config, source or dataset())
+  loader = pipeline.create_train_loader(config, source or dataset())
   iterator = iter(loader)
   return [next(iterator) for _ in range(n)]
 
@@ -182,9 +187,9 @@ def test_worker_processes_are_deterministic_and_augment_each_record_the_same_way
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    from test_input_pipeline import dataset, small_config
-    from cfrnet_jax import input_pipeline
-    iterator = iter(input_pipeline.create_train_loader(
+    from test_pipeline import dataset, small_config
+    from cfrnet_jax.data import pipeline
+    iterator = iter(pipeline.create_train_loader(
         small_config(num_workers={workers}), dataset()))
     iterator.set_state(open({state!r}, "rb").read())
     batches = [next(iterator) for _ in range(3)]
@@ -195,7 +200,7 @@ RESUME_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_restored_iterator_in_a_new_process_continues_exactly(tmp_path, workers):
-  iterator = iter(input_pipeline.create_train_loader(small_config(num_workers=workers),
+  iterator = iter(pipeline.create_train_loader(small_config(num_workers=workers),
                                                      dataset()))
   for _ in range(5):  # past the first epoch of 12 images / 4 per batch
     next(iterator)
@@ -211,64 +216,29 @@ def test_restored_iterator_in_a_new_process_continues_exactly(tmp_path, workers)
       np.testing.assert_array_equal(restored[f"{i}_{key}"], value)
 
 
-def test_eval_loader_pads_to_buckets_and_carries_the_true_count():
-  config = small_config(eval_bucket=128)
+def test_eval_loader_pads_as_the_model_and_carries_the_true_count():
+  config = small_config()
   examples = dataset(3)
-  batches = list(input_pipeline.create_eval_loader(config, examples))
+  batches = list(pipeline.create_eval_loader(config, examples))
   assert len(batches) == 3
   for batch, example in zip(batches, examples):
     height, width = Image.open(io.BytesIO(example["image"])).size[::-1]
     assert batch["valid_size"][0].tolist() == [height, width]
-    assert batch["image"].shape[1] % 128 == 0 and batch["image"].shape[2] % 128 == 0
-    assert batch["image"].shape[1] >= height and batch["image"].shape[2] >= width
+    # The paper model's padding multiple is 128: the next multiple of it on each side.
+    assert batch["image"].shape[1:3] == (-(-height // 128) * 128, -(-width // 128) * 128)
     assert int(batch["count"][0]) == example["count"]
-
-
-SHARDING_SCRIPT = textwrap.dedent("""
-    import os, sys, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax, numpy as np
-    sys.path.insert(0, {repo!r})
-    from cfrnet_jax import sharding
-    mesh = sharding.create_mesh()
-    host = {{"image": np.zeros((16, 256, 256, 3), np.uint8),
-             "points": np.zeros((16, 64, 2), np.float32)}}
-    batch = sharding.make_global_batch(host, mesh)
-    result = {{k: {{"shape": list(v.shape), "spec": str(v.sharding.spec),
-                   "devices": len(v.addressable_shards),
-                   "shard_shapes": sorted({{tuple(s.data.shape) for s in v.addressable_shards}})}}
-              for k, v in batch.items()}}
-    try:
-      sharding.make_global_batch({{"x": np.zeros((12, 3))}}, mesh)
-      result["error"] = None
-    except ValueError as error:
-      result["error"] = str(error)
-    print(json.dumps(result))
-""")
-
-
-def test_global_batch_is_sharded_along_data_over_8_devices():
-  out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(repo=str(REPO))],
-                       check=True, capture_output=True, text=True, cwd=REPO)
-  result = json.loads(out.stdout.strip().splitlines()[-1])
-  assert result["image"]["shape"] == [16, 256, 256, 3]
-  assert result["image"]["devices"] == 8
-  assert result["image"]["shard_shapes"] == [[2, 256, 256, 3]]
-  assert result["points"]["shard_shapes"] == [[2, 64, 2]]
-  assert "data" in result["image"]["spec"]
-  assert "does not divide over the 8 devices" in result["error"]
 
 
 NO_TF_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    from cfrnet_jax import input_pipeline
+    from cfrnet_jax.data import pipeline
     from configs.base import get_config
     config = get_config()
     config.data.data_dir = {data_dir!r}
     config.data.num_workers = 0
-    source = input_pipeline.open_split(config.data, "train")
-    batch = next(iter(input_pipeline.create_train_loader(config, source)))
+    source = pipeline.open_split(config.data, "train")
+    batch = next(iter(pipeline.create_train_loader(config, source)))
     assert batch["image"].shape == (4, 256, 256, 3), batch["image"].shape
     print("tensorflow" in sys.modules)
 """)
@@ -287,7 +257,7 @@ def test_missing_dataset_says_how_to_build_it(tmp_path):
   config = small_config()
   config.data.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match="python -m tfds_crowd.build synthetic_crowd"):
-    input_pipeline.open_split(config.data, "train")
+    pipeline.open_split(config.data, "train")
 
 
 def test_each_host_reads_only_its_shard():
@@ -297,7 +267,7 @@ def test_each_host_reads_only_its_shard():
   names = []
   for index in range(2):
     options = grain.ShardOptions(shard_index=index, shard_count=2)
-    names.append([b["filename"][0] for b in input_pipeline.create_eval_loader(
+    names.append([b["filename"][0] for b in pipeline.create_eval_loader(
         config, examples, shard_options=options)])
   assert len(names[0]) == len(names[1]) == 5
   assert not set(names[0]) & set(names[1])

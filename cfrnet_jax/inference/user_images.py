@@ -1,6 +1,6 @@
 """The user's own pictures -> (H, W, 3) uint8 RGB, whatever they came as.
 
-Dataset images go through `input_pipeline.decode_image`; this module is for what a user
+Dataset images go through `data.geometry.decode_image`; this module is for what a user
 hands to `CrowdCounter` or to `launch.py --mode predict`: a path, a PIL image or a numpy
 array, in any mode Pillow opens. What each kind becomes:
 

@@ -1,4 +1,4 @@
-"""Training: sharded steps, multi-host lockstep, checkpoints, preemption, evaluation."""
+"""The training loop: sharded steps, multi-host lockstep, resuming, preemption, NaN guard."""
 
 import json
 import os
@@ -15,15 +15,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cfrnet_jax import evaluation, sharding, train
-from tests.conftest import TINY_TRAIN_FLAGS, tiny_train_config
+from cfrnet_jax.training import sharding, trainer
+from tests.conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def fixed_batch(batch_size=8, crop=128, max_points=128):
   """Crops of synthetic crowd images with their heads, as the pipeline ships them."""
-  from cfrnet_jax.input_pipeline import TrainCrop
+  from cfrnet_jax.data.pipeline import TrainCrop
   from tfds_crowd.synthetic_crowd import render_crowd_image
   config = tiny_train_config(None)
   config.data.max_points = max_points
@@ -43,20 +43,21 @@ STEP_SCRIPT = textwrap.dedent("""
     import jax
     sys.path.insert(0, {repo!r})
     from tests.conftest import tiny_train_config
-    from tests.test_train import fixed_batch
-    from cfrnet_jax import sharding, train
+    from tests.test_trainer import fixed_batch
+    from cfrnet_jax.state import local_copy, model_graphdef
+    from cfrnet_jax.training import sharding, trainer
     config = tiny_train_config(None)
     mesh = sharding.create_mesh()
-    graphdef = train.model_graphdef(config)
-    state, state_sharding = train.create_train_state(config, mesh)
-    step = train.jit_train_step(config, graphdef, mesh, state_sharding)
+    graphdef = model_graphdef(config.model)
+    state, state_sharding = trainer.create_train_state(config, mesh)
+    step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = fixed_batch()
     rows = len(batch["image"]) // jax.process_count()
     mine = {{k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
             for k, v in batch.items()}}
     for _ in range({steps}):
       state, metrics = step(state, sharding.make_global_batch(mine, mesh))
-    leaves = jax.tree_util.tree_leaves_with_path(train.local_copy(
+    leaves = jax.tree_util.tree_leaves_with_path(local_copy(
         {{"params": state.params, "batch_stats": state.batch_stats,
           "mu": state.opt_state[0].mu}}))
     np.savez({out!r}, **{{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}},
@@ -143,9 +144,8 @@ def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
 
 
 def launch(workdir, data_dir, *flags):
-  return [sys.executable, "launch.py", "--config", "configs/default.py",
-          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}",
-          *TINY_TRAIN_FLAGS, *flags]
+  return [sys.executable, "launch.py", "--config", "configs/tiny.py",
+          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *flags]
 
 
 def restore_params(workdir: Path, step: int) -> dict:
@@ -203,101 +203,11 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
   assert params and all(np.isfinite(v).all() for v in params.values())
 
 
-def test_padding_an_evaluation_image_does_not_change_its_count(synthetic_data_dir):
-  config = tiny_train_config(synthetic_data_dir)
-  mesh = sharding.create_mesh()
-  state, _ = train.create_train_state(config, mesh)
-  graphdef = train.model_graphdef(config)
-  count_fn = evaluation.make_count_fn(graphdef, config.data)
-  image = np.random.default_rng(0).integers(0, 255, (1, 130, 201, 3)).astype(np.uint8)
-  valid_size = np.array([[130, 201]], np.int32)
-  counts = []
-  for bucket in (128, 256, 512):  # pad to 256x256, 256x256 and 512x512
-    height, width = -(-130 // bucket) * bucket, -(-201 // bucket) * bucket
-    padded = np.zeros((1, height, width, 3), np.uint8)
-    padded[:, :130, :201] = image
-    counts.append(float(count_fn(state.params, state.batch_stats, padded, valid_size)[0][0]))
-  # 128 and 256 both pad to 256x256 (the model's own padding): exactly equal.
-  assert counts[0] == counts[1]
-  # And the unpadded image through the model (which pads to 256x256 itself) agrees.
-  from flax import nnx
-  model = nnx.merge(graphdef, state.params, state.batch_stats)
-  model.eval()
-  from cfrnet_jax.input_pipeline import normalize_images
-  direct = float(model(normalize_images(image, valid_size, config.data))["density"].sum())
-  np.testing.assert_allclose(counts[0], direct, rtol=1e-5)
-  config.data.eval_bucket = 96
-  with pytest.raises(ValueError, match="multiple of the model's padding multiple 128"):
-    train.check_eval_bucket(config)
-
-
 def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthetic_data_dir):
   config = tiny_train_config(synthetic_data_dir, num_train_steps=6, log_every_steps=3,
                              checkpoint_every_steps=3, eval_every_steps=1000)
   config.model.density_scale = 1e30  # the squared error overflows to inf at step 0
   with pytest.raises(FloatingPointError, match="NaN or inf at step 0"):
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
   checkpoints = tmp_path / "checkpoints"
   assert not checkpoints.exists() or not [p for p in checkpoints.iterdir() if p.name.isdigit()]
-
-
-def test_evaluate_mode_writes_predictions_and_metrics(tmp_path, synthetic_data_dir):
-  config = tiny_train_config(synthetic_data_dir, num_train_steps=2, eval_every_steps=2,
-                             checkpoint_every_steps=2, log_every_steps=1)
-  metrics = train.train_and_evaluate(config, str(tmp_path))
-  assert set(metrics) == {"mae", "mse", "nae", "images"} and metrics["images"] == 4
-  rows = evaluation.read_predictions(tmp_path / "eval" / "step_2" / "predictions.csv")
-  true = np.array([r[1] for r in rows])
-  predicted = np.array([r[2] for r in rows])
-  np.testing.assert_allclose(metrics["mae"], np.abs(predicted - true).mean(), rtol=1e-5)
-  np.testing.assert_allclose(metrics["mse"], np.sqrt(((predicted - true) ** 2).mean()),
-                             rtol=1e-5)
-  again = train.evaluate_checkpoint(config, str(tmp_path))
-  np.testing.assert_allclose(again["mae"], metrics["mae"], rtol=1e-5)
-  config_json = json.loads((tmp_path / "config.json").read_text())
-  assert config_json["data"]["eval_split"] == "test[:4]"
-  assert list((tmp_path / "tensorboard").iterdir())
-
-
-def test_unlabeled_split_writes_a_submission_file(tmp_path):
-  from tests.test_tfds_crowd import test_nwpu_crowd_from_official_zips_with_unlabeled_test
-  test_nwpu_crowd_from_official_zips_with_unlabeled_test(tmp_path)  # builds nwpu_crowd
-  config = tiny_train_config(str(tmp_path / "data"))
-  config.data.name = "nwpu_crowd"
-  mesh = sharding.create_mesh()
-  state, _ = train.create_train_state(config, mesh)
-  out = tmp_path / "eval"
-  assert train.evaluate(config, train.model_graphdef(config), state, "test", out) is None
-  lines = (out / "submission.txt").read_text().splitlines()
-  assert len(lines) == 1 and lines[0].split()[0] == "0004"
-  float(lines[0].split()[1])
-
-
-def test_count_metrics_by_hand():
-  metrics = evaluation.count_metrics([10, 0, 4], [12, 1, 1])
-  assert metrics["mae"] == pytest.approx(2.0)
-  assert metrics["mse"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
-  assert metrics["nae"] == pytest.approx((2 / 10 + 3 / 4) / 2)  # images with people only
-
-
-def test_ucf_cc_50_protocol_runs_five_folds_and_averages(tmp_path, monkeypatch):
-  """The orchestration of the five folds (each fold's training is the tested loop)."""
-  from configs import ucf_cc_50
-  from cfrnet_jax.input_pipeline import resolve_splits
-  seen = []
-  run_folds = train.train_and_evaluate
-
-  def one_fold(config, workdir):
-    if config.data.fold == 0:
-      return run_folds(config, workdir)
-    seen.append((config.data.fold, resolve_splits(config.data), Path(workdir).name))
-    return {"mae": 10.0 * config.data.fold, "mse": 20.0 * config.data.fold}
-
-  monkeypatch.setattr(train, "train_and_evaluate", one_fold)
-  config = ucf_cc_50.get_config()
-  assert config.data.fold == 0
-  summary = train.train_and_evaluate(config, str(tmp_path))
-  assert [fold for fold, _, _ in seen] == [1, 2, 3, 4, 5]
-  assert seen[2][1] == ("fold1+fold2+fold4+fold5", "fold3") and seen[2][2] == "fold_3"
-  assert summary["mae"] == pytest.approx(30.0) and summary["mse"] == pytest.approx(60.0)
-  assert json.loads((tmp_path / "folds_summary.json").read_text())["mae"] == pytest.approx(30.0)

@@ -1,0 +1,72 @@
+"""Checkpoints: what inference restores (parameters and statistics only), run configs."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cfrnet_jax import checkpointing
+from cfrnet_jax.inference.counter import CrowdCounter
+from configs import base
+
+
+def _plain_orbax_state(workdir, step):
+  """The saved training state read with plain Orbax, as the docs show."""
+  return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def _flat(tree) -> dict:
+  """{'a/0/kernel': array}: integer and string keys alike (Orbax stores strings)."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): value
+          for path, value in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_restore_variables_reads_the_saved_parameters_and_statistics(trained_workdir):
+  config = checkpointing.load_run_config(trained_workdir)
+  step, variables = checkpointing.restore_variables(trained_workdir, config.model)
+  assert step == 2  # the only (and so the best) evaluated step
+  full = _plain_orbax_state(trained_workdir, 2)
+  for name in ("params", "batch_stats"):
+    saved, restored = _flat(full[name]), _flat(getattr(variables, name))
+    assert sorted(saved) == sorted(restored) and saved
+    for key, value in saved.items():
+      np.testing.assert_array_equal(np.asarray(restored[key]), value, err_msg=key)
+
+
+def test_a_checkpoint_without_optimizer_state_still_predicts(trained_workdir, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  full = _plain_orbax_state(workdir, 2)
+  assert "opt_state" in full
+  state_dir = workdir / "checkpoints" / "2" / "state"
+  shutil.rmtree(state_dir)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(state_dir, {k: v for k, v in full.items() if k != "opt_state"})
+  assert "opt_state" not in _plain_orbax_state(workdir, 2)
+  picture = np.random.default_rng(0).integers(0, 255, (96, 160, 3)).astype(np.uint8)
+  expected = CrowdCounter.from_checkpoint(trained_workdir).count(picture)
+  assert CrowdCounter.from_checkpoint(workdir).count(picture) == pytest.approx(expected,
+                                                                                rel=1e-6)
+
+
+def test_missing_step_and_missing_workdir_are_named(trained_workdir, tmp_path):
+  config = checkpointing.load_run_config(trained_workdir)
+  with pytest.raises(FileNotFoundError, match="No checkpoint of step 7 .* steps \\[2\\]"):
+    checkpointing.restore_variables(trained_workdir, config.model, step=7)
+  with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+    checkpointing.restore_variables(tmp_path, config.model)
+  with pytest.raises(FileNotFoundError, match="config.json does not exist"):
+    checkpointing.load_run_config(tmp_path)
+
+
+def test_a_run_saved_before_the_predict_settings_existed_loads(trained_workdir, tmp_path):
+  saved = json.loads((trained_workdir / "config.json").read_text())
+  del saved["predict"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  config = checkpointing.load_run_config(tmp_path)
+  assert config.predict.to_dict() == base.get_config().predict.to_dict()
+  assert config.model.to_dict() == checkpointing.load_run_config(
+      trained_workdir).model.to_dict()

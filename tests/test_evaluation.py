@@ -1,0 +1,77 @@
+"""Whole-image evaluation: the padding rule, metrics, predictions, submissions."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cfrnet_jax import evaluation
+from cfrnet_jax.data.device_ops import normalize_images
+from cfrnet_jax.data.geometry import mean_colour, pad_to_multiple
+from cfrnet_jax.models.cfrnet import pad_multiple
+from cfrnet_jax.state import init_variables, model_graphdef
+from tests.conftest import tiny_train_config
+
+
+def test_padding_to_the_models_multiple_never_changes_the_count():
+  config = tiny_train_config(None)
+  graphdef, variables = model_graphdef(config.model), init_variables(config.model, 0)
+  count_fn = evaluation.make_count_fn(graphdef, config.data)
+  image = np.random.default_rng(0).integers(0, 255, (130, 201, 3)).astype(np.uint8)
+  valid_size = np.array([[130, 201]], np.int32)
+  padded = pad_to_multiple(image, pad_multiple(config.model), mean_colour(config.data.mean))
+  assert padded.shape == (256, 256, 3)
+  count = float(count_fn(variables, padded[None], valid_size)[0][0])
+  # The padding's content is irrelevant: it is set to exactly 0 before the model.
+  noisy = padded.copy()
+  noisy[130:], noisy[:, 201:] = 7, 250
+  assert float(count_fn(variables, noisy[None], valid_size)[0][0]) == count
+  # The unpadded picture through the model, which pads to 256 x 256 itself, agrees.
+  @jax.jit
+  def direct_count(variables, image):
+    model = nnx.merge(graphdef, variables.params, variables.batch_stats)
+    model.eval()
+    images = normalize_images(image, valid_size, config.data.mean, config.data.std)
+    return model(images)["density"].sum()
+
+  direct = float(direct_count(variables, image[None]))
+  np.testing.assert_allclose(count, direct, rtol=1e-5)
+
+
+def test_evaluate_writes_predictions_and_metrics(trained_workdir, synthetic_data_dir):
+  rows = evaluation.read_predictions(trained_workdir / "eval" / "step_2" / "predictions.csv")
+  true = np.array([r[1] for r in rows])
+  predicted = np.array([r[2] for r in rows])
+  assert len(rows) == 4
+  config = tiny_train_config(synthetic_data_dir)
+  again = evaluation.evaluate_checkpoint(config, trained_workdir, split="test[:4]")
+  np.testing.assert_allclose(again["mae"], np.abs(predicted - true).mean(), atol=2e-3)
+  np.testing.assert_allclose(again["mse"], np.sqrt(((predicted - true) ** 2).mean()),
+                             atol=2e-3)
+  assert set(again) == {"mae", "mse", "nae", "images"} and again["images"] == 4
+  config_json = json.loads((trained_workdir / "config.json").read_text())
+  assert config_json["data"]["eval_split"] == "test[:4]"
+  assert list((trained_workdir / "tensorboard").iterdir())
+
+
+def test_unlabeled_split_writes_a_submission_file(tmp_path):
+  from tests.test_tfds_crowd import test_nwpu_crowd_from_official_zips_with_unlabeled_test
+  test_nwpu_crowd_from_official_zips_with_unlabeled_test(tmp_path)  # builds nwpu_crowd
+  config = tiny_train_config(str(tmp_path / "data"))
+  config.data.name = "nwpu_crowd"
+  out = tmp_path / "eval"
+  variables = init_variables(config.model, 0)
+  assert evaluation.evaluate(config, model_graphdef(config.model), variables, "test",
+                             out) is None
+  lines = (out / "submission.txt").read_text().splitlines()
+  assert len(lines) == 1 and lines[0].split()[0] == "0004"
+  float(lines[0].split()[1])
+
+
+def test_count_metrics_by_hand():
+  metrics = evaluation.count_metrics([10, 0, 4], [12, 1, 1])
+  assert metrics["mae"] == pytest.approx(2.0)
+  assert metrics["mse"] == pytest.approx(np.sqrt((4 + 1 + 9) / 3))
+  assert metrics["nae"] == pytest.approx((2 / 10 + 3 / 4) / 2)  # images with people only
