@@ -61,7 +61,8 @@ def _initialize_distributed():
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","):
+  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
     jax.distributed.initialize()
 
 

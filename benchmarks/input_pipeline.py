@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+from absl import flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import cfrnet_jax  # noqa: E402
@@ -72,6 +72,7 @@ def main():
   parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--step_runs", type=int, default=3)
   args = parser.parse_args()
+  flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; none are used
 
   config = ucf_cc_50.get_config()
   config.batch_size = 32

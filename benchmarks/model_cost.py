@@ -121,7 +121,7 @@ def main():
     for name, (h, w), k, i in cfrm_rows(config, height, width):
       g, s = nnx.split(CrossLevelRelocation(c, config.num_heads, k, config.mlp_ratio,
                                             rngs=nnx.Rngs(0)))
-      flops = compiled_flops(lambda s, hi, lo: nnx.merge(g, s)(hi, lo), s,
+      flops = compiled_flops(lambda s, hi, lo, g=g: nnx.merge(g, s)(hi, lo), s,
                              jnp.zeros((1, h, w, c)),
                              jnp.zeros((1, h >> i, w >> i, c)))
       print(f"| {height}x{width} | {name} | {h}x{w} | {k} | {i} | {flops / 1e9:.3f} |"

@@ -8,7 +8,7 @@ The folder: the five real photos of ../shared/data/sht_sample, each also at 0.5x
 0.75x, and 10 synthetic_crowd test images (25 images, 19 distinct sizes). It runs
 `predict_files` (loading, forward, overlay PNG, CSV) twice with the same CrowdCounter:
 the first pass compiles, the second is warm. Reports images/s for both, the number of
-compilations (= distinct size buckets) against the number of distinct image sizes, and
+compilations (= distinct padded shapes) against the number of distinct image sizes, and
 for a trained run, the whole vs tiled count of a large image (a 3 x 4 mosaic of
 synthetic test images, tiled at 512 px with 256 px overlap).
 """

@@ -49,9 +49,9 @@ from flax import nnx  # noqa: E402
 from benchmarks.torch_twin import model as twin  # noqa: E402
 from cfrnet_jax import evaluation  # noqa: E402
 from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
+from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
 from cfrnet_jax.models.backbone import VGG16_WIDTHS, VGG16BN  # noqa: E402
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
-from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
 from cfrnet_jax.state import ModelVariables, local_copy, model_graphdef  # noqa: E402
 from cfrnet_jax.training import sharding, trainer  # noqa: E402
 from configs.base import get_config  # noqa: E402

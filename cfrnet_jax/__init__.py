@@ -11,7 +11,7 @@ and, shared by all of them, `state` (model structure and variables), `checkpoint
 (UCF_CC_50's five folds).
 """
 
-from cfrnet_jax.models.cfrnet import CFRNet, HEAD_STRIDES, build_model
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES, CFRNet, build_model
 
 __all__ = ["CFRNet", "CrowdCounter", "HEAD_STRIDES", "build_model"]
 

@@ -1,12 +1,39 @@
-"""Shared test fixtures: the tiny model of `configs/tiny.py`, datasets built once."""
+"""Shared test fixtures: the tiny model of `configs/tiny.py`, datasets and a run built once.
 
+Compiled programs are shared too: every test session gets a fresh JAX persistent
+compilation cache, which this process and the subprocesses it starts (`launch.py`,
+multi-device scripts) all use, so a program compiled by one test is read, not compiled
+again, by the next that runs it. Tests that count compilations turn it off
+(`without_compilation_cache`).
+"""
+
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import ml_collections
 import pytest
+from absl import flags
 
 from configs import tiny
+
+# Before JAX is imported (subprocesses inherit the environment).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The test session is the application: grain's worker processes read absl flags.
+flags.FLAGS.mark_as_parsed()
+
+
+@contextlib.contextmanager
+def without_compilation_cache():
+  import jax
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", True)
 
 # Every ablation of the paper's Tables 1-3, as overrides of the full model.
 ABLATIONS = {

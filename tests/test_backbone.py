@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cfrnet_jax.models.backbone import TORCHVISION_CONV_INDEX, VGG16BN, VGG16_WIDTHS
+from cfrnet_jax.models.backbone import TORCHVISION_CONV_INDEX, VGG16_WIDTHS, VGG16BN
 from configs.base import get_model_config
 
 

@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cfrnet_jax.models.cfrm import (CrossLevelRelocation, key_positions,
-                                    relative_position_index, relocated_positions,
-                                    window_partition, window_reverse)
+from cfrnet_jax.models.cfrm import (
+  CrossLevelRelocation,
+  key_positions,
+  relative_position_index,
+  relocated_positions,
+  window_partition,
+  window_reverse,
+)
 
 
 def _param_count(module):

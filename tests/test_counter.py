@@ -1,11 +1,6 @@
 """CrowdCounter: any picture a user has, tiles stitched exactly, one compilation per shape."""
 
-import csv
 import io
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +12,7 @@ from cfrnet_jax.data.geometry import mean_colour, round_up
 from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.user_images import load_image
-from tests.conftest import shared_data, tiny_train_config
+from tests.conftest import shared_data, tiny_train_config, without_compilation_cache
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +121,7 @@ def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
 def test_tiled_and_whole_counts_of_a_large_photo_agree(counter):
   """The real model sees less context in a tile (GAM attends over the tile only); with
   256 px of overlap, tiled and whole counts of a real 1600x1067 photo agree within 5%
-  (2.0% seen with this fresh tiny model; README for the quick-start model)."""
+  (2.0% seen with this fresh tiny model; docs/predict.md for the quick-start model)."""
   path = shared_data("sht_sample") / "images" / "IMG_4.jpg"
   whole = counter.predict(path)
   config = tiny_train_config(None)
@@ -149,8 +144,9 @@ def test_mixed_sizes_compile_once_per_padded_shape(counter):
   images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for size in sizes]
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    for image in images:
-      fresh.predict(image)
+    with without_compilation_cache():
+      for image in images:
+        fresh.predict(image)
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   shapes = {(round_up(h, 128), round_up(w, 128)) for h, w in sizes}

@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,9 +7,11 @@ import pytest
 from flax import nnx
 
 import cfrnet_jax
-from cfrnet_jax.training.losses import cfrnet_loss
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES, pad_multiple
 from cfrnet_jax.data.targets import batch_density_targets
+from cfrnet_jax.evaluation import make_count_fn
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES, pad_multiple
+from cfrnet_jax.state import init_variables, model_graphdef
+from cfrnet_jax.training.losses import cfrnet_loss
 from configs.base import get_config, get_model_config
 from tests.conftest import ABLATIONS, tiny_model_config
 
@@ -91,32 +95,50 @@ def _loss_and_grads(model, images, points, valid):
   return nnx.value_and_grad(loss_fn, has_aux=True)(model)
 
 
-@pytest.mark.parametrize("ablation", ["full", "fusion_concat", "no_dhp", "no_axial"])
-def test_every_parameter_gets_a_gradient(ablation):
+@functools.cache
+def _tiny_gradients(ablation: str):
+  """(loss, number of parameters, flat parameter gradients) of the tiny model with
+  `ablation` on a random batch of two 128x128 images; computed once per ablation."""
   model = cfrnet_jax.build_model(tiny_model_config(**ABLATIONS[ablation]), 0)
   images, points, valid = _random_batch(jax.random.key(1), 2, 128)
-  (loss, terms), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
+  (loss, _), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
+  return (loss, len(nnx.to_flat_state(nnx.state(model, nnx.Param))),
+          nnx.to_flat_state(nnx.state(grads, nnx.Param)))
+
+
+@pytest.mark.parametrize("ablation", ["full", "fusion_concat", "no_dhp", "no_axial"])
+def test_every_parameter_gets_a_gradient(ablation):
+  loss, parameters, flat = _tiny_gradients(ablation)
   assert np.isfinite(loss)
-  flat = nnx.to_flat_state(nnx.state(grads, nnx.Param))
-  assert len(flat) == len(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  assert len(flat) == parameters
   zero = [".".join(map(str, path)) for path, g in flat
           if not np.any(np.asarray(g.get_value()))]
   assert not zero, f"parameters without gradient: {zero}"
 
 
-def test_relocation_bias_table_is_fully_trained(tiny_config):
+def test_relocation_bias_table_is_fully_trained():
   """Every relative offset of a window occurs between high-resolution tokens, so every
   entry of each CFRM's bias table gets a gradient."""
-  model = cfrnet_jax.build_model(tiny_config, 0)
-  images, points, valid = _random_batch(jax.random.key(2), 1, 128)
-  _, grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
-  tables = [g.get_value() for path, g in nnx.to_flat_state(nnx.state(grads, nnx.Param))
-            if path[-1] == "relative_bias_table"]
+  _, _, flat = _tiny_gradients("full")
+  tables = [g.get_value() for path, g in flat if path[-1] == "relative_bias_table"]
   assert len(tables) == 6  # 3 hierarchical + 3 axial CFRMs.
   for table in tables:
     assert np.all(np.asarray(table) != 0)
 
 
+def test_paper_model_counts_a_small_picture():
+  """The real configuration (c = 256, VGG16-BN widths), jitted, at 128x128: one cell per
+  4x4 pixels, finite, and the masked count of the evaluation path is its sum."""
+  config = get_config()
+  graphdef, variables = model_graphdef(config.model), init_variables(config.model, 0)
+  image = np.random.default_rng(0).integers(0, 255, (1, 128, 128, 3)).astype(np.uint8)
+  count, density = make_count_fn(graphdef, config.data)(variables, image,
+                                                        np.array([[128, 128]], np.int32))
+  assert density.shape == (1, 32, 32) and np.isfinite(density).all()
+  np.testing.assert_allclose(float(count[0]), float(density.sum()), rtol=1e-5)
+
+
+@pytest.mark.slow
 def test_paper_size_model_jitted_forward_and_grad_at_256():
   """The real configuration (c = 256, VGG16-BN widths) runs jitted on CPU."""
   model = cfrnet_jax.build_model(get_model_config(), 0)

@@ -1,8 +1,6 @@
 """Input pipeline: crops, augmentation, targets, determinism, resumption, sharding."""
 
 import io
-import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -186,6 +184,8 @@ def test_worker_processes_are_deterministic_and_augment_each_record_the_same_way
 
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
+    from absl import flags
+    flags.FLAGS.mark_as_parsed()  # this script is the application
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
     from test_pipeline import dataset, small_config
     from cfrnet_jax.data import pipeline

@@ -3,8 +3,8 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 import textwrap
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 

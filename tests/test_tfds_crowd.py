@@ -16,7 +16,6 @@ from tfds_crowd.crowd_builder import CrowdDataError
 from tfds_crowd.synthetic_crowd import render_crowd_image
 
 
-
 def write_jpeg(path: Path, height: int, width: int, mode: str = "RGB"):
   from PIL import Image
   path.parent.mkdir(parents=True, exist_ok=True)

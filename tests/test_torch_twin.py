@@ -14,13 +14,14 @@ import pytest
 from flax import nnx
 
 import cfrnet_jax
-from cfrnet_jax.training.losses import cfrnet_loss
 from cfrnet_jax.data.targets import batch_density_targets
+from cfrnet_jax.training.losses import cfrnet_loss
 from configs.base import get_config
 from tests.conftest import import_torch, tiny_model_config
 
 torch = import_torch()
-from benchmarks.torch_twin import convert, model as twin_model  # noqa: E402
+from benchmarks.torch_twin import convert  # noqa: E402
+from benchmarks.torch_twin import model as twin_model  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -72,7 +73,7 @@ PAPER = get_config().model
 
 
 @pytest.mark.parametrize("name, model_config, size", [
-    ("paper model, c=256", PAPER, (256, 256)),
+    pytest.param("paper model, c=256", PAPER, (256, 256), marks=pytest.mark.slow),
     ("add fusion, no axial decoder, odd size", tiny_model_config(fusion="add", axial=False),
      (200, 300)),
     ("concat fusion, no GAM, no DHP", tiny_model_config(fusion="concat", use_gam=False,
@@ -98,8 +99,9 @@ def test_a_wrong_state_is_refused_by_name():
     twin(config, params, batch_stats)
 
 
-@pytest.mark.parametrize("model_config", [PAPER, tiny_model_config(use_gam=False)],
-                         ids=["paper", "tiny_no_gam"])
+@pytest.mark.parametrize("model_config", [
+    pytest.param(PAPER, marks=pytest.mark.slow, id="paper"),
+    pytest.param(tiny_model_config(use_gam=False), id="tiny_no_gam")])
 def test_training_mode_losses_match_on_the_same_batch(model_config):
   config = get_config()
   params, batch_stats = randomized_state(model_config)

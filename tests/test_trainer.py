@@ -1,6 +1,5 @@
 """The training loop: sharded steps, multi-host lockstep, resuming, preemption, NaN guard."""
 
-import json
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cfrnet_jax.training import sharding, trainer
+from cfrnet_jax.training import trainer
 from tests.conftest import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +105,7 @@ def assert_same_step(a: dict, b: dict):
                                  err_msg=key)
 
 
+@pytest.mark.slow
 def test_step_on_8_devices_equals_1_device(tmp_path):
   """Same global batch, one step: the sharded step computes what one device computes
   (float32 reductions in another order: tolerance 1e-5 relative)."""
@@ -122,6 +122,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
   port = _free_port()
   setup = textwrap.dedent("""
@@ -149,7 +150,7 @@ def launch(workdir, data_dir, *flags):
 
 
 def restore_params(workdir: Path, step: int) -> dict:
-  """Plain Orbax, as the README shows: no cfrnet_jax code involved."""
+  """Plain Orbax, as docs/training.md shows: no cfrnet_jax code involved."""
   state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
   flat = jax.tree_util.tree_leaves_with_path({"params": state["params"]})
   return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
@@ -163,6 +164,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
     time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
   flags = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=4",
            "--config.eval_every_steps=1000", "--config.log_every_steps=4")
@@ -186,6 +188,7 @@ def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
     np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(launch(workdir, synthetic_data_dir, "--config.num_train_steps=10000",

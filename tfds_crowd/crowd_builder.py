@@ -139,8 +139,9 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                **extra) -> tuple[str, dict]:
     """Validates one image and its points and returns its (key, example).
 
-    `data` is the encoded image and `where` names it in messages. `per_head` arrays have one row per annotated point and are filtered with the
-    points; `extra` values go into the example unchanged.
+    `data` is the encoded image and `where` names it in messages. `per_head` arrays
+    have one row per annotated point and are filtered with the points; `extra` values
+    go into the example unchanged.
     """
     height, width = image_size(data, where)
     points = as_points(points, where)

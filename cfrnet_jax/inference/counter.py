@@ -61,7 +61,7 @@ class CrowdCounter:
 
   @classmethod
   def from_checkpoint(cls, workdir: str | Path, step: int | None = None,
-                      config: ml_collections.ConfigDict | None = None) -> "CrowdCounter":
+                      config: ml_collections.ConfigDict | None = None) -> CrowdCounter:
     """The model of `workdir`'s checkpoint at `step` (default: the best by evaluation
     MAE, else the latest), with the config the run saved in `workdir/config.json`
     unless `config` is given. Reads only parameters and BatchNorm statistics."""
@@ -72,7 +72,7 @@ class CrowdCounter:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, seed: int | None = None
-                  ) -> "CrowdCounter":
+                  ) -> CrowdCounter:
     """A freshly initialised model (for tests and benchmarks: its counts mean nothing)."""
     return cls(config, init_variables(config.model, config.seed if seed is None else seed))
 

@@ -32,7 +32,9 @@ def render_overlay(image: np.ndarray, density: np.ndarray, count: float,
   height, width = image.shape[:2]
   scale = min(1.0, max_side / max(height, width))
   size = (max(1, round(width * scale)), max(1, round(height * scale)))
-  base = Image.fromarray(image).resize(size, Image.BILINEAR) if scale < 1 else Image.fromarray(image)
+  base = Image.fromarray(image)
+  if scale < 1:
+    base = base.resize(size, Image.BILINEAR)
   # Cell (i, j) covers pixels [4i, 4i + 4) x [4j, 4j + 4) of the (possibly resized)
   # image the model saw; resizing the map to the image's size lines them up.
   heat = np.asarray(Image.fromarray(density.astype(np.float32), mode="F").resize(

@@ -18,12 +18,11 @@ array, in any mode Pillow opens. What each kind becomes:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray]
+ImageSource = str | Path | Image.Image | np.ndarray
 
 # What a directory given to `collect_images` is searched for.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -50,7 +50,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Same values as `nnx.max_pool`; its gradient is a comparison and a select, which XLA's
   CPU backend runs twice as fast as the select-and-scatter of `reduce_window`'s gradient
-  (README, "Speed"). Ties share the gradient instead of giving it to one cell; here they
+  (docs/performance.md). Ties share the gradient instead of giving it to one cell; here they
   arise only among ReLU zeros, whose gradient the ReLU stops anyway.
   """
   batch, height, width, channels = x.shape

@@ -2,8 +2,8 @@
 
 Why: on CPU, XLA computes the forward pass and the input gradient of a 3x3 convolution
 as fast as PyTorch (oneDNN), but the *kernel* gradient - a convolution whose "kernel" is
-the whole output gradient map - 3 to 6 times slower (measured at VGG16-BN's shapes on
-2 cores: README, "Speed"). The kernel gradient of a stride-1 convolution is a sum over
+the whole output gradient map - 3 to 10 times slower (measured at VGG16-BN's shapes on
+2 cores: docs/performance.md). The kernel gradient of a stride-1 convolution is a sum over
 the kh x kw taps of (shifted input)^T @ (output gradient): kh*kw matrix products with a
 huge inner dimension (batch x height x width). We compute exactly that, with the inner
 dimension split into a few independent batched products so that every core gets work

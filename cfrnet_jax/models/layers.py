@@ -8,7 +8,6 @@ notation section); `ConvBNReLU` is that unit, used by the VGG16-BN backbone, the
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from cfrnet_jax.models.conv import conv_general_dilated

@@ -1,8 +1,10 @@
 """ImageNet VGG16-BN weights for the backbone, ported from torchvision (or timm).
 
     python -m cfrnet_jax.models.pretrained --source torchvision --out vgg16_bn.msgpack
-    python -m cfrnet_jax.models.pretrained --source ~/Downloads/vgg16_bn-6c64b313.pth --out vgg16_bn.msgpack
-    python -m cfrnet_jax.models.pretrained --source ~/Downloads/model.safetensors --out vgg16_bn.msgpack
+    python -m cfrnet_jax.models.pretrained --source ~/Downloads/vgg16_bn-6c64b313.pth \
+        --out vgg16_bn.msgpack
+    python -m cfrnet_jax.models.pretrained --source ~/Downloads/model.safetensors \
+        --out vgg16_bn.msgpack
 
 then train with `--config.backbone_weights=vgg16_bn.msgpack`.
 

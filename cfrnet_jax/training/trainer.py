@@ -39,8 +39,7 @@ from cfrnet_jax.data.device_ops import normalize_images
 from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.models import pretrained
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES
-from cfrnet_jax.state import (ModelVariables, init_variables, local_copy, model_graphdef,
-                              split_model)
+from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
 from cfrnet_jax.training import sharding
 from cfrnet_jax.training.losses import cfrnet_loss
 
