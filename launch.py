@@ -17,27 +17,45 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file in configs/.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, "
-                               "evaluation results.", required=True)
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict"],
-                          "train (resumes from the workdir's checkpoint if there is one), "
-                          "evaluate (the best checkpoint on the evaluation split) or "
-                          "predict (the best checkpoint on --images).")
-_SPLIT = flags.DEFINE_string("split", None, "evaluate: the split (default: the config's "
-                             "evaluation split, e.g. test; nwpu_crowd's test writes a "
-                             "submission file).")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file in configs/.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs, " "evaluation results.", required=True
+)
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "evaluate", "predict"],
+    "train (resumes from the workdir's checkpoint if there is one), "
+    "evaluate (the best checkpoint on the evaluation split) or "
+    "predict (the best checkpoint on --images).",
+)
+_SPLIT = flags.DEFINE_string(
+    "split",
+    None,
+    "evaluate: the split (default: the config's "
+    "evaluation split, e.g. test; nwpu_crowd's test writes a "
+    "submission file).",
+)
 
 
-_IMAGES = flags.DEFINE_multi_string("images", None, "predict: image files, directories "
-                                    "(searched recursively) or glob patterns; repeatable.")
-_OUT = flags.DEFINE_string("out", None, "predict: output directory (default: "
-                           "WORKDIR/predictions).")
-_SAVE_DENSITY = flags.DEFINE_bool("save_density", False, "predict: also write each raw "
-                                  "density map as a .npy file.")
-_STEP = flags.DEFINE_integer("step", None, "predict: the checkpoint step (default: the "
-                             "best by evaluation MAE, else the latest).")
+_IMAGES = flags.DEFINE_multi_string(
+    "images",
+    None,
+    "predict: image files, directories " "(searched recursively) or glob patterns; repeatable.",
+)
+_OUT = flags.DEFINE_string(
+    "out", None, "predict: output directory (default: " "WORKDIR/predictions)."
+)
+_SAVE_DENSITY = flags.DEFINE_bool(
+    "save_density", False, "predict: also write each raw " "density map as a .npy file."
+)
+_STEP = flags.DEFINE_integer(
+    "step",
+    None,
+    "predict: the checkpoint step (default: the " "best by evaluation MAE, else the latest).",
+)
 
 
 def _predict(config):
@@ -45,24 +63,31 @@ def _predict(config):
   without it the run's own `config.json` is used."""
   from cfrnet_jax.inference.counter import CrowdCounter
   from cfrnet_jax.inference.predict_mode import predict_files
+
   if not _IMAGES.value:
     raise app.UsageError("--mode predict needs --images (files, directories or globs).")
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
-  predict_files(counter, _IMAGES.value, _OUT.value or os.path.join(_WORKDIR.value,
-                                                                   "predictions"),
-                save_density=_SAVE_DENSITY.value)
+  predict_files(
+      counter,
+      _IMAGES.value,
+      _OUT.value or os.path.join(_WORKDIR.value, "predictions"),
+      save_density=_SAVE_DENSITY.value,
+  )
 
 
 def _initialize_distributed():
   """Joins the other hosts when the environment describes a multi-host job."""
   import jax
+
   if os.environ.get("JAX_COORDINATOR_ADDRESS"):
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-        process_id=int(os.environ["JAX_PROCESS_ID"]))
-  elif (int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",")):
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+    )
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get(
+      "TPU_WORKER_HOSTNAMES", ""
+  ).count(","):
     jax.distributed.initialize()
 
 
@@ -89,22 +114,34 @@ def main(argv):
   from cfrnet_jax import cross_validation, evaluation
   from cfrnet_jax.training import trainer
   from tfds_crowd.build import ensure_synthetic
+
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/default.py")
-  logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logging.info(
+      "JAX %s: process %d of %d, %d devices (%s)",
+      jax.__version__,
+      jax.process_index(),
+      jax.process_count(),
+      jax.device_count(),
+      jax.devices()[0].platform,
+  )
   if jax.process_index() == 0:
     ensure_synthetic(config.data)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("datasets ready")
   if _MODE.value == "train":
     cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
   else:
-    cross_validation.run_folds(config, _WORKDIR.value, lambda fold_config, workdir: (
-        evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)))
+    cross_validation.run_folds(
+        config,
+        _WORKDIR.value,
+        lambda fold_config, workdir: (
+            evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def timed_build(name: str, manual_dir: str | None) -> tuple[float, int]:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] /
-                                              "shared" / "data"))
+  parser.add_argument(
+      "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+  )
   args = parser.parse_args()
   shared = Path(args.shared)
   rows = [("synthetic_crowd", None)]
@@ -52,8 +53,9 @@ def main():
     rows.append(("shanghaitech/part_a", staging))
   results = [(name, *timed_build(name, manual)) for name, manual in rows]
   shutil.rmtree(staging)
-  print(f"# build_datasets  {datetime.date.today()}  {platform.machine()}  "
-        f"{os.cpu_count()} cpus")
+  print(
+      f"# build_datasets  {datetime.date.today()}  {platform.machine()}  " f"{os.cpu_count()} cpus"
+  )
   print("| dataset | images | build seconds | images/s |")
   print("|---|---|---|---|")
   for name, seconds, images in results:

@@ -52,22 +52,30 @@ def median_seconds(function, runs: int) -> float:
 
 def device_preprocess(config):
   """What the jitted step does with a host batch before the model."""
+
   def preprocess(batch):
-    images = normalize_images(batch["image"], batch["valid_size"], config.data.mean,
-                              config.data.std)
-    targets = batch_density_targets(batch["points"], batch["valid"],
-                                    batch["image"].shape[1:3],
-                                    valid_size=batch["valid_size"],
-                                    strides=HEAD_STRIDE_SET, sigma=config.targets.sigma,
-                                    foreground_radius=config.targets.foreground_radius)
+    images = normalize_images(
+        batch["image"], batch["valid_size"], config.data.mean, config.data.std
+    )
+    targets = batch_density_targets(
+        batch["points"],
+        batch["valid"],
+        batch["image"].shape[1:3],
+        valid_size=batch["valid_size"],
+        strides=HEAD_STRIDE_SET,
+        sigma=config.targets.sigma,
+        foreground_radius=config.targets.foreground_radius,
+    )
     return images, targets
+
   return jax.jit(preprocess)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] /
-                                              "shared" / "data" / "ucf_cc_50"))
+  parser.add_argument(
+      "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf_cc_50")
+  )
   parser.add_argument("--batches", type=int, default=10, help="timed batches of 32")
   parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--step_runs", type=int, default=3)
@@ -76,8 +84,10 @@ def main():
 
   config = ucf_cc_50.get_config()
   config.batch_size = 32
-  print(f"# input_pipeline  {datetime.date.today()}  {platform.machine()}  "
-        f"{os.cpu_count()} cpus  jax {jax.__version__} on {jax.devices()[0].platform}")
+  print(
+      f"# input_pipeline  {datetime.date.today()}  {platform.machine()}  "
+      f"{os.cpu_count()} cpus  jax {jax.__version__} on {jax.devices()[0].platform}"
+  )
   with tempfile.TemporaryDirectory() as data_dir:
     build("ucf_cc_50", data_dir, args.shared)
     config.data.data_dir = data_dir
@@ -99,10 +109,12 @@ def main():
   on_device = jax.device_put(batch)
   jax.block_until_ready(preprocess(on_device))
   seconds = median_seconds(lambda: preprocess(on_device), 5)
-  print(f"\nnormalise + targets (strides 4, 8, 16) for 32 crops, {int(heads.min())}-"
-        f"{int(heads.max())} heads each (max_points {config.data.max_points}), jitted on "
-        f"{jax.devices()[0].platform}: {seconds * 1e3:.1f} ms = "
-        f"{32 / seconds:.0f} crops/s")
+  print(
+      f"\nnormalise + targets (strides 4, 8, 16) for 32 crops, {int(heads.min())}-"
+      f"{int(heads.max())} heads each (max_points {config.data.max_points}), jitted on "
+      f"{jax.devices()[0].platform}: {seconds * 1e3:.1f} ms = "
+      f"{32 / seconds:.0f} crops/s"
+  )
 
   model = cfrnet_jax.build_model(config.model, 0)
   small = {key: value[:4] for key, value in on_device.items()}
@@ -110,14 +122,17 @@ def main():
   @nnx.jit
   def loss_and_grad(model, batch):
     images, targets = preprocess(batch)
-    return nnx.value_and_grad(lambda m: cfrnet_loss(
-        m(images), targets, config.loss.gamma, config.model.density_scale)[0])(model)
+    return nnx.value_and_grad(
+        lambda m: cfrnet_loss(m(images), targets, config.loss.gamma, config.model.density_scale)[0]
+    )(model)
 
   jax.block_until_ready(loss_and_grad(model, small))
   seconds = median_seconds(lambda: loss_and_grad(model, small), args.step_runs)
-  print(f"paper model forward+backward with targets, batch 4 at 256x256 on "
-        f"{jax.devices()[0].platform}: {seconds:.2f} s = {4 / seconds:.1f} crops/s "
-        f"(median of {args.step_runs})")
+  print(
+      f"paper model forward+backward with targets, batch 4 at 256x256 on "
+      f"{jax.devices()[0].platform}: {seconds:.2f} s = {4 / seconds:.1f} crops/s "
+      f"(median of {args.step_runs})"
+  )
 
 
 if __name__ == "__main__":

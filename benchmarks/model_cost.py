@@ -45,7 +45,7 @@ def count_params(module) -> int:
 
 
 def eq6_flops(h: int, w: int, c: int, k: int, i: int) -> float:
-  m = k * k + k * k / 4 ** i
+  m = k * k + k * k / 4**i
   return (h / k) * (w / k) * (24 * m * c * c + 4 * m * m * c)
 
 
@@ -53,9 +53,10 @@ def implemented_flops(h: int, w: int, c: int, k: int, i: int) -> float:
   """Matmul FLOPs of our CFRM: Q of k^2 tokens, K/V of m tokens, attention of k^2
   queries over m keys, projection and 4x MLP of k^2 tokens."""
   q = k * k
-  m = q + q / 4 ** i
-  return (h / k) * (w / k) * (2 * (q + 2 * m) * c * c + 2 * q * c * c
-                              + 16 * q * c * c + 4 * q * m * c)
+  m = q + q / 4**i
+  return (
+      (h / k) * (w / k) * (2 * (q + 2 * m) * c * c + 2 * q * c * c + 16 * q * c * c + 4 * q * m * c)
+  )
 
 
 def cfrm_rows(config, height: int, width: int):
@@ -63,18 +64,28 @@ def cfrm_rows(config, height: int, width: int):
   hw = lambda stride: (height // stride, width // stride)
   k_h = config.hierarchical_window
   k1, k2, k3 = config.axial_windows
-  return [("hier F3<-F4", hw(16), k_h, 1), ("hier F2<-F3", hw(8), k_h, 1),
-          ("hier F1<-F2", hw(4), k_h, 1), ("axial F5<-F4", hw(4), k1, 3),
-          ("axial F5<-F3", hw(4), k2, 2), ("axial F5<-F2", hw(4), k3, 1)]
+  return [
+      ("hier F3<-F4", hw(16), k_h, 1),
+      ("hier F2<-F3", hw(8), k_h, 1),
+      ("hier F1<-F2", hw(4), k_h, 1),
+      ("axial F5<-F4", hw(4), k1, 3),
+      ("axial F5<-F3", hw(4), k2, 2),
+      ("axial F5<-F2", hw(4), k3, 1),
+  ]
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", nargs="+", default=["256x256", "1024x768"],
-                      help="HEIGHTxWIDTH input sizes")
+  parser.add_argument(
+      "--sizes", nargs="+", default=["256x256", "1024x768"], help="HEIGHTxWIDTH input sizes"
+  )
   parser.add_argument("--runs", type=int, default=5, help="timed runs per size")
-  parser.add_argument("--memory_sizes", nargs="*", default=["1024x768", "2048x2048"],
-                      help="sizes whose inference memory XLA reports (compiled, not run)")
+  parser.add_argument(
+      "--memory_sizes",
+      nargs="*",
+      default=["1024x768", "2048x2048"],
+      help="sizes whose inference memory XLA reports (compiled, not run)",
+  )
   args = parser.parse_args()
   sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
 
@@ -82,11 +93,12 @@ def main():
   c = config.channels
   model = cfrnet_jax.build_model(config, 0)
   model.eval()
-  print(f"# model_cost  {datetime.date.today()}  {platform.processor() or platform.machine()}"
-        f"  {os.cpu_count()} cpus  jax {jax.__version__} on {jax.devices()[0].platform}")
+  print(
+      f"# model_cost  {datetime.date.today()}  {platform.processor() or platform.machine()}"
+      f"  {os.cpu_count()} cpus  jax {jax.__version__} on {jax.devices()[0].platform}"
+  )
   print(f"parameters: {count_params(model) / 1e6:.2f} M")
-  for part in ("backbone", "gam", "compressors", "hierarchical_decoder",
-               "axial_decoder", "heads"):
+  for part in ("backbone", "gam", "compressors", "hierarchical_decoder", "axial_decoder", "heads"):
     print(f"  {part:22s} {count_params(getattr(model, part)) / 1e6:7.2f} M")
 
   graphdef, state = nnx.split(model)
@@ -95,16 +107,17 @@ def main():
   print("|---|---|---|---|")
   for height, width in sizes:
     images = jnp.zeros((1, height, width, 3))
-    flops = compiled_flops(lambda s, x: nnx.merge(graphdef, s)(x)["density"], state,
-                           images)
+    flops = compiled_flops(lambda s, x: nnx.merge(graphdef, s)(x)["density"], state, images)
     forward(state, images).block_until_ready()  # compile + warm up
     times = []
     for _ in range(args.runs):
       start = time.perf_counter()
       forward(state, images).block_until_ready()
       times.append(time.perf_counter() - start)
-    print(f"| {height}x{width} | {flops / 1e9:.1f} | {statistics.median(times):.3f} |"
-          f" {args.runs} |")
+    print(
+        f"| {height}x{width} | {flops / 1e9:.1f} | {statistics.median(times):.3f} |"
+        f" {args.runs} |"
+    )
 
   print("\n| input (HxW) | inference memory, XLA arguments + temporaries (GB) |")
   print("|---|---|")
@@ -114,19 +127,27 @@ def main():
     total = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30
     print(f"| {height}x{width} | {total:.2f} |")
 
-  print("\n| input | CFRM | high map | window k | gap i | XLA GFLOPs | our matmul "
-        "formula | Eq. 6 |")
+  print(
+      "\n| input | CFRM | high map | window k | gap i | XLA GFLOPs | our matmul "
+      "formula | Eq. 6 |"
+  )
   print("|---|---|---|---|---|---|---|---|")
   for height, width in sizes:
     for name, (h, w), k, i in cfrm_rows(config, height, width):
-      g, s = nnx.split(CrossLevelRelocation(c, config.num_heads, k, config.mlp_ratio,
-                                            rngs=nnx.Rngs(0)))
-      flops = compiled_flops(lambda s, hi, lo, g=g: nnx.merge(g, s)(hi, lo), s,
-                             jnp.zeros((1, h, w, c)),
-                             jnp.zeros((1, h >> i, w >> i, c)))
-      print(f"| {height}x{width} | {name} | {h}x{w} | {k} | {i} | {flops / 1e9:.3f} |"
-            f" {implemented_flops(h, w, c, k, i) / 1e9:.3f} |"
-            f" {eq6_flops(h, w, c, k, i) / 1e9:.3f} |")
+      g, s = nnx.split(
+          CrossLevelRelocation(c, config.num_heads, k, config.mlp_ratio, rngs=nnx.Rngs(0))
+      )
+      flops = compiled_flops(
+          lambda s, hi, lo, g=g: nnx.merge(g, s)(hi, lo),
+          s,
+          jnp.zeros((1, h, w, c)),
+          jnp.zeros((1, h >> i, w >> i, c)),
+      )
+      print(
+          f"| {height}x{width} | {name} | {h}x{w} | {k} | {i} | {flops / 1e9:.3f} |"
+          f" {implemented_flops(h, w, c, k, i) / 1e9:.3f} |"
+          f" {eq6_flops(h, w, c, k, i) / 1e9:.3f} |"
+      )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,7 @@ def make_folder(folder: Path) -> list[tuple[int, int]]:
       photo = photo.convert("RGB")
       for scale in (1.0, 0.75, 0.5):
         size = (round(photo.width * scale), round(photo.height * scale))
-        photo.resize(size, Image.BILINEAR).save(folder / f"{path.stem}_{scale}.jpg",
-                                                quality=95)
+        photo.resize(size, Image.BILINEAR).save(folder / f"{path.stem}_{scale}.jpg", quality=95)
         sizes.append(size)
   for index in range(10):
     data, _ = render_crowd_image(np.random.default_rng([1, index]))
@@ -62,8 +61,9 @@ def mosaic(rows: int = 3, cols: int = 4) -> np.ndarray:
   for index in range(rows * cols):
     data, _ = render_crowd_image(np.random.default_rng([1, 20 + index]))
     tiles.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((320, 288))))
-  return np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], 1)
-                         for r in range(rows)], 0)
+  return np.concatenate(
+      [np.concatenate(tiles[r * cols : (r + 1) * cols], 1) for r in range(rows)], 0
+  )
 
 
 def tile_check(counter: CrowdCounter) -> dict:
@@ -72,15 +72,22 @@ def tile_check(counter: CrowdCounter) -> dict:
   config = counter.config.copy_and_resolve_references()
   config.predict.update(tile_size=512, tile_overlap=256)
   tiled = CrowdCounter(config, counter._variables).predict(image)
-  return {"image": list(image.shape[:2]), "whole": round(whole.count, 2),
-          "tiled": round(tiled.count, 2), "tiles": tiled.tiles,
-          "relative_difference": round(tiled.count / whole.count - 1, 4)}
+  return {
+      "image": list(image.shape[:2]),
+      "whole": round(whole.count, 2),
+      "tiled": round(tiled.count, 2),
+      "tiles": tiled.tiles,
+      "relative_difference": round(tiled.count / whole.count - 1, 4),
+  }
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--workdir", help="a training workdir (default: the paper model, "
-                      "freshly initialised, from configs/base.py)")
+  parser.add_argument(
+      "--workdir",
+      help="a training workdir (default: the paper model, "
+      "freshly initialised, from configs/base.py)",
+  )
   parser.add_argument("--tile_check_only", action="store_true")
   args = parser.parse_args()
   if args.workdir:
@@ -88,10 +95,14 @@ def main():
     model = f"checkpoint of {args.workdir}"
   else:
     from configs.base import get_config
+
     counter = CrowdCounter.from_config(get_config())
     model = "paper model (configs/base.py), freshly initialised"
-  result = {"machine": f"{platform.machine()} {jax.devices()[0].device_kind}",
-            "date": time.strftime("%Y-%m-%d"), "model": model}
+  result = {
+      "machine": f"{platform.machine()} {jax.devices()[0].device_kind}",
+      "date": time.strftime("%Y-%m-%d"),
+      "model": model,
+  }
   if not args.tile_check_only:
     with tempfile.TemporaryDirectory() as tmp:
       folder = Path(tmp) / "images"
@@ -100,8 +111,7 @@ def main():
       result["images"], result["distinct_sizes"] = len(sizes), len(set(sizes))
       for name in ("cold", "warm"):
         summary = predict_files(counter, [str(folder)], Path(tmp) / name)
-        result[name] = {k: summary[k] for k in ("images_per_second", "seconds",
-                                                "compilations")}
+        result[name] = {k: summary[k] for k in ("images_per_second", "seconds", "compilations")}
   if args.workdir:
     result["tiled_vs_whole"] = tile_check(counter)
   print(json.dumps(result, indent=2))

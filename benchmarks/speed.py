@@ -65,8 +65,7 @@ ROWS = {  # name: (kind, batch, height, width)
 }
 BACKENDS = ("jax_fp32", "jax_bf16", "torch_eager", "torch_compile")
 # Dense peak FLOP/s by GPU name fragment: (TF32, BF16), NVIDIA's SXM datasheets.
-GPU_PEAKS = {"H100": (494.7e12, 989.4e12), "H200": (494.7e12, 989.4e12),
-             "A100": (156e12, 312e12)}
+GPU_PEAKS = {"H100": (494.7e12, 989.4e12), "H200": (494.7e12, 989.4e12), "A100": (156e12, 312e12)}
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -79,16 +78,20 @@ def make_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
   """Random crops with 64 heads each, in the fields of `data.pipeline.TrainCrop`."""
   rng = np.random.default_rng(seed)
   points = rng.uniform(0, [width, height], (batch, 256, 2)).astype(np.float32)
-  return {"image": rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8),
-          "points": points, "valid": np.arange(256)[None].repeat(batch, 0) < 64,
-          "valid_size": np.tile(np.array([height, width], np.int32), (batch, 1)),
-          "count": np.full((batch,), 64, np.int32)}
+  return {
+      "image": rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8),
+      "points": points,
+      "valid": np.arange(256)[None].repeat(batch, 0) < 64,
+      "valid_size": np.tile(np.array([height, width], np.int32), (batch, 1)),
+      "count": np.full((batch,), 64, np.int32),
+  }
 
 
 def _jax_memory_gb(compiled) -> float:
   memory = compiled.memory_analysis()
-  return (memory.temp_size_in_bytes + memory.argument_size_in_bytes
-          + memory.output_size_in_bytes) / 1e9
+  return (
+      memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+  ) / 1e9
 
 
 def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
@@ -110,6 +113,7 @@ def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
     def run():
       holder["state"], metrics = compiled(holder["state"], batch)
       jax.block_until_ready(metrics["loss"])
+
   else:
     count_fn = evaluation.make_count_fn(graphdef, config.data)
     variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
@@ -119,6 +123,7 @@ def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
 
     def run():
       jax.block_until_ready(compiled(variables, image, valid))
+
   return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
 
 
@@ -133,20 +138,25 @@ def _jax_backbone_runner(batch_size, height, width):
       network = nnx.merge(graphdef, params, stats)
       network.train()
       return sum(jnp.mean(jnp.square(tap)) for tap in network(images).values())
+
     loss, grads = jax.value_and_grad(loss_fn)(params, stats)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  images = jnp.asarray(np.random.default_rng(0).normal(
-      size=(batch_size, height, width, 3)), jnp.float32)
+  images = jnp.asarray(
+      np.random.default_rng(0).normal(size=(batch_size, height, width, 3)), jnp.float32
+  )
   holder = {"params": params, "opt": tx.init(params)}
-  compiled = jax.jit(step, donate_argnums=(0, 2)).lower(
-      holder["params"], stats, holder["opt"], images).compile()
+  compiled = (
+      jax.jit(step, donate_argnums=(0, 2))
+      .lower(holder["params"], stats, holder["opt"], images)
+      .compile()
+  )
 
   def run():
-    holder["params"], holder["opt"], loss = compiled(holder["params"], stats,
-                                                     holder["opt"], images)
+    holder["params"], holder["opt"], loss = compiled(holder["params"], stats, holder["opt"], images)
     jax.block_until_ready(loss)
+
   return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
 
 
@@ -158,10 +168,21 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
   else:
     network = twin.CFRNet(config.model).to(TORCH_DEVICE)
   batch = make_batch(batch_size, height, width)
-  images = torch.from_numpy(np.array(normalize_images(
-      jnp.asarray(batch["image"]), jnp.asarray(batch["valid_size"]), config.data.mean,
-      config.data.std))
-  ).permute(0, 3, 1, 2).contiguous().to(TORCH_DEVICE)
+  images = (
+      torch.from_numpy(
+          np.array(
+              normalize_images(
+                  jnp.asarray(batch["image"]),
+                  jnp.asarray(batch["valid_size"]),
+                  config.data.mean,
+                  config.data.std,
+              )
+          )
+      )
+      .permute(0, 3, 1, 2)
+      .contiguous()
+      .to(TORCH_DEVICE)
+  )
   if kind == "infer":
     network.eval()
     forward = torch.compile(network) if compiled else network
@@ -169,23 +190,32 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
     def run():
       with torch.inference_mode():
         forward(images)["density"].sum().item()
+
     return run
   network.train()
   optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
   if kind == "backbone":
-    def loss_fn(x):
-      return sum(tap.square().mean() for tap in network(x).values())
-  else:
-    targets = batch_density_targets(
-        jnp.asarray(batch["points"]), jnp.asarray(batch["valid"]), (height, width),
-        strides=sorted(set(HEAD_STRIDES.values())), sigma=config.targets.sigma,
-        foreground_radius=config.targets.foreground_radius)
-    targets = {kind: {s: torch.from_numpy(np.array(v)).to(TORCH_DEVICE)
-                      for s, v in targets[kind].items()} for kind in ("density", "foreground")}
 
     def loss_fn(x):
-      return twin.cfrnet_loss(network(x), targets, config.loss.gamma,
-                              config.model.density_scale)
+      return sum(tap.square().mean() for tap in network(x).values())
+
+  else:
+    targets = batch_density_targets(
+        jnp.asarray(batch["points"]),
+        jnp.asarray(batch["valid"]),
+        (height, width),
+        strides=sorted(set(HEAD_STRIDES.values())),
+        sigma=config.targets.sigma,
+        foreground_radius=config.targets.foreground_radius,
+    )
+    targets = {
+        kind: {s: torch.from_numpy(np.array(v)).to(TORCH_DEVICE) for s, v in targets[kind].items()}
+        for kind in ("density", "foreground")
+    }
+
+    def loss_fn(x):
+      return twin.cfrnet_loss(network(x), targets, config.loss.gamma, config.model.density_scale)
+
   loss_fn = torch.compile(loss_fn) if compiled else loss_fn
 
   def run():
@@ -194,6 +224,7 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
     loss.backward()
     optimizer.step()
     loss.item()
+
   return run
 
 
@@ -211,8 +242,9 @@ def gpu_peak(dtype: str) -> float | None:
   return None
 
 
-def _worker(connection, backend: str, kind: str, batch_size: int, height: int, width: int,
-            warmup: int) -> None:
+def _worker(
+    connection, backend: str, kind: str, batch_size: int, height: int, width: int, warmup: int
+) -> None:
   """One backend in its own process: build, warm up, then time one unit per request."""
   try:
     start = time.perf_counter()
@@ -221,8 +253,9 @@ def _worker(connection, backend: str, kind: str, batch_size: int, height: int, w
       run, flops, memory = jax_runner(kind, dtype, batch_size, height, width)
       info = {"flops": flops, "memory_gb": round(memory, 2)}
       if memory > 0.9 * available_memory_gb():
-        info["skipped"] = (f"needs {memory:.1f} GB (XLA), the machine has "
-                           f"{available_memory_gb():.0f} GB")
+        info["skipped"] = (
+            f"needs {memory:.1f} GB (XLA), the machine has " f"{available_memory_gb():.0f} GB"
+        )
         connection.send(info)
         return
     else:
@@ -242,8 +275,9 @@ def _worker(connection, backend: str, kind: str, batch_size: int, height: int, w
     connection.send(time.perf_counter() - start)
 
 
-def bench_row(name: str, backends: list[str], repeats: int, warmup: int,
-              setup_limit_s: float) -> dict:
+def bench_row(
+    name: str, backends: list[str], repeats: int, warmup: int, setup_limit_s: float
+) -> dict:
   """Every backend in its own process (measured here: PyTorch and XLA in one process
   slow XLA's CPU step by 30%), built one after the other, then timed in turns."""
   kind, batch_size, height, width = ROWS[name]
@@ -258,14 +292,16 @@ def bench_row(name: str, backends: list[str], repeats: int, warmup: int,
       row["results"][backend] = {"skipped": too_big}
       continue
     connection, child = context.Pipe()
-    process = context.Process(target=_worker, args=(
-        child, backend, kind, batch_size, height, width, warmup))
+    process = context.Process(
+        target=_worker, args=(child, backend, kind, batch_size, height, width, warmup)
+    )
     process.start()
     if connection.poll(setup_limit_s):
       row["results"][backend] = connection.recv()
     else:
-      row["results"][backend] = {"failed": f"not ready (compiled and warmed up) within "
-                                           f"{setup_limit_s:.0f} s"}
+      row["results"][backend] = {
+          "failed": f"not ready (compiled and warmed up) within " f"{setup_limit_s:.0f} s"
+      }
     result = row["results"][backend]
     too_big = too_big or result.get("skipped")
     if "setup_s" in result:
@@ -298,8 +334,10 @@ def bench_row(name: str, backends: list[str], repeats: int, warmup: int,
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| row | " + " | ".join(BACKENDS) + " | JAX fp32 / eager | JAX bf16 / eager |",
-           "|---" * (len(BACKENDS) + 3) + "|"]
+  lines = [
+      "| row | " + " | ".join(BACKENDS) + " | JAX fp32 / eager | JAX bf16 / eager |",
+      "|---" * (len(BACKENDS) + 3) + "|",
+  ]
   for row in rows:
     cells = []
     for backend in BACKENDS:
@@ -310,11 +348,19 @@ def markdown(rows: list[dict]) -> str:
         cells.append(f"{result['median_s']:.3f} s")
       else:
         cells.append(result.get("skipped") or "failed")
-    ratios = [f"{row['results'][b]['ratio_to_torch_eager']:.2f}"
-              if "ratio_to_torch_eager" in row["results"].get(b, {}) else "-"
-              for b in ("jax_fp32", "jax_bf16")]
-    lines.append(f"| {row['row']} ({row['batch']} x {row['size']}) | " + " | ".join(cells)
-                 + " | " + " | ".join(ratios) + " |")
+    ratios = [
+        f"{row['results'][b]['ratio_to_torch_eager']:.2f}"
+        if "ratio_to_torch_eager" in row["results"].get(b, {})
+        else "-"
+        for b in ("jax_fp32", "jax_bf16")
+    ]
+    lines.append(
+        f"| {row['row']} ({row['batch']} x {row['size']}) | "
+        + " | ".join(cells)
+        + " | "
+        + " | ".join(ratios)
+        + " |"
+    )
   return "\n".join(lines)
 
 
@@ -324,25 +370,33 @@ def main():
   parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=2)
-  parser.add_argument("--setup_limit_s", type=float, default=900,
-                      help="a backend not compiled and warmed up by then is reported as "
-                           "failed (torch.compile at 2048x1536 on 2 CPU cores did not "
-                           "finish in 20 minutes)")
+  parser.add_argument(
+      "--setup_limit_s",
+      type=float,
+      default=900,
+      help="a backend not compiled and warmed up by then is reported as "
+      "failed (torch.compile at 2048x1536 on 2 CPU cores did not "
+      "finish in 20 minutes)",
+  )
   parser.add_argument("--out", help="also write the results as JSON here")
   args = parser.parse_args()
   if TORCH_DEVICE == "cuda":
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")  # TF32, as JAX's default on GPU.
-  header = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       f"{jax.devices()[0].device_kind}",
-            "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "repeats": args.repeats, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  header = {
+      "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+      f"{jax.devices()[0].device_kind}",
+      "date": time.strftime("%Y-%m-%d"),
+      "jax": jax.__version__,
+      "torch": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
+      "repeats": args.repeats,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
   print(json.dumps(header), flush=True)
   rows = []
   for name in args.rows:
-    rows.append(bench_row(name, args.backends, args.repeats, args.warmup,
-                          args.setup_limit_s))
+    rows.append(bench_row(name, args.backends, args.repeats, args.warmup, args.setup_limit_s))
     print(json.dumps(rows[-1]), flush=True)
   print(markdown(rows))
   if args.out:

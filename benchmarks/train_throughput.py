@@ -33,11 +33,13 @@ from configs import shha  # noqa: E402
 
 def synthetic_batch(batch_size: int, crop: int, max_points: int) -> dict:
   rng = np.random.default_rng(0)
-  return {"image": rng.integers(0, 255, (batch_size, crop, crop, 3)).astype(np.uint8),
-          "points": rng.uniform(0, crop, (batch_size, max_points, 2)).astype(np.float32),
-          "valid": rng.uniform(size=(batch_size, max_points)) < 0.3,
-          "valid_size": np.full((batch_size, 2), crop, np.int32),
-          "count": np.zeros(batch_size, np.int32)}
+  return {
+      "image": rng.integers(0, 255, (batch_size, crop, crop, 3)).astype(np.uint8),
+      "points": rng.uniform(0, crop, (batch_size, max_points, 2)).astype(np.float32),
+      "valid": rng.uniform(size=(batch_size, max_points)) < 0.3,
+      "valid_size": np.full((batch_size, 2), crop, np.int32),
+      "count": np.zeros(batch_size, np.int32),
+  }
 
 
 def main():
@@ -51,9 +53,11 @@ def main():
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     args.max_memory_gb = 0.8 * ram if jax.devices()[0].platform == "cpu" else float("inf")
   device = jax.devices()[0]
-  print(f"# train_throughput  {datetime.date.today()}  {platform.machine()}  "
-        f"{os.cpu_count()} cpus  jax {jax.__version__}  {jax.device_count()} x "
-        f"{device.device_kind} ({device.platform})")
+  print(
+      f"# train_throughput  {datetime.date.today()}  {platform.machine()}  "
+      f"{os.cpu_count()} cpus  jax {jax.__version__}  {jax.device_count()} x "
+      f"{device.device_kind} ({device.platform})"
+  )
   print("| batch | dtype | step memory (GB, XLA) | step (s) | images/s | steps timed |")
   print("|---|---|---|---|---|---|")
   mesh = sharding.create_mesh()
@@ -66,12 +70,16 @@ def main():
       state, state_sharding = trainer.create_train_state(config, mesh)
       step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
       batch = sharding.make_global_batch(
-          synthetic_batch(batch_size, config.data.crop_size, config.data.max_points), mesh)
+          synthetic_batch(batch_size, config.data.crop_size, config.data.max_points), mesh
+      )
       memory = step.lower(state, batch).compile().memory_analysis()
       gigabytes = (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30
       if gigabytes > args.max_memory_gb:
-        print(f"| {batch_size} | {dtype} | {gigabytes:.1f} | skipped: more than "
-              f"{args.max_memory_gb:.0f} GB | | |", flush=True)
+        print(
+            f"| {batch_size} | {dtype} | {gigabytes:.1f} | skipped: more than "
+            f"{args.max_memory_gb:.0f} GB | | |",
+            flush=True,
+        )
         continue
       state, _ = step(state, batch)
       jax.block_until_ready(state)
@@ -82,8 +90,11 @@ def main():
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
       seconds = statistics.median(times)
-      print(f"| {batch_size} | {dtype} | {gigabytes:.1f} | {seconds:.3f} |"
-            f" {batch_size / seconds:.2f} | {args.steps} |", flush=True)
+      print(
+          f"| {batch_size} | {dtype} | {gigabytes:.1f} | {seconds:.3f} |"
+          f" {batch_size / seconds:.2f} | {args.steps} |",
+          flush=True,
+      )
 
 
 if __name__ == "__main__":

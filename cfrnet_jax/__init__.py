@@ -21,5 +21,6 @@ def __getattr__(name: str):
   # does not need.
   if name == "CrowdCounter":
     from cfrnet_jax.inference.counter import CrowdCounter
+
     return CrowdCounter
   raise AttributeError(f"module 'cfrnet_jax' has no attribute {name!r}")

@@ -31,28 +31,45 @@ from configs import base
 ITEMS = ("state", "data_iter")
 
 
-def create_checkpoint_manager(workdir: str | Path, keep_checkpoints: int = 1
-                              ) -> ocp.CheckpointManager:
+def create_checkpoint_manager(
+    workdir: str | Path, keep_checkpoints: int = 1
+) -> ocp.CheckpointManager:
   """The run's manager; `keep_checkpoints` is how many of the latest steps a training
   run keeps (besides the best by MAE); readers need not set it."""
-  policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(keep_checkpoints),
-      checkpoint_managers.BestN(get_metric_fn=lambda metrics: metrics["mae"], reverse=True,
-                                n=1, keep_checkpoints_without_metrics=False),
-  ])
+  policy = checkpoint_managers.AnyPreservationPolicy(
+      [
+          checkpoint_managers.LatestN(keep_checkpoints),
+          checkpoint_managers.BestN(
+              get_metric_fn=lambda metrics: metrics["mae"],
+              reverse=True,
+              n=1,
+              keep_checkpoints_without_metrics=False,
+          ),
+      ]
+  )
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, best_fn=lambda metrics: metrics["mae"], best_mode="min",
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options,
-                               item_names=ITEMS)
+      preservation_policy=policy,
+      best_fn=lambda metrics: metrics["mae"],
+      best_mode="min",
+      enable_async_checkpointing=True,
+  )
+  return ocp.CheckpointManager(
+      Path(workdir).absolute() / "checkpoints", options=options, item_names=ITEMS
+  )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, iterator,
-         metrics: dict | None = None) -> None:
+def save(
+    manager: ocp.CheckpointManager, step: int, state, iterator, metrics: dict | None = None
+) -> None:
   """Starts an asynchronous save of `state` and the iterator's position at `step`."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data_iter=grain.PyGrainCheckpointSave(iterator)), metrics=metrics, force=True)
+  manager.save(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data_iter=grain.PyGrainCheckpointSave(iterator)
+      ),
+      metrics=metrics,
+      force=True,
+  )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=None):
@@ -70,8 +87,9 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step() if best is None else best
 
 
-def restore_variables(workdir: str | Path, model_config: ml_collections.ConfigDict,
-                      step: int | None = None) -> tuple[int, ModelVariables]:
+def restore_variables(
+    workdir: str | Path, model_config: ml_collections.ConfigDict, step: int | None = None
+) -> tuple[int, ModelVariables]:
   """(step, parameters and BatchNorm statistics) of `workdir`'s checkpoint at `step`
   (default: the best by evaluation MAE, else the latest), on this host's first device.
   Nothing else of the checkpoint is read."""
@@ -81,8 +99,10 @@ def restore_variables(workdir: str | Path, model_config: ml_collections.ConfigDi
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
     if step not in manager.all_steps():
-      raise FileNotFoundError(f"No checkpoint of step {step} in {manager.directory} "
-                              f"(it has steps {sorted(manager.all_steps())}).")
+      raise FileNotFoundError(
+          f"No checkpoint of step {step} in {manager.directory} "
+          f"(it has steps {sorted(manager.all_steps())})."
+      )
     directory = manager.directory / str(step) / "state"
   finally:
     manager.close()
@@ -90,8 +110,10 @@ def restore_variables(workdir: str | Path, model_config: ml_collections.ConfigDi
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
   with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=restore_args, partial_restore=True))
+    restored = checkpointer.restore(
+        directory,
+        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
+    )
   return step, ModelVariables(**restored)
 
 
@@ -100,8 +122,10 @@ def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
   defaults for fields added since it was written (`configs.base.complete`)."""
   path = Path(workdir) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: is {workdir} a training workdir? "
-                            f"Otherwise pass the config that trained it.")
+    raise FileNotFoundError(
+        f"{path} does not exist: is {workdir} a training workdir? "
+        f"Otherwise pass the config that trained it."
+    )
   try:
     saved = json.loads(path.read_text())
   except json.JSONDecodeError as error:

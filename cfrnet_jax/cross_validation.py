@@ -41,8 +41,11 @@ def fold_runs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collectio
   return runs
 
 
-def run_folds(config: ml_collections.ConfigDict, workdir: str | Path,
-              run: Callable[[ml_collections.ConfigDict, Path], dict | None]) -> dict | None:
+def run_folds(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    run: Callable[[ml_collections.ConfigDict, Path], dict | None],
+) -> dict | None:
   """`run(config, workdir)` for every run of `fold_runs(config)`. With several folds,
   returns their mean MAE and MSE with each fold's metrics and (host 0) writes them to
   `workdir/folds_summary.json`; otherwise returns the single run's result."""
@@ -54,11 +57,18 @@ def run_folds(config: ml_collections.ConfigDict, workdir: str | Path,
   for name, fold_config in runs:
     logging.info("%s: fold %d of %d", config.data.name, fold_config.data.fold, len(runs))
     results[fold_config.data.fold] = run(fold_config, workdir / name)
-  summary = {"folds": results,
-             "mae": float(np.mean([r["mae"] for r in results.values()])),
-             "mse": float(np.mean([r["mse"] for r in results.values()]))}
+  summary = {
+      "folds": results,
+      "mae": float(np.mean([r["mae"] for r in results.values()])),
+      "mse": float(np.mean([r["mse"] for r in results.values()])),
+  }
   if jax.process_index() == 0:
     (workdir / "folds_summary.json").write_text(json.dumps(summary, indent=2))
-  logging.info("%s, %d folds: mean MAE %.2f, mean MSE %.2f", config.data.name, len(runs),
-               summary["mae"], summary["mse"])
+  logging.info(
+      "%s, %d folds: mean MAE %.2f, mean MSE %.2f",
+      config.data.name,
+      len(runs),
+      summary["mae"],
+      summary["mse"],
+  )
   return summary

@@ -57,15 +57,17 @@ def count_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
   true, predicted = np.asarray(true, np.float64), np.asarray(predicted, np.float64)
   error = predicted - true
   labeled = true > 0
-  return {"mae": float(np.mean(np.abs(error))),
-          "mse": float(np.sqrt(np.mean(np.square(error)))),
-          "nae": float(np.mean(np.abs(error[labeled]) / true[labeled])) if labeled.any()
-          else float("nan"),
-          "images": int(len(true))}
+  return {
+      "mae": float(np.mean(np.abs(error))),
+      "mse": float(np.sqrt(np.mean(np.square(error)))),
+      "nae": float(np.mean(np.abs(error[labeled]) / true[labeled]))
+      if labeled.any()
+      else float("nan"),
+      "images": int(len(true)),
+  }
 
 
-def predict_counts(count_fn, variables: ModelVariables, batches: Iterable[dict]
-                   ) -> list[tuple]:
+def predict_counts(count_fn, variables: ModelVariables, batches: Iterable[dict]) -> list[tuple]:
   """[(filename, true count, predicted count)] over an evaluation loader's batches."""
   rows = []
   for batch in batches:
@@ -93,12 +95,19 @@ def write_submission(path: Path, rows: list[tuple]) -> None:
 
 def read_predictions(path: Path) -> list[tuple]:
   with open(path, newline="") as source:
-    return [(row["filename"], int(row["true_count"]), float(row["predicted_count"]))
-            for row in csv.DictReader(source)]
+    return [
+        (row["filename"], int(row["true_count"]), float(row["predicted_count"]))
+        for row in csv.DictReader(source)
+    ]
 
 
-def evaluate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-             variables: ModelVariables, split: str, out_dir: Path) -> dict | None:
+def evaluate(
+    config: ml_collections.ConfigDict,
+    graphdef: nnx.GraphDef,
+    variables: ModelVariables,
+    split: str,
+    out_dir: Path,
+) -> dict | None:
   """Counts every image of `split` (each host its shard, with `variables` on one local
   device); host 0 writes `out_dir/predictions.csv`. Returns the metrics on every host,
   or None for an unlabeled split, for which host 0 writes `out_dir/submission.txt`
@@ -119,8 +128,13 @@ def evaluate(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
       path.unlink()
     if any(true < 0 for _, true, _ in rows):
       write_submission(out_dir / "submission.txt", rows)
-      logging.info("%s/%s is unlabeled: wrote %d counts to %s", config.data.name, split,
-                   len(rows), out_dir / "submission.txt")
+      logging.info(
+          "%s/%s is unlabeled: wrote %d counts to %s",
+          config.data.name,
+          split,
+          len(rows),
+          out_dir / "submission.txt",
+      )
     else:
       write_predictions(out_dir / "predictions.csv", rows)
       metrics = count_metrics([r[1] for r in rows], [r[2] for r in rows])
@@ -131,8 +145,10 @@ def _share_metrics(metrics: dict | None) -> dict | None:
   """Host 0's metrics on every host (so every host tags the best checkpoint alike)."""
   if jax.process_count() == 1:
     return metrics
-  values = np.array([metrics[k] if metrics else 0.0 for k in METRICS]
-                    + [metrics["images"] if metrics else 0.0], np.float64)
+  values = np.array(
+      [metrics[k] if metrics else 0.0 for k in METRICS] + [metrics["images"] if metrics else 0.0],
+      np.float64,
+  )
   values = multihost_utils.broadcast_one_to_all(values)
   if np.all(values == 0):
     return None
@@ -140,19 +156,27 @@ def _share_metrics(metrics: dict | None) -> dict | None:
 
 
 def log_metrics(step: int, metrics: dict) -> None:
-  logging.info("eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)", step,
-               metrics["mae"], metrics["mse"], metrics["nae"], metrics["images"])
+  logging.info(
+      "eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)",
+      step,
+      metrics["mae"],
+      metrics["mse"],
+      metrics["nae"],
+      metrics["images"],
+  )
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | Path,
-                        split: str | None = None) -> dict | None:
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str | Path, split: str | None = None
+) -> dict | None:
   """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
   (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`."""
   workdir = Path(workdir)
   step, variables = checkpointing.restore_variables(workdir, config.model)
   split = split or config.data.eval_split
-  metrics = evaluate(config, model_graphdef(config.model), variables, split,
-                     workdir / f"eval/{split}_step_{step}")
+  metrics = evaluate(
+      config, model_graphdef(config.model), variables, split, workdir / f"eval/{split}_step_{step}"
+  )
   if metrics is not None:
     log_metrics(step, metrics)
   return metrics

@@ -11,9 +11,15 @@ from configs import base
 
 def get_config():
   config = base.get_config()
-  config.model.update(vgg_widths=(16, 32, 64, 64, 64), channels=32, num_heads=4,
-                      gam_heads=4, head_channels=32, head_hidden_channels=16,
-                      density_scale=10.0)
+  config.model.update(
+      vgg_widths=(16, 32, 64, 64, 64),
+      channels=32,
+      num_heads=4,
+      gam_heads=4,
+      head_channels=32,
+      head_hidden_channels=16,
+      density_scale=10.0,
+  )
   config.data.name = "synthetic_crowd"
   config.data.crop_size = 128
   config.data.max_points = 128

@@ -10,8 +10,14 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.model.update(vgg_widths=(8, 8, 16, 16, 16), channels=16, num_heads=2, gam_heads=2,
-                      head_channels=8, head_hidden_channels=8)
+  config.model.update(
+      vgg_widths=(8, 8, 16, 16, 16),
+      channels=16,
+      num_heads=2,
+      gam_heads=2,
+      head_channels=8,
+      head_hidden_channels=8,
+  )
   config.batch_size = 4
   config.learning_rate = 1e-3
   config.data.num_workers = 0

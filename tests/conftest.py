@@ -29,11 +29,13 @@ flags.FLAGS.mark_as_parsed()
 @contextlib.contextmanager
 def without_compilation_cache():
   import jax
+
   jax.config.update("jax_enable_compilation_cache", False)
   try:
     yield
   finally:
     jax.config.update("jax_enable_compilation_cache", True)
+
 
 # Every ablation of the paper's Tables 1-3, as overrides of the full model.
 ABLATIONS = {
@@ -73,6 +75,7 @@ def tiny_train_config(data_dir: str | None, **overrides) -> ml_collections.Confi
 def synthetic_data_dir(tmp_path_factory):
   """synthetic_crowd built once per test session."""
   from tfds_crowd.build import build
+
   data_dir = tmp_path_factory.mktemp("tfds")
   build("synthetic_crowd", str(data_dir))
   return str(data_dir)
@@ -83,10 +86,14 @@ def trained_workdir(tmp_path_factory, synthetic_data_dir):
   """A finished tiny run (2 steps, evaluated on 4 test images at step 2), shared by the
   tests that evaluate, restore or predict from a workdir; they must not change it."""
   from cfrnet_jax.training import trainer
+
   workdir = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(tiny_train_config(synthetic_data_dir, num_train_steps=2,
-                                               eval_every_steps=2, log_every_steps=1),
-                             workdir)
+  trainer.train_and_evaluate(
+      tiny_train_config(
+          synthetic_data_dir, num_train_steps=2, eval_every_steps=2, log_every_steps=1
+      ),
+      workdir,
+  )
   return workdir
 
 
@@ -108,5 +115,6 @@ def import_torch():
   it; elsewhere they skip when it is absent."""
   if os.environ.get("CI"):
     import torch
+
     return torch
   return pytest.importorskip("torch", reason="needs PyTorch (requirements-dev.txt)")

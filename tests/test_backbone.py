@@ -35,6 +35,7 @@ def test_taps_have_the_right_strides_and_widths():
   assert taps["block5"].shape == (2, 4, 6, 16)
   assert taps["pool5"].shape == (2, 2, 3, 16)
   # The block-5 tap is taken before the pool: pooling it gives pool5.
-  pooled = jax.lax.reduce_window(taps["block5"], -jnp.inf, jax.lax.max,
-                                 (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  pooled = jax.lax.reduce_window(
+      taps["block5"], -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+  )
   np.testing.assert_array_equal(pooled, taps["pool5"])

@@ -5,12 +5,12 @@ import pytest
 from flax import nnx
 
 from cfrnet_jax.models.cfrm import (
-  CrossLevelRelocation,
-  key_positions,
-  relative_position_index,
-  relocated_positions,
-  window_partition,
-  window_reverse,
+    CrossLevelRelocation,
+    key_positions,
+    relative_position_index,
+    relocated_positions,
+    window_partition,
+    window_reverse,
 )
 
 
@@ -20,8 +20,7 @@ def _param_count(module):
 
 def test_cfrm_adds_12c2_weights_plus_biases_norms_and_bias_table():
   c, heads, window = 256, 8, 8
-  cfrm = nnx.eval_shape(lambda: CrossLevelRelocation(c, heads, window, 4,
-                                                     rngs=nnx.Rngs(0)))
+  cfrm = nnx.eval_shape(lambda: CrossLevelRelocation(c, heads, window, 4, rngs=nnx.Rngs(0)))
   weights = 12 * c * c
   biases = 3 * c + c + 4 * c + c  # query+key/value, output projection, MLP in and out.
   norms = 2 * 2 * c  # two LayerNorms, scale and offset.
@@ -29,13 +28,16 @@ def test_cfrm_adds_12c2_weights_plus_biases_norms_and_bias_table():
   assert _param_count(cfrm) == weights + biases + norms + table
 
 
-@pytest.mark.parametrize("ratio, expected", [
-    # Window 8. Low-resolution row a covers high rows [a r, (a + 1) r); the nearest
-    # high row to that patch's centre a r + (r - 1) / 2 is a r + r / 2 (half-pixel rule).
-    (2, [1, 3, 5, 7]),  # patches {0,1} {2,3} {4,5} {6,7}
-    (4, [2, 6]),  # patches {0..3} {4..7}
-    (8, [4]),  # one patch {0..7}
-])
+@pytest.mark.parametrize(
+    "ratio, expected",
+    [
+        # Window 8. Low-resolution row a covers high rows [a r, (a + 1) r); the nearest
+        # high row to that patch's centre a r + (r - 1) / 2 is a r + r / 2 (half-pixel rule).
+        (2, [1, 3, 5, 7]),  # patches {0,1} {2,3} {4,5} {6,7}
+        (4, [2, 6]),  # patches {0..3} {4..7}
+        (8, [4]),  # one patch {0..7}
+    ],
+)
 def test_relocated_positions_by_hand(ratio, expected):
   assert relocated_positions(8, ratio).tolist() == expected
 
@@ -67,8 +69,9 @@ def test_window_partition_round_trip_and_order():
   np.testing.assert_array_equal(window_reverse(windows, 4, 8, 12), x)
 
 
-@pytest.mark.parametrize("ratio, window, size", [(2, 4, 8), (4, 8, 16), (8, 8, 16),
-                                                 (2, 8, 24), (8, 16, 32)])
+@pytest.mark.parametrize(
+    "ratio, window, size", [(2, 4, 8), (4, 8, 16), (8, 8, 16), (2, 8, 24), (8, 16, 32)]
+)
 def test_cfrm_any_ratio_and_dividing_window(ratio, window, size):
   cfrm = CrossLevelRelocation(8, 2, window, 4, rngs=nnx.Rngs(0))
   high = jax.random.normal(jax.random.key(0), (2, size, size + window, 8))

@@ -20,8 +20,10 @@ def _plain_orbax_state(workdir, step):
 
 def _flat(tree) -> dict:
   """{'a/0/kernel': array}: integer and string keys alike (Orbax stores strings)."""
-  return {"/".join(str(getattr(k, "key", k)) for k in path): value
-          for path, value in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      "/".join(str(getattr(k, "key", k)) for k in path): value
+      for path, value in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def test_restore_variables_reads_the_saved_parameters_and_statistics(trained_workdir):
@@ -48,8 +50,7 @@ def test_a_checkpoint_without_optimizer_state_still_predicts(trained_workdir, tm
   assert "opt_state" not in _plain_orbax_state(workdir, 2)
   picture = np.random.default_rng(0).integers(0, 255, (96, 160, 3)).astype(np.uint8)
   expected = CrowdCounter.from_checkpoint(trained_workdir).count(picture)
-  assert CrowdCounter.from_checkpoint(workdir).count(picture) == pytest.approx(expected,
-                                                                                rel=1e-6)
+  assert CrowdCounter.from_checkpoint(workdir).count(picture) == pytest.approx(expected, rel=1e-6)
 
 
 def test_missing_step_and_missing_workdir_are_named(trained_workdir, tmp_path):
@@ -68,5 +69,4 @@ def test_a_run_saved_before_the_predict_settings_existed_loads(trained_workdir, 
   (tmp_path / "config.json").write_text(json.dumps(saved))
   config = checkpointing.load_run_config(tmp_path)
   assert config.predict.to_dict() == base.get_config().predict.to_dict()
-  assert config.model.to_dict() == checkpointing.load_run_config(
-      trained_workdir).model.to_dict()
+  assert config.model.to_dict() == checkpointing.load_run_config(trained_workdir).model.to_dict()

@@ -13,15 +13,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_parsing_any_config_imports_no_jax_or_data_stack():
-  script = ("import sys\n"
-            "from configs import base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50\n"
-            "for module in (base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50):\n"
-            "  module.get_config()\n"
-            "heavy = [m for m in ('jax', 'flax', 'orbax', 'grain', 'tensorflow_datasets',\n"
-            "                     'cfrnet_jax') if m in sys.modules]\n"
-            "print(heavy)\n")
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, check=True)
+  script = (
+      "import sys\n"
+      "from configs import base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50\n"
+      "for module in (base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50):\n"
+      "  module.get_config()\n"
+      "heavy = [m for m in ('jax', 'flax', 'orbax', 'grain', 'tensorflow_datasets',\n"
+      "                     'cfrnet_jax') if m in sys.modules]\n"
+      "print(heavy)\n"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+  )
   assert result.stdout.strip() == "[]"
 
 

@@ -13,12 +13,15 @@ from cfrnet_jax.models.backbone import max_pool_2x2
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-@pytest.mark.parametrize("shape, kernel, padding", [
-    ((2, 8, 12, 5), (3, 3, 5, 7), ((1, 1), (1, 1))),
-    ((1, 5, 7, 3), (3, 3, 3, 4), ((1, 1), (1, 1))),  # odd row count: no split
-    ((2, 6, 6, 4), (1, 1, 4, 6), ((0, 0), (0, 0))),
-    ((2, 9, 8, 3), (3, 5, 3, 2), ((0, 2), (1, 3))),  # asymmetric kernel and padding
-])
+@pytest.mark.parametrize(
+    "shape, kernel, padding",
+    [
+        ((2, 8, 12, 5), (3, 3, 5, 7), ((1, 1), (1, 1))),
+        ((1, 5, 7, 3), (3, 3, 3, 4), ((1, 1), (1, 1))),  # odd row count: no split
+        ((2, 6, 6, 4), (1, 1, 4, 6), ((0, 0), (0, 0))),
+        ((2, 9, 8, 3), (3, 5, 3, 2), ((0, 2), (1, 3))),  # asymmetric kernel and padding
+    ],
+)
 def test_values_and_gradients_equal_lax(shape, kernel, padding):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -30,9 +33,11 @@ def test_values_and_gradients_equal_lax(shape, kernel, padding):
     return jnp.sum(y * jnp.cos(y)), y
 
   (ours, y_ours), grads_ours = jax.value_and_grad(
-      lambda x, w: loss(conv.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+      lambda x, w: loss(conv.conv_general_dilated, x, w), (0, 1), has_aux=True
+  )(x, w)
   (theirs, y_theirs), grads_theirs = jax.value_and_grad(
-      lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+      lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1), has_aux=True
+  )(x, w)
   np.testing.assert_array_equal(y_ours, y_theirs)
   jaxpr = str(jax.make_jaxpr(lambda x, w: loss(conv.conv_general_dilated, x, w))(x, w))
   assert "custom_vjp" in jaxpr  # the CPU gradient path is the one under test.
@@ -45,18 +50,24 @@ def test_bfloat16_kernel_gradient_accumulates_in_float32():
   x = jnp.asarray(rng.normal(size=(4, 32, 32, 16)), jnp.bfloat16)
   w = jnp.asarray(rng.normal(size=(3, 3, 16, 8)), jnp.bfloat16)
   specs = lax.conv_dimension_numbers(x.shape, w.shape, DIMENSIONS)
-  grad = jax.grad(lambda w: conv.conv_general_dilated(
-      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=specs).astype(jnp.float32).sum())(w)
-  exact = jax.grad(lambda w: lax.conv_general_dilated(
-      x.astype(jnp.float32), w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=specs).sum())(
-          w.astype(jnp.float32))
+  grad = jax.grad(
+      lambda w: conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=specs)
+      .astype(jnp.float32)
+      .sum()
+  )(w)
+  exact = jax.grad(
+      lambda w: lax.conv_general_dilated(
+          x.astype(jnp.float32), w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=specs
+      ).sum()
+  )(w.astype(jnp.float32))
   assert grad.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(grad, np.float32), exact, rtol=1e-2)
 
 
 def test_strided_and_string_padded_convolutions_fall_back_to_lax():
-  layer = nnx.Conv(3, 4, (3, 3), strides=2, conv_general_dilated=conv.conv_general_dilated,
-                   rngs=nnx.Rngs(0))
+  layer = nnx.Conv(
+      3, 4, (3, 3), strides=2, conv_general_dilated=conv.conv_general_dilated, rngs=nnx.Rngs(0)
+  )
   plain = nnx.Conv(3, 4, (3, 3), strides=2, rngs=nnx.Rngs(0))
   x = jnp.ones((1, 8, 8, 3))
   np.testing.assert_array_equal(layer(x), plain(x))
@@ -69,4 +80,5 @@ def test_max_pool_equals_flax_max_pool_and_its_gradient():
   np.testing.assert_array_equal(max_pool_2x2(x), nnx.max_pool(x, (2, 2), strides=(2, 2)))
   np.testing.assert_array_equal(
       jax.grad(lambda x: jnp.sum(max_pool_2x2(x) ** 2))(x),
-      jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (2, 2), strides=(2, 2)) ** 2))(x))
+      jax.grad(lambda x: jnp.sum(nnx.max_pool(x, (2, 2), strides=(2, 2)) ** 2))(x),
+  )

@@ -31,8 +31,13 @@ def photo():
 def test_grayscale_and_16_bit_inputs_count_as_their_rgb_equivalent(counter, photo):
   gray = np.asarray(Image.fromarray(photo).convert("L"))
   expected = counter.predict(np.repeat(gray[..., None], 3, axis=2))
-  for source in (Image.fromarray(gray), gray, gray[..., None],
-                 Image.fromarray(gray.astype(np.uint16) * 257), gray / 255.0):
+  for source in (
+      Image.fromarray(gray),
+      gray,
+      gray[..., None],
+      Image.fromarray(gray.astype(np.uint16) * 257),
+      gray / 255.0,
+  ):
     got = counter.predict(source)
     np.testing.assert_array_equal(got.image, expected.image)
     assert got.count == expected.count
@@ -95,6 +100,7 @@ def test_unusable_inputs_raise_errors_naming_them(counter, tmp_path):
 def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
   """With a stand-in model whose density depends on each cell's own pixels only, tiles
   must reproduce the whole image's map cell for cell: checks every stitching index."""
+
   def local_density(variables, image, valid_size):
     del variables, valid_size
     pixels = image[0, ..., 0].astype(jnp.float32)
@@ -112,8 +118,11 @@ def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
   monkeypatch.setattr(tiled, "_count_fn", jax.jit(local_density))
   got = tiled.predict(image)
   assert expected.tiles == 1
-  assert got.tiles == len(tiling.tile_spans(1067, 384, 128, 4)) * len(
-      tiling.tile_spans(1601, 384, 128, 4)) > 12
+  assert (
+      got.tiles
+      == len(tiling.tile_spans(1067, 384, 128, 4)) * len(tiling.tile_spans(1601, 384, 128, 4))
+      > 12
+  )
   np.testing.assert_array_equal(got.density, expected.density)
   assert tiled.compilations == 1
 
@@ -134,6 +143,7 @@ def test_tiled_and_whole_counts_of_a_large_photo_agree(counter):
 
 def test_mixed_sizes_compile_once_per_padded_shape(counter):
   compiles = []
+
   def listener(event, *args, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
       compiles.append(event)

@@ -12,8 +12,14 @@ def test_all_folds_run_in_turn_with_their_splits_and_are_averaged(tmp_path):
   seen = []
 
   def run(config, workdir):
-    seen.append((config.data.fold, config.data.train_split, config.data.eval_split,
-                 workdir.relative_to(tmp_path).as_posix()))
+    seen.append(
+        (
+            config.data.fold,
+            config.data.train_split,
+            config.data.eval_split,
+            workdir.relative_to(tmp_path).as_posix(),
+        )
+    )
     return {"mae": 10.0 * config.data.fold, "mse": 20.0 * config.data.fold}
 
   config = ucf_cc_50.get_config()
@@ -32,9 +38,12 @@ def test_one_fold_runs_in_the_workdir_itself(tmp_path):
   config.data.fold = 4
   runs = cross_validation.fold_runs(config)
   assert [(name, c.data.train_split, c.data.eval_split) for name, c in runs] == [
-      ("", "fold1+fold2+fold3+fold5", "fold4")]
+      ("", "fold1+fold2+fold3+fold5", "fold4")
+  ]
   assert cross_validation.run_folds(config, tmp_path, lambda c, w: (w, c.data.fold)) == (
-      tmp_path, 4)
+      tmp_path,
+      4,
+  )
 
 
 def test_datasets_with_fixed_splits_are_one_run_unchanged():

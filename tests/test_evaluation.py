@@ -28,6 +28,7 @@ def test_padding_to_the_models_multiple_never_changes_the_count():
   noisy = padded.copy()
   noisy[130:], noisy[:, 201:] = 7, 250
   assert float(count_fn(variables, noisy[None], valid_size)[0][0]) == count
+
   # The unpadded picture through the model, which pads to 256 x 256 itself, agrees.
   @jax.jit
   def direct_count(variables, image):
@@ -48,8 +49,7 @@ def test_evaluate_writes_predictions_and_metrics(trained_workdir, synthetic_data
   config = tiny_train_config(synthetic_data_dir)
   again = evaluation.evaluate_checkpoint(config, trained_workdir, split="test[:4]")
   np.testing.assert_allclose(again["mae"], np.abs(predicted - true).mean(), atol=2e-3)
-  np.testing.assert_allclose(again["mse"], np.sqrt(((predicted - true) ** 2).mean()),
-                             atol=2e-3)
+  np.testing.assert_allclose(again["mse"], np.sqrt(((predicted - true) ** 2).mean()), atol=2e-3)
   assert set(again) == {"mae", "mse", "nae", "images"} and again["images"] == 4
   config_json = json.loads((trained_workdir / "config.json").read_text())
   assert config_json["data"]["eval_split"] == "test[:4]"
@@ -58,13 +58,13 @@ def test_evaluate_writes_predictions_and_metrics(trained_workdir, synthetic_data
 
 def test_unlabeled_split_writes_a_submission_file(tmp_path):
   from tests.test_tfds_crowd import test_nwpu_crowd_from_official_zips_with_unlabeled_test
+
   test_nwpu_crowd_from_official_zips_with_unlabeled_test(tmp_path)  # builds nwpu_crowd
   config = tiny_train_config(str(tmp_path / "data"))
   config.data.name = "nwpu_crowd"
   out = tmp_path / "eval"
   variables = init_variables(config.model, 0)
-  assert evaluation.evaluate(config, model_graphdef(config.model), variables, "test",
-                             out) is None
+  assert evaluation.evaluate(config, model_graphdef(config.model), variables, "test", out) is None
   lines = (out / "submission.txt").read_text().splitlines()
   assert len(lines) == 1 and lines[0].split()[0] == "0004"
   float(lines[0].split()[1])

@@ -13,8 +13,7 @@ def _fake(key, with_seg=True):
   for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
     cells = (2, 64 // stride, 64 // stride)
     targets["density"][stride] = jax.random.uniform(next(keys), cells)
-    targets["foreground"][stride] = (jax.random.uniform(next(keys), cells) > 0.5).astype(
-        jnp.int32)
+    targets["foreground"][stride] = (jax.random.uniform(next(keys), cells) > 0.5).astype(jnp.int32)
     heads[name] = {"density": jax.random.uniform(next(keys), cells + (1,))}
     if with_seg:
       heads[name]["seg_logits"] = jax.random.normal(next(keys), cells + (2,))
@@ -44,8 +43,9 @@ def test_perfect_density_leaves_only_cross_entropy():
     outputs["heads"][name]["density"] = targets["density"][stride][..., None]
   loss, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=100.0)
   assert all(float(terms[f"mse/{n}"]) == 0 for n in ("f1", "f2", "f3", "f5"))
-  np.testing.assert_allclose(loss, sum(terms[f"ce/{n}"] for n in ("f1", "f2", "f3", "f5")),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      loss, sum(terms[f"ce/{n}"] for n in ("f1", "f2", "f3", "f5")), rtol=1e-6
+  )
 
 
 def test_density_scale_scales_the_squared_error():

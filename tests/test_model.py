@@ -67,8 +67,7 @@ def test_padded_pixels_never_reach_the_count(tiny_config):
   padded_density = forward(model, padded)
   rows, cols = -(-height // 4), -(-width // 4)
   assert density.shape == (1, rows, cols, 1)
-  np.testing.assert_allclose(density, padded_density[:, :rows, :cols], rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(density, padded_density[:, :rows, :cols], rtol=1e-5, atol=1e-7)
   # The hand-padded image's extra area does hold density, so cropping matters.
   assert float(jnp.abs(padded_density[:, rows:]).sum()) > 0
 
@@ -83,14 +82,17 @@ def _random_batch(key, batch, size, max_points=40):
 
 def _loss_and_grads(model, images, points, valid):
   config = get_config()
-  targets = batch_density_targets(points, valid, images.shape[1:3],
-                                  strides=sorted(set(HEAD_STRIDES.values())),
-                                  sigma=config.targets.sigma,
-                                  foreground_radius=config.targets.foreground_radius)
+  targets = batch_density_targets(
+      points,
+      valid,
+      images.shape[1:3],
+      strides=sorted(set(HEAD_STRIDES.values())),
+      sigma=config.targets.sigma,
+      foreground_radius=config.targets.foreground_radius,
+  )
 
   def loss_fn(m):
-    return cfrnet_loss(m(images), targets, config.loss.gamma,
-                       config.model.density_scale)
+    return cfrnet_loss(m(images), targets, config.loss.gamma, config.model.density_scale)
 
   return nnx.value_and_grad(loss_fn, has_aux=True)(model)
 
@@ -102,8 +104,11 @@ def _tiny_gradients(ablation: str):
   model = cfrnet_jax.build_model(tiny_model_config(**ABLATIONS[ablation]), 0)
   images, points, valid = _random_batch(jax.random.key(1), 2, 128)
   (loss, _), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
-  return (loss, len(nnx.to_flat_state(nnx.state(model, nnx.Param))),
-          nnx.to_flat_state(nnx.state(grads, nnx.Param)))
+  return (
+      loss,
+      len(nnx.to_flat_state(nnx.state(model, nnx.Param))),
+      nnx.to_flat_state(nnx.state(grads, nnx.Param)),
+  )
 
 
 @pytest.mark.parametrize("ablation", ["full", "fusion_concat", "no_dhp", "no_axial"])
@@ -111,8 +116,7 @@ def test_every_parameter_gets_a_gradient(ablation):
   loss, parameters, flat = _tiny_gradients(ablation)
   assert np.isfinite(loss)
   assert len(flat) == parameters
-  zero = [".".join(map(str, path)) for path, g in flat
-          if not np.any(np.asarray(g.get_value()))]
+  zero = [".".join(map(str, path)) for path, g in flat if not np.any(np.asarray(g.get_value()))]
   assert not zero, f"parameters without gradient: {zero}"
 
 
@@ -132,8 +136,9 @@ def test_paper_model_counts_a_small_picture():
   config = get_config()
   graphdef, variables = model_graphdef(config.model), init_variables(config.model, 0)
   image = np.random.default_rng(0).integers(0, 255, (1, 128, 128, 3)).astype(np.uint8)
-  count, density = make_count_fn(graphdef, config.data)(variables, image,
-                                                        np.array([[128, 128]], np.int32))
+  count, density = make_count_fn(graphdef, config.data)(
+      variables, image, np.array([[128, 128]], np.int32)
+  )
   assert density.shape == (1, 32, 32) and np.isfinite(density).all()
   np.testing.assert_allclose(float(count[0]), float(density.sum()), rtol=1e-5)
 
@@ -149,8 +154,10 @@ def test_paper_size_model_jitted_forward_and_grad_at_256():
   model.train()
   (loss, terms), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
   assert np.isfinite(loss)
-  assert set(terms) == {f"{kind}/{head}" for kind in ("mse", "ce")
-                        for head in ("f1", "f2", "f3", "f5")}
-  norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(
-      nnx.state(grads, nnx.Param))]
+  assert set(terms) == {
+      f"{kind}/{head}" for kind in ("mse", "ce") for head in ("f1", "f2", "f3", "f5")
+  }
+  norms = [
+      float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(nnx.state(grads, nnx.Param))
+  ]
   assert all(np.isfinite(norms)) and min(norms) > 0

@@ -25,6 +25,7 @@ def test_overlay_leaves_empty_regions_unchanged_and_writes_the_count():
 
 
 def test_large_pictures_get_an_overlay_of_at_most_max_side():
-  picture = render_overlay(np.zeros((900, 3000, 3), np.uint8), np.ones((225, 750)), 3.0,
-                           max_side=1000)
+  picture = render_overlay(
+      np.zeros((900, 3000, 3), np.uint8), np.ones((225, 750)), 3.0, max_side=1000
+  )
   assert picture.size == (1000, 300)

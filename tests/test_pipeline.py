@@ -34,8 +34,12 @@ def marked_example(height, width, points, name="img.png"):
   points = np.asarray(points, np.float32).reshape(-1, 2)
   for x, y in points:
     pixels[int(y), int(x)] = 255
-  return {"image": encode(pixels), "points": points, "count": len(points),
-          "filename": name.encode()}
+  return {
+      "image": encode(pixels),
+      "points": points,
+      "count": len(points),
+      "filename": name.encode(),
+  }
 
 
 def small_config(**data_overrides):
@@ -53,8 +57,7 @@ def dataset(n=12):
   for i in range(n):
     height, width = rng.integers(200, 400, 2)
     points = rng.uniform(0, 1, (int(rng.integers(0, 40)), 2)) * [width - 1, height - 1]
-    examples.append(marked_example(int(height), int(width), np.floor(points) + 0.5,
-                                   f"{i}.png"))
+    examples.append(marked_example(int(height), int(width), np.floor(points) + 0.5, f"{i}.png"))
   return examples
 
 
@@ -64,8 +67,9 @@ def crop(example, seed=0, **overrides):
 
 
 def test_crop_points_sit_on_their_pixels_and_targets_sum_to_the_count():
-  example = marked_example(300, 400, np.floor(np.random.default_rng(1).uniform(
-      0, 1, (40, 2)) * [399, 299]) + 0.5)
+  example = marked_example(
+      300, 400, np.floor(np.random.default_rng(1).uniform(0, 1, (40, 2)) * [399, 299]) + 0.5
+  )
   for seed in range(6):
     out = crop(example, seed, grayscale_prob=0.0)
     count = int(out["count"])
@@ -73,11 +77,15 @@ def test_crop_points_sit_on_their_pixels_and_targets_sum_to_the_count():
     assert len(points) == count and (~out["valid"][count:]).all()
     # Every white pixel of the crop is a head inside it, and vice versa.
     white = np.argwhere(out["image"][..., 0] == 255)
-    assert sorted(map(tuple, white)) == sorted(
-        (int(y), int(x)) for x, y in np.floor(points))
-    targets = density_targets(jnp.asarray(out["points"]), jnp.asarray(out["valid"]),
-                              (256, 256), strides=(1, 4, 8, 16),
-                              valid_size=jnp.asarray(out["valid_size"]), **TARGET_ARGS)
+    assert sorted(map(tuple, white)) == sorted((int(y), int(x)) for x, y in np.floor(points))
+    targets = density_targets(
+        jnp.asarray(out["points"]),
+        jnp.asarray(out["valid"]),
+        (256, 256),
+        strides=(1, 4, 8, 16),
+        valid_size=jnp.asarray(out["valid_size"]),
+        **TARGET_ARGS,
+    )
     for stride, density in targets["density"].items():
       assert abs(float(density.sum()) - count) < 1e-4, stride
 
@@ -91,19 +99,26 @@ def test_flip_moves_points_and_density_consistently():
   np.testing.assert_allclose(flipped["points"][:3, 1], plain["points"][:3, 1])
 
   def density(out, stride):
-    return np.asarray(density_targets(
-        jnp.asarray(out["points"]), jnp.asarray(out["valid"]), (256, 256),
-        strides=(stride,), valid_size=jnp.asarray(out["valid_size"]),
-        **TARGET_ARGS)["density"][stride])
+    return np.asarray(
+        density_targets(
+            jnp.asarray(out["points"]),
+            jnp.asarray(out["valid"]),
+            (256, 256),
+            strides=(stride,),
+            valid_size=jnp.asarray(out["valid_size"]),
+            **TARGET_ARGS,
+        )["density"][stride]
+    )
 
   for stride in (4, 8, 16):
-    np.testing.assert_allclose(density(flipped, stride), density(plain, stride)[:, ::-1],
-                               atol=1e-6)
+    np.testing.assert_allclose(density(flipped, stride), density(plain, stride)[:, ::-1], atol=1e-6)
 
 
 def test_grayscale_makes_channels_equal():
-  example = {**marked_example(64, 64, []), "image": encode(
-      np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8))}
+  example = {
+      **marked_example(64, 64, []),
+      "image": encode(np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)),
+  }
   out = crop(example, grayscale_prob=1.0)
   image = out["image"][:64, :64].astype(int)
   assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
@@ -118,15 +133,23 @@ def test_image_smaller_than_the_crop_is_padded_without_density():
   assert int(out["count"]) == 3
   fill = mean_colour(small_config().data.mean)
   assert (out["image"][80:] == fill).all() and (out["image"][:, 100:] == fill).all()
-  targets = density_targets(jnp.asarray(out["points"]), jnp.asarray(out["valid"]),
-                            (256, 256), strides=(4,), valid_size=jnp.asarray(out["valid_size"]),
-                            **TARGET_ARGS)
+  targets = density_targets(
+      jnp.asarray(out["points"]),
+      jnp.asarray(out["valid"]),
+      (256, 256),
+      strides=(4,),
+      valid_size=jnp.asarray(out["valid_size"]),
+      **TARGET_ARGS,
+  )
   density = np.asarray(targets["density"][4])
   assert abs(density.sum() - 3) < 1e-4
   assert density[20:].max() == 0 and density[:, 25:].max() == 0
-  images = normalize_images(jnp.asarray(out["image"])[None],
-                            jnp.asarray(out["valid_size"])[None], small_config().data.mean,
-                            small_config().data.std)
+  images = normalize_images(
+      jnp.asarray(out["image"])[None],
+      jnp.asarray(out["valid_size"])[None],
+      small_config().data.mean,
+      small_config().data.std,
+  )
   assert float(jnp.abs(images[0, 80:]).max()) == 0.0
 
 
@@ -200,15 +223,19 @@ RESUME_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_restored_iterator_in_a_new_process_continues_exactly(tmp_path, workers):
-  iterator = iter(pipeline.create_train_loader(small_config(num_workers=workers),
-                                                     dataset()))
+  iterator = iter(pipeline.create_train_loader(small_config(num_workers=workers), dataset()))
   for _ in range(5):  # past the first epoch of 12 images / 4 per batch
     next(iterator)
   state = iterator.get_state()
   expected = [next(iterator) for _ in range(3)]
   (tmp_path / "state").write_bytes(state if isinstance(state, bytes) else state.encode())
-  script = RESUME_SCRIPT.format(workers=workers, repo=str(REPO), tests=str(REPO / "tests"),
-                                state=str(tmp_path / "state"), out=str(tmp_path / "out.npz"))
+  script = RESUME_SCRIPT.format(
+      workers=workers,
+      repo=str(REPO),
+      tests=str(REPO / "tests"),
+      state=str(tmp_path / "state"),
+      out=str(tmp_path / "out.npz"),
+  )
   subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
   restored = np.load(tmp_path / "out.npz")
   for i, batch in enumerate(expected):
@@ -246,10 +273,15 @@ NO_TF_SCRIPT = textwrap.dedent("""
 
 def test_training_reads_a_built_dataset_without_tensorflow(tmp_path):
   from tfds_crowd.build import build
+
   build("synthetic_crowd", str(tmp_path))
   out = subprocess.run(
       [sys.executable, "-c", NO_TF_SCRIPT.format(repo=str(REPO), data_dir=str(tmp_path))],
-      check=True, capture_output=True, text=True, cwd=REPO)
+      check=True,
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+  )
   assert out.stdout.strip().splitlines()[-1] == "False"
 
 
@@ -262,13 +294,18 @@ def test_missing_dataset_says_how_to_build_it(tmp_path):
 
 def test_each_host_reads_only_its_shard():
   import grain.python as grain
+
   config = small_config()
   examples = dataset(10)
   names = []
   for index in range(2):
     options = grain.ShardOptions(shard_index=index, shard_count=2)
-    names.append([b["filename"][0] for b in pipeline.create_eval_loader(
-        config, examples, shard_options=options)])
+    names.append(
+        [
+            b["filename"][0]
+            for b in pipeline.create_eval_loader(config, examples, shard_options=options)
+        ]
+    )
   assert len(names[0]) == len(names[1]) == 5
   assert not set(names[0]) & set(names[1])
   assert sorted(names[0] + names[1]) == sorted(f"{i}.png" for i in range(10))

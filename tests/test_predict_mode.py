@@ -22,9 +22,26 @@ def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
   corrupt.write_bytes(b"not an image at all")
   out = tmp_path / "out"
   result = subprocess.run(
-      [sys.executable, "launch.py", "--mode", "predict", "--workdir", str(trained_workdir),
-       "--images", str(images), "--images", str(corrupt), "--out", str(out),
-       "--save_density"], cwd=REPO, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          "launch.py",
+          "--mode",
+          "predict",
+          "--workdir",
+          str(trained_workdir),
+          "--images",
+          str(images),
+          "--images",
+          str(corrupt),
+          "--out",
+          str(out),
+          "--save_density",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "skipped 1 unreadable: " + str(corrupt) in result.stderr
   with open(out / "counts.csv", newline="") as table:
@@ -33,10 +50,11 @@ def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
   assert sorted(row["name"] for row in rows) == names
   for row in rows:
     density = np.load(out / "density" / f"{row['name']}.npy")
-    assert float(row["count"]) == pytest.approx(float(density.sum(dtype=np.float64)),
-                                                rel=1e-6)
-    with Image.open(row["file"]) as original, \
-         Image.open(out / "overlays" / f"{row['name']}.png") as overlay:
+    assert float(row["count"]) == pytest.approx(float(density.sum(dtype=np.float64)), rel=1e-6)
+    with (
+        Image.open(row["file"]) as original,
+        Image.open(out / "overlays" / f"{row['name']}.png") as overlay,
+    ):
       assert overlay.size == original.size
       assert density.shape == (-(-original.height // 4), -(-original.width // 4))
   summary = json.loads((out / "summary.json").read_text())

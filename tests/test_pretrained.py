@@ -16,8 +16,7 @@ from tests.conftest import import_torch
 torch = import_torch()
 
 # torchvision's configuration "D" with batch norm, written out here (no torchvision).
-VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-             512, 512, 512, "M"]
+VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 class TorchVGG16BN(torch.nn.Module):
@@ -30,8 +29,11 @@ class TorchVGG16BN(torch.nn.Module):
       if value == "M":
         layers.append(torch.nn.MaxPool2d(2, 2))
       else:
-        layers += [torch.nn.Conv2d(channels, value, 3, padding=1),
-                   torch.nn.BatchNorm2d(value), torch.nn.ReLU(inplace=True)]
+        layers += [
+            torch.nn.Conv2d(channels, value, 3, padding=1),
+            torch.nn.BatchNorm2d(value),
+            torch.nn.ReLU(inplace=True),
+        ]
         channels = value
     self.features = torch.nn.Sequential(*layers)
     self.classifier = torch.nn.Sequential(torch.nn.Linear(512 * 7 * 7, 10))
@@ -54,11 +56,14 @@ def torch_model():
 @pytest.fixture(scope="module")
 def weight_files(torch_model, tmp_path_factory):
   from safetensors.torch import save_file
+
   folder = tmp_path_factory.mktemp("weights")
   state_dict = torch_model.state_dict()
   torch.save(state_dict, folder / "vgg16_bn-6c64b313.pth")
-  save_file({k: v.contiguous() for k, v in state_dict.items()
-             if not k.endswith("num_batches_tracked")}, str(folder / "model.safetensors"))
+  save_file(
+      {k: v.contiguous() for k, v in state_dict.items() if not k.endswith("num_batches_tracked")},
+      str(folder / "model.safetensors"),
+  )
   return folder
 
 
@@ -93,8 +98,9 @@ def test_ported_taps_match_pytorch(torch_model, weight_files, filename):
       x = layer(x)
       # Block ends: the ReLU before pools 23 (block 3), 33 (block 4), 43 (block 5).
       if index in (22, 32, 42):
-        expected[{22: "block3", 32: "block4", 42: "block5"}[index]] = \
-            x.numpy().transpose(0, 2, 3, 1)
+        expected[{22: "block3", 32: "block4", 42: "block5"}[index]] = x.numpy().transpose(
+            0, 2, 3, 1
+        )
   for name, reference in expected.items():
     ours = np.asarray(taps[name])
     assert ours.shape == reference.shape
@@ -107,12 +113,12 @@ def test_ported_taps_match_pytorch(torch_model, weight_files, filename):
 def test_port_fills_every_layer_and_touches_nothing_else(weight_files):
   from cfrnet_jax.models.cfrnet import build_model
   from configs.base import get_model_config
+
   flat = pretrained.convert(pretrained.read_tensors(weight_files / "model.safetensors"))
   assert len(flat) == 13 * 6
   model = nnx.eval_shape(lambda: build_model(get_model_config(), 0))
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                    nnx.to_pure_dict(tree))
+  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nnx.to_pure_dict(tree))
   params, stats = zeros(params), zeros(stats)
   pretrained.save(flat, "full.msgpack")
   try:
@@ -130,13 +136,20 @@ def test_port_fills_every_layer_and_touches_nothing_else(weight_files):
         assert old is new
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t: t.pop("features.7.weight"), r"Missing tensor\(s\) \['features\.7\.weight'\]"),
-    (lambda t: t.update({"features.44.weight": np.zeros(3)}),
-     r"Unexpected tensor\(s\) \['features\.44\.weight'\]"),
-    (lambda t: t.update({"features.8.running_var": np.zeros(7)}),
-     r"Tensor features\.8\.running_var has shape \(7,\), expected \(128,\)"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.pop("features.7.weight"), r"Missing tensor\(s\) \['features\.7\.weight'\]"),
+        (
+            lambda t: t.update({"features.44.weight": np.zeros(3)}),
+            r"Unexpected tensor\(s\) \['features\.44\.weight'\]",
+        ),
+        (
+            lambda t: t.update({"features.8.running_var": np.zeros(7)}),
+            r"Tensor features\.8\.running_var has shape \(7,\), expected \(128,\)",
+        ),
+    ],
+)
 def test_bad_checkpoints_are_refused_by_tensor_name(weight_files, change, message):
   tensors = pretrained.read_tensors(weight_files / "model.safetensors")
   change(tensors)
@@ -147,10 +160,19 @@ def test_bad_checkpoints_are_refused_by_tensor_name(weight_files, change, messag
 def test_without_network_the_download_fails_at_once_naming_the_url(tmp_path, monkeypatch):
   def offline(*args, **kwargs):
     raise urllib.error.URLError("no network")
+
   monkeypatch.setattr(pretrained.urllib.request, "urlopen", offline)
   with pytest.raises(ConnectionError, match=r"(?s)vgg16_bn-6c64b313\.pth.*--source"):
-    pretrained.main(["--source", "torchvision", "--out", str(tmp_path / "w.msgpack"),
-                     "--cache_dir", str(tmp_path / "cache")])
+    pretrained.main(
+        [
+            "--source",
+            "torchvision",
+            "--out",
+            str(tmp_path / "w.msgpack"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
 
 
 def test_command_line_converts_a_local_file(weight_files, tmp_path, capsys):

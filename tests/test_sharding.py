@@ -33,8 +33,13 @@ SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_global_batch_is_sharded_along_data_over_8_devices():
-  out = subprocess.run([sys.executable, "-c", SHARDING_SCRIPT.format(repo=str(REPO))],
-                       check=True, capture_output=True, text=True, cwd=REPO)
+  out = subprocess.run(
+      [sys.executable, "-c", SHARDING_SCRIPT.format(repo=str(REPO))],
+      check=True,
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+  )
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["image"]["shape"] == [16, 256, 256, 3]
   assert result["image"]["devices"] == 8

@@ -13,8 +13,7 @@ def _targets(points, valid=None, size=(100, 130), **kwargs):
   points = jnp.asarray(points, jnp.float32)
   valid = jnp.ones(points.shape[0], bool) if valid is None else jnp.asarray(valid)
   kwargs = {**PAPER, **kwargs}
-  return jax.jit(lambda p, v: density_targets(p, v, size, strides=STRIDES, **kwargs))(
-      points, valid)
+  return jax.jit(lambda p, v: density_targets(p, v, size, strides=STRIDES, **kwargs))(points, valid)
 
 
 def test_count_is_kept_at_every_stride_including_border_points():
@@ -41,7 +40,7 @@ def test_interior_head_is_the_sigma_4_gaussian_at_pixel_centres():
   x, y = 60.3, 47.8
   density = np.asarray(_targets([[x, y]])["density"][1])
   rows, cols = np.mgrid[0:100, 0:130] + 0.5
-  kernel = np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * 4.0 ** 2))
+  kernel = np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * 4.0**2))
   np.testing.assert_allclose(density, kernel / kernel.sum(), atol=1e-7)
 
 
@@ -51,8 +50,7 @@ def test_strided_density_is_the_sum_pooled_full_resolution_map():
   for stride in (4, 8, 16):
     pooled = full.reshape(112 // stride, stride, 144 // stride, stride).sum((1, 3))
     rows, cols = -(-100 // stride), -(-130 // stride)
-    np.testing.assert_allclose(targets["density"][stride], pooled[:rows, :cols],
-                               atol=1e-6)
+    np.testing.assert_allclose(targets["density"][stride], pooled[:rows, :cols], atol=1e-6)
 
 
 def test_points_outside_or_invalid_are_dropped_and_counted():
@@ -100,8 +98,9 @@ def test_padding_beyond_valid_size_gets_no_density_or_foreground():
   # A 20 x 30 image padded into a 32 x 32 map: heads near its border keep their whole
   # mass inside the 20 x 30 area.
   points = jnp.array([[29.5, 19.0], [3.0, 18.0], [31.0, 5.0]])  # the last is outside.
-  targets = density_targets(points, jnp.ones(3, bool), (32, 32), strides=(1, 4),
-                            valid_size=jnp.array([20, 30]), **PAPER)
+  targets = density_targets(
+      points, jnp.ones(3, bool), (32, 32), strides=(1, 4), valid_size=jnp.array([20, 30]), **PAPER
+  )
   assert int(targets["count"]) == 2 and int(targets["dropped"]) == 1
   density = np.asarray(targets["density"][1])
   assert abs(density.sum() - 2.0) < 1e-5

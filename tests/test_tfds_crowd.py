@@ -18,6 +18,7 @@ from tfds_crowd.synthetic_crowd import render_crowd_image
 
 def write_jpeg(path: Path, height: int, width: int, mode: str = "RGB"):
   from PIL import Image
+
   path.parent.mkdir(parents=True, exist_ok=True)
   pixels = np.random.default_rng(height * width).integers(0, 255, (height, width, 3))
   image = Image.fromarray(pixels.astype(np.uint8))
@@ -28,8 +29,10 @@ def write_sht_mat(path: Path, points, number):
   """`image_info{1}.location` / `.number`, nested like the official files."""
   path.parent.mkdir(parents=True, exist_ok=True)
   info = np.empty((1, 1), dtype=object)
-  info[0, 0] = {"location": np.asarray(points, np.float64).reshape(-1, 2),
-                "number": np.array([[number]], np.float64)}
+  info[0, 0] = {
+      "location": np.asarray(points, np.float64).reshape(-1, 2),
+      "number": np.array([[number]], np.float64),
+  }
   scipy.io.savemat(path, {"image_info": info})
 
 
@@ -58,8 +61,7 @@ SHT_POINTS = {  # (part, split, k): points
 
 def make_shanghaitech(root: Path, final_naming: bool):
   for (part, split, k), points in SHT_POINTS.items():
-    folder = root / (f"part_{part}_final" if final_naming else f"part_{part}") / \
-        f"{split}_data"
+    folder = root / (f"part_{part}_final" if final_naming else f"part_{part}") / f"{split}_data"
     write_jpeg(folder / "images" / f"IMG_{k}.jpg", 30, 40)
     truth = "ground_truth" if final_naming else "ground-truth"
     write_sht_mat(folder / truth / f"GT_IMG_{k}.mat", points, len(points))
@@ -78,15 +80,15 @@ def test_shanghaitech_reads_both_namings_folders_and_zips(tmp_path, final_naming
   part_a = build("shanghaitech/part_a", str(tmp_path / "data"), str(manual))
   train, test = read_split(part_a, "train"), read_split(part_a, "test")
   assert sorted(train) == ["train_data/IMG_1.jpg", "train_data/IMG_2.jpg"]
-  np.testing.assert_array_equal(train["train_data/IMG_1.jpg"]["points"],
-                                np.float32(SHT_POINTS[("A", "train", 1)]))
+  np.testing.assert_array_equal(
+      train["train_data/IMG_1.jpg"]["points"], np.float32(SHT_POINTS[("A", "train", 1)])
+  )
   assert train["train_data/IMG_2.jpg"]["points"].shape == (0, 2)
   assert train["train_data/IMG_2.jpg"]["count"] == 0
   example = test["test_data/IMG_1.jpg"]
   # (200, 5) is outside the 40x30 image: dropped and counted; (40.5, 30) is within the
   # 1-px tolerance: moved onto the border and counted.
-  np.testing.assert_array_equal(example["points"],
-                                np.float32([[5, 5], [0, 0], [40, 30]]))
+  np.testing.assert_array_equal(example["points"], np.float32([[5, 5], [0, 0], [40, 30]]))
   assert (example["count"], example["dropped_points"], example["clipped_points"]) == (3, 1, 1)
   assert example["annotated_count"] == 4
   assert (example["height"], example["width"]) == (30, 40)
@@ -104,16 +106,21 @@ def test_sht_sample_real_mat_files_through_the_shanghaitech_builder(tmp_path):
   builder = build("shanghaitech/part_a", str(tmp_path / "data"), str(tmp_path / "manual"))
   test = read_split(builder, "test")
   counts = {name: int(e["count"]) for name, e in test.items()}
-  assert counts == {"test_data/IMG_1.jpg": 21, "test_data/IMG_2.jpg": 58,
-                    "test_data/IMG_3.jpg": 11, "test_data/IMG_4.jpg": 222,
-                    "test_data/IMG_5.jpg": 256}
+  assert counts == {
+      "test_data/IMG_1.jpg": 21,
+      "test_data/IMG_2.jpg": 58,
+      "test_data/IMG_3.jpg": 11,
+      "test_data/IMG_4.jpg": 222,
+      "test_data/IMG_5.jpg": 256,
+  }
   for name, example in test.items():
     assert example["dropped_points"] == 0
     assert example["annotated_count"] == example["count"]
     stem = name.split("/")[-1][:-4]
     mat = scipy.io.loadmat(sample / "ground-truth" / f"GT_{stem}.mat")
-    np.testing.assert_array_equal(example["points"],
-                                  mat["image_info"][0, 0]["location"][0, 0].astype(np.float32))
+    np.testing.assert_array_equal(
+        example["points"], mat["image_info"][0, 0]["location"][0, 0].astype(np.float32)
+    )
     assert example["image"] == (sample / "images" / f"{stem}.jpg").read_bytes()
 
 
@@ -169,12 +176,17 @@ def test_ucf_cc_50_real_dataset(tmp_path):
 
 def test_jhu_crowd_keeps_labels_and_per_head_attributes(tmp_path):
   root = tmp_path / "manual" / "jhu_crowd_v2.0"
-  heads = {"train": {"0001": "10 12 4 5 1 0\n35 20 6 7 2 1\n99 99 3 3 3 0\n",
-                     "0002": ""},
-           "val": {"0003": "1 1 2 2 1 1\n"},
-           "test": {"0004": "5 6 7 8 2 0\n20 25 1 1 1 1\n"}}
-  labels = {"0001": "3,marketplace,2,0", "0002": "0,street,0,1",
-            "0003": "1,stadium,1,0", "0004": "2,concert,3,0"}
+  heads = {
+      "train": {"0001": "10 12 4 5 1 0\n35 20 6 7 2 1\n99 99 3 3 3 0\n", "0002": ""},
+      "val": {"0003": "1 1 2 2 1 1\n"},
+      "test": {"0004": "5 6 7 8 2 0\n20 25 1 1 1 1\n"},
+  }
+  labels = {
+      "0001": "3,marketplace,2,0",
+      "0002": "0,street,0,1",
+      "0003": "1,stadium,1,0",
+      "0004": "2,concert,3,0",
+  }
   for split, files in heads.items():
     lines = []
     for stem, text in files.items():
@@ -218,9 +230,16 @@ def test_nwpu_crowd_from_official_zips_with_unlabeled_test(tmp_path):
     write_jpeg(staging / "images" / f"{image_id}.jpg", 30, 40)
   for image_id, points in annotations.items():
     (staging / "jsons").mkdir(exist_ok=True)
-    (staging / "jsons" / f"{image_id}.json").write_text(json.dumps(
-        {"img_id": f"{image_id}.jpg", "human_num": len(points), "points": points,
-         "boxes": [[x - 2, y - 2, x + 2, y + 2] for x, y in points]}))
+    (staging / "jsons" / f"{image_id}.json").write_text(
+        json.dumps(
+            {
+                "img_id": f"{image_id}.jpg",
+                "human_num": len(points),
+                "points": points,
+                "boxes": [[x - 2, y - 2, x + 2, y + 2] for x, y in points],
+            }
+        )
+    )
   zip_folder(staging / "images", manual / "images_part1.zip")
   zip_folder(staging / "jsons", manual / "jsons.zip")
   (manual / "train.txt").write_text("0001 1 2\n0003 0 0\n")

@@ -48,8 +48,9 @@ def randomized_state(model_config, seed=0):
 
 
 def flax_model(model_config, params, batch_stats):
-  graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: cfrnet_jax.build_model(model_config)),
-                             nnx.Param, nnx.BatchStat)
+  graphdef, _, _ = nnx.split(
+      nnx.eval_shape(lambda: cfrnet_jax.build_model(model_config)), nnx.Param, nnx.BatchStat
+  )
   return nnx.merge(graphdef, params, batch_stats)
 
 
@@ -72,13 +73,22 @@ def assert_outputs_match(flax_out, torch_out):
 PAPER = get_config().model
 
 
-@pytest.mark.parametrize("name, model_config, size", [
-    pytest.param("paper model, c=256", PAPER, (256, 256), marks=pytest.mark.slow),
-    ("add fusion, no axial decoder, odd size", tiny_model_config(fusion="add", axial=False),
-     (200, 300)),
-    ("concat fusion, no GAM, no DHP", tiny_model_config(fusion="concat", use_gam=False,
-                                                        use_dhp=False), (128, 160)),
-])
+@pytest.mark.parametrize(
+    "name, model_config, size",
+    [
+        pytest.param("paper model, c=256", PAPER, (256, 256), marks=pytest.mark.slow),
+        (
+            "add fusion, no axial decoder, odd size",
+            tiny_model_config(fusion="add", axial=False),
+            (200, 300),
+        ),
+        (
+            "concat fusion, no GAM, no DHP",
+            tiny_model_config(fusion="concat", use_gam=False, use_dhp=False),
+            (128, 160),
+        ),
+    ],
+)
 def test_inference_outputs_match(name, model_config, size):
   params, batch_stats = randomized_state(model_config)
   model = flax_model(model_config, params, batch_stats)
@@ -99,9 +109,13 @@ def test_a_wrong_state_is_refused_by_name():
     twin(config, params, batch_stats)
 
 
-@pytest.mark.parametrize("model_config", [
-    pytest.param(PAPER, marks=pytest.mark.slow, id="paper"),
-    pytest.param(tiny_model_config(use_gam=False), id="tiny_no_gam")])
+@pytest.mark.parametrize(
+    "model_config",
+    [
+        pytest.param(PAPER, marks=pytest.mark.slow, id="paper"),
+        pytest.param(tiny_model_config(use_gam=False), id="tiny_no_gam"),
+    ],
+)
 def test_training_mode_losses_match_on_the_same_batch(model_config):
   config = get_config()
   params, batch_stats = randomized_state(model_config)
@@ -109,17 +123,28 @@ def test_training_mode_losses_match_on_the_same_batch(model_config):
   images = rng.normal(size=(2, 256, 256, 3)).astype(np.float32)
   points = rng.uniform(0, 256, (2, 40, 2)).astype(np.float32)
   valid = np.arange(40)[None] < np.array([[25], [40]])
-  targets = batch_density_targets(jnp.asarray(points), jnp.asarray(valid), (256, 256),
-                                  strides=(4, 8, 16), sigma=config.targets.sigma,
-                                  foreground_radius=config.targets.foreground_radius)
+  targets = batch_density_targets(
+      jnp.asarray(points),
+      jnp.asarray(valid),
+      (256, 256),
+      strides=(4, 8, 16),
+      sigma=config.targets.sigma,
+      foreground_radius=config.targets.foreground_radius,
+  )
   model = flax_model(model_config, params, batch_stats)
   model.train()
-  expected, _ = cfrnet_loss(model(jnp.asarray(images)), targets, config.loss.gamma,
-                            model_config.density_scale)
+  expected, _ = cfrnet_loss(
+      model(jnp.asarray(images)), targets, config.loss.gamma, model_config.density_scale
+  )
   network = twin(model_config, params, batch_stats).train()
-  torch_targets = {kind: {stride: torch.from_numpy(np.asarray(value))
-                          for stride, value in targets[kind].items()}
-                   for kind in ("density", "foreground")}
-  got = twin_model.cfrnet_loss(network(torch.from_numpy(images).permute(0, 3, 1, 2)),
-                               torch_targets, config.loss.gamma, model_config.density_scale)
+  torch_targets = {
+      kind: {stride: torch.from_numpy(np.asarray(value)) for stride, value in targets[kind].items()}
+      for kind in ("density", "foreground")
+  }
+  got = twin_model.cfrnet_loss(
+      network(torch.from_numpy(images).permute(0, 3, 1, 2)),
+      torch_targets,
+      config.loss.gamma,
+      model_config.density_scale,
+  )
   assert float(got.detach()) == pytest.approx(float(expected), rel=TOLERANCE)

@@ -24,15 +24,18 @@ def fixed_batch(batch_size=8, crop=128, max_points=128):
   """Crops of synthetic crowd images with their heads, as the pipeline ships them."""
   from cfrnet_jax.data.pipeline import TrainCrop
   from tfds_crowd.synthetic_crowd import render_crowd_image
+
   config = tiny_train_config(None)
   config.data.max_points = max_points
   transform = TrainCrop(config.data)
   crops = []
   for i in range(batch_size):
     data, points = render_crowd_image(np.random.default_rng([7, i]))
-    crops.append(transform.random_map({"image": data, "points": points,
-                                       "filename": b"synthetic"},
-                                      np.random.default_rng(i)))
+    crops.append(
+        transform.random_map(
+            {"image": data, "points": points, "filename": b"synthetic"}, np.random.default_rng(i)
+        )
+    )
   return {key: np.stack([c[key] for c in crops]) for key in crops[0]}
 
 
@@ -97,12 +100,11 @@ def assert_same_step(a: dict, b: dict):
       error = np.linalg.norm(a[key] - b[key]) / np.linalg.norm(a[key])
       assert error < 1e-2, (key, error)
     elif key.startswith("['params']"):
-      mu = np.abs(a["['mu']" + key[len("['params']"):]])
+      mu = np.abs(a["['mu']" + key[len("['params']") :]])
       clear = mu > 1e-3 * mu.max()
       if _zero_gradient(key):
         continue
-      np.testing.assert_allclose(a[key][clear], b[key][clear], rtol=1e-5, atol=1e-6,
-                                 err_msg=key)
+      np.testing.assert_allclose(a[key][clear], b[key][clear], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.slow
@@ -110,8 +112,11 @@ def test_step_on_8_devices_equals_1_device(tmp_path):
   """Same global batch, one step: the sharded step computes what one device computes
   (float32 reductions in another order: tolerance 1e-5 relative)."""
   one = run_steps(tmp_path / "one.npz", 1)
-  eight = run_steps(tmp_path / "eight.npz", 1, setup=(
-      'os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"'))
+  eight = run_steps(
+      tmp_path / "eight.npz",
+      1,
+      setup=('os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"'),
+  )
   assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
   assert_same_step(one, eight)
 
@@ -131,10 +136,15 @@ def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
       jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
                                  process_id=int(os.environ["PROCESS_ID"]))
   """).format(port=port)
-  script = lambda i: STEP_SCRIPT.format(setup=setup, repo=str(REPO), steps=1,
-                                        out=str(tmp_path / f"host{i}.npz"))
-  procs = [subprocess.Popen([sys.executable, "-c", script(i)], cwd=REPO,
-                            env={**os.environ, "PROCESS_ID": str(i)}) for i in range(2)]
+  script = lambda i: STEP_SCRIPT.format(
+      setup=setup, repo=str(REPO), steps=1, out=str(tmp_path / f"host{i}.npz")
+  )
+  procs = [
+      subprocess.Popen(
+          [sys.executable, "-c", script(i)], cwd=REPO, env={**os.environ, "PROCESS_ID": str(i)}
+      )
+      for i in range(2)
+  ]
   assert [p.wait(timeout=300) for p in procs] == [0, 0]
   hosts = [dict(np.load(tmp_path / f"host{i}.npz")) for i in range(2)]
   assert int(hosts[0]["devices"]) == 2
@@ -145,8 +155,16 @@ def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
 
 
 def launch(workdir, data_dir, *flags):
-  return [sys.executable, "launch.py", "--config", "configs/tiny.py",
-          "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *flags]
+  return [
+      sys.executable,
+      "launch.py",
+      "--config",
+      "configs/tiny.py",
+      "--workdir",
+      str(workdir),
+      f"--config.data.data_dir={data_dir}",
+      *flags,
+  ]
 
 
 def restore_params(workdir: Path, step: int) -> dict:
@@ -166,20 +184,37 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
 
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
-  flags = ("--config.num_train_steps=40", "--config.checkpoint_every_steps=4",
-           "--config.eval_every_steps=1000", "--config.log_every_steps=4")
-  subprocess.run(launch(tmp_path / "straight", synthetic_data_dir, *flags), check=True,
-                 cwd=REPO, capture_output=True)
-  proc = subprocess.Popen(launch(tmp_path / "killed", synthetic_data_dir, *flags),
-                          cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  flags = (
+      "--config.num_train_steps=40",
+      "--config.checkpoint_every_steps=4",
+      "--config.eval_every_steps=1000",
+      "--config.log_every_steps=4",
+  )
+  subprocess.run(
+      launch(tmp_path / "straight", synthetic_data_dir, *flags),
+      check=True,
+      cwd=REPO,
+      capture_output=True,
+  )
+  proc = subprocess.Popen(
+      launch(tmp_path / "killed", synthetic_data_dir, *flags),
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+  )
   _wait_for(tmp_path / "killed" / "checkpoints" / "8", proc)
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL
-  kept = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
-                if p.name.isdigit())
+  kept = sorted(
+      int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()
+  )
   assert kept and kept[-1] < 40
-  subprocess.run(launch(tmp_path / "killed", synthetic_data_dir, *flags), check=True,
-                 cwd=REPO, capture_output=True)
+  subprocess.run(
+      launch(tmp_path / "killed", synthetic_data_dir, *flags),
+      check=True,
+      cwd=REPO,
+      capture_output=True,
+  )
   # Deterministic CPU kernels and the restored data iterator: identical parameters.
   straight = restore_params(tmp_path / "straight", 40)
   resumed = restore_params(tmp_path / "killed", 40)
@@ -191,10 +226,19 @@ def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
 @pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(launch(workdir, synthetic_data_dir, "--config.num_train_steps=10000",
-                                 "--config.checkpoint_every_steps=5",
-                                 "--config.eval_every_steps=100000"),
-                          cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      launch(
+          workdir,
+          synthetic_data_dir,
+          "--config.num_train_steps=10000",
+          "--config.checkpoint_every_steps=5",
+          "--config.eval_every_steps=100000",
+      ),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   _wait_for(workdir / "checkpoints" / "5", proc)
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
@@ -207,8 +251,13 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthetic_data_dir):
-  config = tiny_train_config(synthetic_data_dir, num_train_steps=6, log_every_steps=3,
-                             checkpoint_every_steps=3, eval_every_steps=1000)
+  config = tiny_train_config(
+      synthetic_data_dir,
+      num_train_steps=6,
+      log_every_steps=3,
+      checkpoint_every_steps=3,
+      eval_every_steps=1000,
+  )
   config.model.density_scale = 1e30  # the squared error overflows to inf at step 0
   with pytest.raises(FloatingPointError, match="NaN or inf at step 0"):
     trainer.train_and_evaluate(config, str(tmp_path))

@@ -14,8 +14,17 @@ from tfds_crowd.shanghaitech import Shanghaitech
 from tfds_crowd.synthetic_crowd import SyntheticCrowd
 from tfds_crowd.ucf_cc_50 import UcfCc50, fold_splits
 
-BUILDERS = {builder.name: builder for builder in
-            (Shanghaitech, UcfCc50, JhuCrowd, NwpuCrowd, SyntheticCrowd)}
+BUILDERS = {
+    builder.name: builder
+    for builder in (Shanghaitech, UcfCc50, JhuCrowd, NwpuCrowd, SyntheticCrowd)
+}
 
-__all__ = ["BUILDERS", "JhuCrowd", "NwpuCrowd", "Shanghaitech", "SyntheticCrowd",
-           "UcfCc50", "fold_splits"]
+__all__ = [
+    "BUILDERS",
+    "JhuCrowd",
+    "NwpuCrowd",
+    "Shanghaitech",
+    "SyntheticCrowd",
+    "UcfCc50",
+    "fold_splits",
+]

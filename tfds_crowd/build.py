@@ -20,8 +20,12 @@ from tfds_crowd import BUILDERS
 from tfds_crowd.crowd_builder import DEFAULT_FILE_FORMAT
 
 
-def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-          file_format: str = DEFAULT_FILE_FORMAT) -> tfds.core.DatasetBuilder:
+def build(
+    name: str,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    file_format: str = DEFAULT_FILE_FORMAT,
+) -> tfds.core.DatasetBuilder:
   """Builds `name` (`dataset` or `dataset/config`) and returns its prepared builder."""
   dataset, _, config = name.partition("/")
   if dataset not in BUILDERS:
@@ -29,12 +33,9 @@ def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   builder_class = BUILDERS[dataset]
   configs = [c.name for c in builder_class.BUILDER_CONFIGS]
   if configs and config not in configs:
-    raise ValueError(f"{dataset} needs a config: one of "
-                     f"{[f'{dataset}/{c}' for c in configs]}.")
-  builder = builder_class(config=config or None, data_dir=data_dir,
-                          file_format=file_format)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    raise ValueError(f"{dataset} needs a config: one of " f"{[f'{dataset}/{c}' for c in configs]}.")
+  builder = builder_class(config=config or None, data_dir=data_dir, file_format=file_format)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
@@ -51,19 +52,21 @@ def ensure_synthetic(data_config) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("name", help=f"one of {sorted(BUILDERS)}, with /config where "
-                                   f"needed (shanghaitech/part_a)")
+  parser.add_argument(
+      "name", help=f"one of {sorted(BUILDERS)}, with /config where " f"needed (shanghaitech/part_a)"
+  )
   parser.add_argument("--manual_dir", help="folder holding the manual download")
   parser.add_argument("--data_dir", help="TFDS data dir (default ~/tensorflow_datasets)")
   args = parser.parse_args()
   start = time.perf_counter()
   builder = build(args.name, args.data_dir, args.manual_dir)
   sizes = {name: split.num_examples for name, split in builder.info.splits.items()}
-  print(f"Built {builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
-        f" {builder.version} in {time.perf_counter() - start:.1f} s at {builder.data_dir}: "
-        f"{sizes}")
+  print(
+      f"Built {builder.name}/{builder.builder_config.name if builder.builder_config else ''}"
+      f" {builder.version} in {time.perf_counter() - start:.1f} s at {builder.data_dir}: "
+      f"{sizes}"
+  )
 
 
 if __name__ == "__main__":
   main()
-

@@ -81,8 +81,9 @@ def as_points(values: Any, where: str) -> np.ndarray:
   if points.size == 0:
     return np.zeros((0, 2))
   if points.ndim != 2 or points.shape[1] != 2:
-    raise CrowdDataError(f"{where}: head points must be an (N, 2) array of (x, y), got "
-                         f"shape {points.shape}.")
+    raise CrowdDataError(
+        f"{where}: head points must be an (N, 2) array of (x, y), got " f"shape {points.shape}."
+    )
   return points
 
 
@@ -99,9 +100,16 @@ class SplitReport:
     logging.info(
         "%s/%s: %d images, %d head points kept (%d moved onto the border), %d points "
         "outside their image dropped (from %d images), %d images whose count field "
-        "disagrees with their points.", self.dataset, self.split, self.images,
-        self.points, self.clipped, self.dropped, self.images_with_dropped,
-        self.count_mismatches)
+        "disagrees with their points.",
+        self.dataset,
+        self.split,
+        self.images,
+        self.points,
+        self.clipped,
+        self.dropped,
+        self.images_with_dropped,
+        self.count_mismatches,
+    )
 
 
 class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -119,10 +127,12 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__,
-        features=tfds.features.FeaturesDict({**common_features(),
-                                             **self._extra_features()}),
-        homepage=self.HOMEPAGE, citation=self.CITATION)
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({**common_features(), **self._extra_features()}),
+        homepage=self.HOMEPAGE,
+        citation=self.CITATION,
+    )
 
   def _manual_source(self, dl_manager) -> ManualSource:
     """The manual download (TFDS itself refuses a missing or empty `manual_dir`)."""
@@ -131,12 +141,21 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _missing(self, source: ManualSource, what: str) -> MissingDataError:
     return MissingDataError(
         f"{self.name}: {what} not found in {source.root} ({len(source)} files looked "
-        f"at, zip members included).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        f"at, zip members included).\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
 
-  def _example(self, report: SplitReport, data: bytes, where: str, filename: str,
-               points: Any, *, annotated_count: int | None = None,
-               per_head: dict[str, np.ndarray] | None = None,
-               **extra) -> tuple[str, dict]:
+  def _example(
+      self,
+      report: SplitReport,
+      data: bytes,
+      where: str,
+      filename: str,
+      points: Any,
+      *,
+      annotated_count: int | None = None,
+      per_head: dict[str, np.ndarray] | None = None,
+      **extra,
+  ) -> tuple[str, dict]:
     """Validates one image and its points and returns its (key, example).
 
     `data` is the encoded image and `where` names it in messages. `per_head` arrays
@@ -148,8 +167,9 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     finite = np.isfinite(points).all(1)
     size = np.array([width, height])
     inside = finite & (points >= 0).all(1) & (points <= size).all(1)
-    kept = finite & (points >= -BORDER_TOLERANCE).all(1) & (
-        points <= size + BORDER_TOLERANCE).all(1)
+    kept = (
+        finite & (points >= -BORDER_TOLERANCE).all(1) & (points <= size + BORDER_TOLERANCE).all(1)
+    )
     clipped, dropped = int((kept & ~inside).sum()), int((~kept).sum())
     points = np.clip(points[kept], 0, size)
     report.images += 1
@@ -158,17 +178,33 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if dropped:
       report.dropped += dropped
       report.images_with_dropped += 1
-      logging.warning("%s: dropped %d of %d head points more than %g px outside the "
-                      "%dx%d image.", where, dropped, len(kept), BORDER_TOLERANCE, width,
-                      height)
+      logging.warning(
+          "%s: dropped %d of %d head points more than %g px outside the " "%dx%d image.",
+          where,
+          dropped,
+          len(kept),
+          BORDER_TOLERANCE,
+          width,
+          height,
+      )
     if clipped:
-      logging.warning("%s: moved %d head points that lie within %g px outside the %dx%d "
-                      "image onto its border.", where, clipped, BORDER_TOLERANCE, width,
-                      height)
+      logging.warning(
+          "%s: moved %d head points that lie within %g px outside the %dx%d "
+          "image onto its border.",
+          where,
+          clipped,
+          BORDER_TOLERANCE,
+          width,
+          height,
+      )
     if annotated_count is not None and annotated_count != len(kept):
       report.count_mismatches += 1
-      logging.warning("%s: the annotation's count field says %d but it lists %d points.",
-                      where, annotated_count, len(kept))
+      logging.warning(
+          "%s: the annotation's count field says %d but it lists %d points.",
+          where,
+          annotated_count,
+          len(kept),
+      )
     example = {
         "image": data,
         "points": points.astype(np.float32).reshape(-1, 2),

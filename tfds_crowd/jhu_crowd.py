@@ -25,8 +25,9 @@ def parse_head_lines(text: str, where: str) -> np.ndarray:
     except ValueError:
       values = []
     if len(values) != 6:
-      raise CrowdDataError(f"{where}, line {number}: expected 'x y w h occlusion blur', "
-                           f"got {line.strip()!r}.")
+      raise CrowdDataError(
+          f"{where}, line {number}: expected 'x y w h occlusion blur', " f"got {line.strip()!r}."
+      )
     rows.append(values)
   return np.asarray(rows, np.float64).reshape(-1, 6)
 
@@ -43,8 +44,10 @@ def parse_image_labels(text: str, where: str) -> dict[str, tuple[int, str, int, 
       name, count, scene, weather, distractor = fields
       labels[name] = (int(count), scene, int(weather), int(distractor))
     except ValueError:
-      raise CrowdDataError(f"{where}, line {number}: expected 'image,count,scene,weather,"
-                           f"distractor', got {line.strip()!r}.") from None
+      raise CrowdDataError(
+          f"{where}, line {number}: expected 'image,count,scene,weather,"
+          f"distractor', got {line.strip()!r}."
+      ) from None
   return labels
 
 
@@ -92,26 +95,35 @@ class JhuCrowd(CrowdBuilder):
     if not images:
       raise self._missing(source, f"{split}/images/*.jpg")
     if len(label_files) != 1:
-      raise self._missing(source, f"exactly one {split}/image_labels.txt (found "
-                                  f"{len(label_files)})")
-    labels = parse_image_labels(source.read_bytes(label_files[0]).decode(),
-                                source.describe(label_files[0]))
+      raise self._missing(
+          source, f"exactly one {split}/image_labels.txt (found " f"{len(label_files)})"
+      )
+    labels = parse_image_labels(
+        source.read_bytes(label_files[0]).decode(), source.describe(label_files[0])
+    )
     report = SplitReport(self.name, split)
     for stem, image_name in sorted(images.items()):
       if stem not in truths:
         raise CrowdDataError(f"{source.describe(image_name)}: no annotation gt/{stem}.txt.")
       if stem not in labels:
-        raise CrowdDataError(f"{source.describe(label_files[0])}: no line for image "
-                             f"{stem}.")
+        raise CrowdDataError(f"{source.describe(label_files[0])}: no line for image " f"{stem}.")
       where = source.describe(truths[stem])
       heads = parse_head_lines(source.read_bytes(truths[stem]).decode(), where)
       count, scene, weather, distractor = labels[stem]
       yield self._example(
-          report, source.read_bytes(image_name), source.describe(image_name),
-          f"{split}/{stem}.jpg", heads[:, :2],
+          report,
+          source.read_bytes(image_name),
+          source.describe(image_name),
+          f"{split}/{stem}.jpg",
+          heads[:, :2],
           annotated_count=count,
-          per_head={"head_size": heads[:, 2:4].astype(np.float32),
-                    "occlusion": heads[:, 4].astype(np.int32),
-                    "blur": heads[:, 5].astype(np.int32)},
-          scene=scene, weather=weather, distractor=distractor)
+          per_head={
+              "head_size": heads[:, 2:4].astype(np.float32),
+              "occlusion": heads[:, 4].astype(np.int32),
+              "blur": heads[:, 5].astype(np.int32),
+          },
+          scene=scene,
+          weather=weather,
+          distractor=distractor,
+      )
     report.log_summary()

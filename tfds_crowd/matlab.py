@@ -33,6 +33,7 @@ def struct_field(mat: dict, path: tuple[str, ...], where: str) -> np.ndarray:
     try:
       value = value[name]
     except (KeyError, ValueError, IndexError, TypeError):
-      raise CrowdDataError(f"{where}: no field {'.'.join(path[:depth + 1])!r} in the "
-                           f"MATLAB file.") from None
+      raise CrowdDataError(
+          f"{where}: no field {'.'.join(path[:depth + 1])!r} in the " f"MATLAB file."
+      ) from None
   return unwrap(value)

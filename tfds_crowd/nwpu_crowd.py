@@ -26,8 +26,10 @@ def parse_split_list(text: str, where: str) -> dict[str, list[int]]:
     try:
       entries[fields[0]] = [int(v) for v in fields[1:]]
     except ValueError:
-      raise CrowdDataError(f"{where}, line {number}: expected an image id followed by "
-                           f"integer labels, got {line.strip()!r}.") from None
+      raise CrowdDataError(
+          f"{where}, line {number}: expected an image id followed by "
+          f"integer labels, got {line.strip()!r}."
+      ) from None
   return entries
 
 
@@ -74,40 +76,45 @@ class NwpuCrowd(CrowdBuilder):
       lists = [name for name, _ in source.match(_SPLIT_LIST.format(split=split))]
       if len(lists) != 1:
         raise self._missing(source, f"exactly one {split}.txt (found {len(lists)})")
-      entries = parse_split_list(source.read_bytes(lists[0]).decode(),
-                                 source.describe(lists[0]))
-      generators[split] = self._generate_examples(source, split, entries, images,
-                                                  annotations)
+      entries = parse_split_list(source.read_bytes(lists[0]).decode(), source.describe(lists[0]))
+      generators[split] = self._generate_examples(source, split, entries, images, annotations)
     return generators
 
   def _generate_examples(self, source, split, entries, images, annotations):
     report = SplitReport(self.name, split)
     labeled = split != "test"
     if not labeled:
-      logging.warning("%s: the test split has no annotations (withheld for the benchmark "
-                      "server); its examples have labeled=False and count=-1.", self.name)
+      logging.warning(
+          "%s: the test split has no annotations (withheld for the benchmark "
+          "server); its examples have labeled=False and count=-1.",
+          self.name,
+      )
     for image_id, split_labels in sorted(entries.items()):
       if image_id not in images:
         raise self._missing(source, f"image {image_id}.jpg listed in {split}.txt")
       image = source.read_bytes(images[image_id]), source.describe(images[image_id])
       extra = {"labeled": labeled, "split_labels": np.asarray(split_labels, np.int32)}
       if not labeled:
-        key, example = self._example(report, *image, f"{image_id}.jpg", [],
-                                     boxes=np.zeros((0, 4), np.float32), **extra)
+        key, example = self._example(
+            report, *image, f"{image_id}.jpg", [], boxes=np.zeros((0, 4), np.float32), **extra
+        )
         yield key, {**example, "count": -1, "annotated_count": -1}
         continue
       if image_id not in annotations:
-        raise CrowdDataError(f"{source.describe(images[image_id])}: no annotation "
-                             f"jsons/{image_id}.json.")
+        raise CrowdDataError(
+            f"{source.describe(images[image_id])}: no annotation " f"jsons/{image_id}.json."
+        )
       where = source.describe(annotations[image_id])
       try:
         record = json.loads(source.read_bytes(annotations[image_id]))
         points, boxes = record["points"], record.get("boxes", [])
         human_num = int(record["human_num"])
       except (ValueError, KeyError, TypeError) as error:
-        raise CrowdDataError(f"{where}: not an NWPU annotation with 'points' and "
-                             f"'human_num' ({error!r}).") from error
+        raise CrowdDataError(
+            f"{where}: not an NWPU annotation with 'points' and " f"'human_num' ({error!r})."
+        ) from error
       boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-      yield self._example(report, *image, f"{image_id}.jpg", points,
-                          annotated_count=human_num, boxes=boxes, **extra)
+      yield self._example(
+          report, *image, f"{image_id}.jpg", points, annotated_count=human_num, boxes=boxes, **extra
+      )
     report.log_summary()

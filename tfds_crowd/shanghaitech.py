@@ -44,25 +44,30 @@ class Shanghaitech(CrowdBuilder):
   def _split_generators(self, dl_manager):
     source = self._manual_source(dl_manager)
     part = self.builder_config.name[-1].upper()
-    return {split: self._generate_examples(source, part, split)
-            for split in ("train", "test")}
+    return {split: self._generate_examples(source, part, split) for split in ("train", "test")}
 
   def _generate_examples(self, source, part, split):
     images = {m[1]: name for name, m in source.match(_IMAGE.format(part=part, split=split))}
-    truths = {m[1]: name for name, m in source.match(
-        _GROUND_TRUTH.format(part=part, split=split))}
+    truths = {m[1]: name for name, m in source.match(_GROUND_TRUTH.format(part=part, split=split))}
     if not images:
       raise self._missing(source, f"part_{part}/{split}_data/images/IMG_*.jpg")
     report = SplitReport(f"{self.name}/{self.builder_config.name}", split)
     for stem, image_name in sorted(images.items()):
       if stem not in truths:
-        raise CrowdDataError(f"{source.describe(image_name)}: no ground truth "
-                             f"GT_{stem}.mat next to it in ../ground-truth/.")
+        raise CrowdDataError(
+            f"{source.describe(image_name)}: no ground truth "
+            f"GT_{stem}.mat next to it in ../ground-truth/."
+        )
       where = source.describe(truths[stem])
       mat = load_mat(source.read_bytes(truths[stem]), where)
       points = struct_field(mat, ("image_info", "location"), where)
       number = struct_field(mat, ("image_info", "number"), where)
-      yield self._example(report, source.read_bytes(image_name), source.describe(image_name),
-                          f"{split}_data/{stem}.jpg", points,
-                          annotated_count=int(np.asarray(number).reshape(-1)[0]))
+      yield self._example(
+          report,
+          source.read_bytes(image_name),
+          source.describe(image_name),
+          f"{split}_data/{stem}.jpg",
+          points,
+          annotated_count=int(np.asarray(number).reshape(-1)[0]),
+      )
     report.log_summary()

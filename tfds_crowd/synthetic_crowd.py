@@ -30,8 +30,9 @@ SKIN = ((224, 172, 105), (241, 194, 125), (198, 134, 66), (141, 85, 36), (255, 2
 def _background(rng: np.random.Generator, height: int, width: int) -> Image.Image:
   """Sky-to-ground gradient + smooth colour noise + a few building-like blocks."""
   coarse = rng.uniform(60, 200, size=(height // 32 + 2, width // 32 + 2, 3))
-  texture = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize(
-      (width, height), Image.BILINEAR), np.float32)
+  texture = np.asarray(
+      Image.fromarray(coarse.astype(np.uint8)).resize((width, height), Image.BILINEAR), np.float32
+  )
   ramp = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
   sky, ground = rng.uniform(120, 230, 3), rng.uniform(40, 140, 3)
   pixels = 0.5 * texture + 0.5 * (sky * (1 - ramp) + ground * ramp)
@@ -40,21 +41,21 @@ def _background(rng: np.random.Generator, height: int, width: int) -> Image.Imag
   draw = ImageDraw.Draw(image)
   for _ in range(rng.integers(0, 4)):
     x0, y0 = rng.uniform(0, width), rng.uniform(0, height * 0.6)
-    draw.rectangle([x0, y0, x0 + rng.uniform(20, 90), y0 + rng.uniform(30, 120)],
-                   fill=tuple(int(v) for v in rng.uniform(50, 220, 3)))
+    draw.rectangle(
+        [x0, y0, x0 + rng.uniform(20, 90), y0 + rng.uniform(30, 120)],
+        fill=tuple(int(v) for v in rng.uniform(50, 220, 3)),
+    )
   return image
 
 
-def _head_positions(rng: np.random.Generator, count: int, height: int,
-                    width: int) -> np.ndarray:
+def _head_positions(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
   """(count, 2) (x, y) from a few Gaussian groups plus a uniform scatter."""
   groups = rng.integers(1, 4)
   centres = np.stack([rng.uniform(0, width, groups), rng.uniform(0.2, 1.0, groups) * height], 1)
   spread = rng.uniform(0.08, 0.25, (groups, 1)) * np.array([width, height])
   member = rng.integers(0, groups, count)
   clustered = centres[member] + rng.normal(size=(count, 2)) * spread[member]
-  scattered = np.stack([rng.uniform(0, width, count),
-                        rng.uniform(0.15, 1.0, count) * height], 1)
+  scattered = np.stack([rng.uniform(0, width, count), rng.uniform(0.15, 1.0, count) * height], 1)
   positions = np.where((rng.uniform(size=count) < 0.7)[:, None], clustered, scattered)
   return np.clip(positions, [0, 0.1 * height], [width - 1e-3, height - 1e-3])
 
@@ -71,10 +72,12 @@ def render_crowd_image(rng: np.random.Generator) -> tuple[bytes, np.ndarray]:
   for x, y in points:
     radius = 2.0 + 9.0 * y / height  # perspective: heads grow towards the camera
     body = tuple(int(v) for v in rng.uniform(20, 235, 3))
-    draw.ellipse([x - 1.9 * radius, y + 0.8 * radius, x + 1.9 * radius, y + 3.2 * radius],
-                 fill=body)
-    draw.ellipse([x - radius, y - radius, x + radius, y + radius],
-                 fill=SKIN[rng.integers(len(SKIN))])
+    draw.ellipse(
+        [x - 1.9 * radius, y + 0.8 * radius, x + 1.9 * radius, y + 3.2 * radius], fill=body
+    )
+    draw.ellipse(
+        [x - radius, y - radius, x + radius, y + radius], fill=SKIN[rng.integers(len(SKIN))]
+    )
     hair = tuple(int(v) for v in rng.uniform(10, 90, 3))
     draw.pieslice([x - radius, y - radius, x + radius, y + radius], 180, 360, fill=hair)
   encoded = io.BytesIO()

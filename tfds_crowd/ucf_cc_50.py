@@ -48,23 +48,34 @@ class UcfCc50(CrowdBuilder):
     annotations = {int(m[1]): name for name, m in source.match(_ANNOTATION)}
     missing = [k for k in range(1, NUM_IMAGES + 1) if k not in images]
     if missing:
-      raise self._missing(source, f"{len(missing)} of the {NUM_IMAGES} images k.jpg "
-                                  f"(first missing: {missing[0]}.jpg)")
+      raise self._missing(
+          source,
+          f"{len(missing)} of the {NUM_IMAGES} images k.jpg " f"(first missing: {missing[0]}.jpg)",
+      )
     per_fold = NUM_IMAGES // NUM_FOLDS
-    return {f"fold{fold}": self._generate_examples(
-        source, f"fold{fold}", images, annotations,
-        range((fold - 1) * per_fold + 1, fold * per_fold + 1))
-            for fold in range(1, NUM_FOLDS + 1)}
+    return {
+        f"fold{fold}": self._generate_examples(
+            source,
+            f"fold{fold}",
+            images,
+            annotations,
+            range((fold - 1) * per_fold + 1, fold * per_fold + 1),
+        )
+        for fold in range(1, NUM_FOLDS + 1)
+    }
 
   def _generate_examples(self, source, split, images, annotations, numbers):
     report = SplitReport(self.name, split)
     for k in numbers:
       if k not in annotations:
-        raise CrowdDataError(f"{source.describe(images[k])}: no annotation {k}_ann.mat "
-                             f"next to it.")
+        raise CrowdDataError(
+            f"{source.describe(images[k])}: no annotation {k}_ann.mat " f"next to it."
+        )
       where = source.describe(annotations[k])
-      points = struct_field(load_mat(source.read_bytes(annotations[k]), where),
-                            ("annPoints",), where)
-      yield self._example(report, source.read_bytes(images[k]), source.describe(images[k]),
-                          f"{k}.jpg", points)
+      points = struct_field(
+          load_mat(source.read_bytes(annotations[k]), where), ("annPoints",), where
+      )
+      yield self._example(
+          report, source.read_bytes(images[k]), source.describe(images[k]), f"{k}.jpg", points
+      )
     report.log_summary()

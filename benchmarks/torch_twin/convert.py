@@ -48,13 +48,18 @@ def load_flax_state(model: torch.nn.Module, params: dict, batch_stats: dict) -> 
   """Fills `model` (the twin) from Flax pure dicts (`nnx.to_pure_dict`); raises naming
   every missing, extra or wrongly shaped tensor."""
   state = flax_to_torch_state(params, batch_stats)
-  expected = {name: tensor for name, tensor in model.state_dict().items()
-              if not name.endswith("num_batches_tracked")}
+  expected = {
+      name: tensor
+      for name, tensor in model.state_dict().items()
+      if not name.endswith("num_batches_tracked")
+  }
   problems = [f"missing {name}" for name in sorted(set(expected) - set(state))]
   problems += [f"extra {name}" for name in sorted(set(state) - set(expected))]
-  problems += [f"{name}: Flax {tuple(state[name].shape)} vs twin {tuple(tensor.shape)}"
-               for name, tensor in expected.items()
-               if name in state and state[name].shape != tensor.shape]
+  problems += [
+      f"{name}: Flax {tuple(state[name].shape)} vs twin {tuple(tensor.shape)}"
+      for name, tensor in expected.items()
+      if name in state and state[name].shape != tensor.shape
+  ]
   if problems:
     raise ValueError("The Flax state does not fit the twin: " + "; ".join(problems))
   model.load_state_dict(state, strict=False)

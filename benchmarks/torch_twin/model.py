@@ -34,6 +34,7 @@ from cfrnet_jax.models.gam import sincos_position_encoding_2d
 
 
 class ConvBNReLU(nn.Module):
+
   def __init__(self, in_channels: int, out_channels: int, use_bias: bool = False):
     super().__init__()
     self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=use_bias)
@@ -57,6 +58,7 @@ class Chain(nn.Module):
 
 
 class FeedForward(nn.Module):
+
   def __init__(self, channels: int, ratio: int):
     super().__init__()
     self.fc1 = nn.Linear(channels, ratio * channels)
@@ -87,13 +89,17 @@ class AttentionBlock(nn.Module):
     query = self.query(normed[:, :n_query]).view(batch, n_query, self.num_heads, head_dim)
     key_value = self.key_value(normed).view(batch, -1, 2, self.num_heads, head_dim)
     attended = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key_value[:, :, 0].transpose(1, 2),
-        key_value[:, :, 1].transpose(1, 2), attn_mask=bias)
+        query.transpose(1, 2),
+        key_value[:, :, 0].transpose(1, 2),
+        key_value[:, :, 1].transpose(1, 2),
+        attn_mask=bias,
+    )
     tokens = tokens + self.proj(attended.transpose(1, 2).reshape(batch, n_query, channels))
     return tokens + self.mlp(self.norm2(tokens))
 
 
 class VGG16BN(nn.Module):
+
   def __init__(self, widths):
     super().__init__()
     layers, in_channels = [], 3
@@ -117,16 +123,19 @@ class VGG16BN(nn.Module):
 
 
 class GlobalAttention(nn.Module):
+
   def __init__(self, channels: int, num_heads: int, depth: int, mlp_ratio: int):
     super().__init__()
-    self.blocks = nn.ModuleList([AttentionBlock(channels, num_heads, mlp_ratio)
-                                 for _ in range(depth)])
+    self.blocks = nn.ModuleList(
+        [AttentionBlock(channels, num_heads, mlp_ratio) for _ in range(depth)]
+    )
 
   def forward(self, x):
     batch, channels, height, width = x.shape
     tokens = x.flatten(2).transpose(1, 2)
-    tokens = tokens + torch.as_tensor(sincos_position_encoding_2d(height, width, channels),
-                                      dtype=x.dtype, device=x.device)
+    tokens = tokens + torch.as_tensor(
+        sincos_position_encoding_2d(height, width, channels), dtype=x.dtype, device=x.device
+    )
     for block in self.blocks:
       tokens = block(tokens)
     return tokens.transpose(1, 2).reshape(batch, channels, height, width)
@@ -147,12 +156,14 @@ def window_reverse(tokens, window: int, height: int, width: int):
 
 
 class CrossLevelRelocation(nn.Module):
+
   def __init__(self, channels: int, num_heads: int, window: int, mlp_ratio: int):
     super().__init__()
     self.window = window
     self.block = AttentionBlock(channels, num_heads, mlp_ratio)
     self.relative_bias_table = nn.Parameter(
-        nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, num_heads), std=0.02))
+        nn.init.trunc_normal_(torch.empty((2 * window - 1) ** 2, num_heads), std=0.02)
+    )
     self._index = {}
 
   def relocation_bias(self, ratio: int):
@@ -164,19 +175,22 @@ class CrossLevelRelocation(nn.Module):
   def forward(self, high, low):
     _, _, height, width = high.shape
     ratio = height // low.shape[2]
-    tokens = self.block(window_partition(high, self.window),
-                        window_partition(low, self.window // ratio),
-                        self.relocation_bias(ratio).to(high.dtype))
+    tokens = self.block(
+        window_partition(high, self.window),
+        window_partition(low, self.window // ratio),
+        self.relocation_bias(ratio).to(high.dtype),
+    )
     return window_reverse(tokens, self.window, height, width)
 
 
 class FusionStep(nn.Module):
-  def __init__(self, fusion: str, channels: int, window: int, num_heads: int,
-               mlp_ratio: int):
+
+  def __init__(self, fusion: str, channels: int, window: int, num_heads: int, mlp_ratio: int):
     super().__init__()
     self.fusion = fusion
-    self.relocate = (CrossLevelRelocation(channels, num_heads, window, mlp_ratio)
-                     if fusion == "cfrm" else None)
+    self.relocate = (
+        CrossLevelRelocation(channels, num_heads, window, mlp_ratio) if fusion == "cfrm" else None
+    )
     self.conv = ConvBNReLU(2 * channels if fusion == "concat" else channels, channels)
 
   def forward(self, high, low):
@@ -187,10 +201,12 @@ class FusionStep(nn.Module):
 
 
 class HierarchicalDecoder(nn.Module):
+
   def __init__(self, fusion, channels, window, num_heads, mlp_ratio):
     super().__init__()
-    self.steps = nn.ModuleList([FusionStep(fusion, channels, window, num_heads, mlp_ratio)
-                                for _ in range(3)])
+    self.steps = nn.ModuleList(
+        [FusionStep(fusion, channels, window, num_heads, mlp_ratio) for _ in range(3)]
+    )
 
   def forward(self, levels):
     decoded = [levels[3]]
@@ -200,10 +216,12 @@ class HierarchicalDecoder(nn.Module):
 
 
 class AxialDecoder(nn.Module):
+
   def __init__(self, fusion, channels, windows, num_heads, mlp_ratio):
     super().__init__()
-    self.steps = nn.ModuleList([FusionStep(fusion, channels, window, num_heads, mlp_ratio)
-                                for window in windows])
+    self.steps = nn.ModuleList(
+        [FusionStep(fusion, channels, window, num_heads, mlp_ratio) for window in windows]
+    )
 
   def forward(self, levels):
     fused = levels[0]
@@ -213,22 +231,27 @@ class AxialDecoder(nn.Module):
 
 
 class DensityHead(nn.Module):
+
   def __init__(self, channels, head_channels, hidden_channels, use_dhp, density_scale):
     super().__init__()
     self.density_scale = density_scale
-    self.density_branch = Chain(ConvBNReLU(channels, head_channels),
-                                ConvBNReLU(head_channels, hidden_channels),
-                                nn.Conv2d(hidden_channels, 1, 1))
-    self.segmentation_branch = Chain(ConvBNReLU(channels, head_channels),
-                                     nn.Conv2d(head_channels, 2, 1)) if use_dhp else None
+    self.density_branch = Chain(
+        ConvBNReLU(channels, head_channels),
+        ConvBNReLU(head_channels, hidden_channels),
+        nn.Conv2d(hidden_channels, 1, 1),
+    )
+    self.segmentation_branch = (
+        Chain(ConvBNReLU(channels, head_channels), nn.Conv2d(head_channels, 2, 1))
+        if use_dhp
+        else None
+    )
 
   def forward(self, x):
     density = self.density_branch(x) / self.density_scale
     if self.segmentation_branch is None:
       return {"density": density}
     seg_logits = self.segmentation_branch(x)
-    return {"density": density * torch.softmax(seg_logits, 1)[:, 1:],
-            "seg_logits": seg_logits}
+    return {"density": density * torch.softmax(seg_logits, 1)[:, 1:], "seg_logits": seg_logits}
 
 
 class CFRNet(nn.Module):
@@ -240,31 +263,54 @@ class CFRNet(nn.Module):
     channels, widths = config.channels, tuple(config.vgg_widths)
     self.pad_multiple = pad_multiple(config)
     self.backbone = VGG16BN(widths)
-    self.gam = (GlobalAttention(widths[-1], config.gam_heads, config.gam_depth,
-                                config.mlp_ratio) if config.use_gam else None)
-    self.compressors = nn.ModuleList([
-        ConvBNReLU(in_channels, channels)
-        for in_channels in (widths[2], widths[3], widths[4], widths[4])])
+    self.gam = (
+        GlobalAttention(widths[-1], config.gam_heads, config.gam_depth, config.mlp_ratio)
+        if config.use_gam
+        else None
+    )
+    self.compressors = nn.ModuleList(
+        [
+            ConvBNReLU(in_channels, channels)
+            for in_channels in (widths[2], widths[3], widths[4], widths[4])
+        ]
+    )
     args = (config.fusion, channels)
-    self.hierarchical_decoder = (HierarchicalDecoder(
-        *args, config.hierarchical_window, config.num_heads, config.mlp_ratio)
-        if config.hierarchical else None)
-    self.axial_decoder = (AxialDecoder(*args, tuple(config.axial_windows),
-                                       config.num_heads, config.mlp_ratio)
-                          if config.axial else None)
+    self.hierarchical_decoder = (
+        HierarchicalDecoder(*args, config.hierarchical_window, config.num_heads, config.mlp_ratio)
+        if config.hierarchical
+        else None
+    )
+    self.axial_decoder = (
+        AxialDecoder(*args, tuple(config.axial_windows), config.num_heads, config.mlp_ratio)
+        if config.axial
+        else None
+    )
     head_names = ("f1", "f2", "f3", "f5") if config.axial else ("f1", "f2", "f3")
     self.final_head = "f5" if config.axial else "f1"
-    self.heads = nn.ModuleDict({
-        name: DensityHead(channels, config.head_channels, config.head_hidden_channels,
-                          config.use_dhp, config.density_scale) for name in head_names})
+    self.heads = nn.ModuleDict(
+        {
+            name: DensityHead(
+                channels,
+                config.head_channels,
+                config.head_hidden_channels,
+                config.use_dhp,
+                config.density_scale,
+            )
+            for name in head_names
+        }
+    )
 
   def forward(self, images):
     _, _, height, width = images.shape
     images = F.pad(images, (0, -width % self.pad_multiple, 0, -height % self.pad_multiple))
     taps = self.backbone(images)
     top = taps["pool5"] if self.gam is None else self.gam(taps["pool5"])
-    levels = [compress(x) for compress, x in zip(
-        self.compressors, (taps["block3"], taps["block4"], taps["block5"], top))]
+    levels = [
+        compress(x)
+        for compress, x in zip(
+            self.compressors, (taps["block3"], taps["block4"], taps["block5"], top)
+        )
+    ]
     if self.hierarchical_decoder is not None:
       levels = self.hierarchical_decoder(levels)
     features = {"f1": levels[0], "f2": levels[1], "f3": levels[2]}
@@ -274,8 +320,7 @@ class CFRNet(nn.Module):
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
       rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-      heads[name] = {key: value[:, :, :rows, :cols]
-                     for key, value in head(features[name]).items()}
+      heads[name] = {key: value[:, :, :rows, :cols] for key, value in head(features[name]).items()}
     return {"density": heads[self.final_head]["density"], "heads": heads}
 
 
@@ -288,6 +333,7 @@ def cfrnet_loss(outputs: dict, targets: dict, gamma: float, density_scale: float
     error = density_scale * (head["density"][:, 0] - targets["density"][stride])
     total = total + error.square().sum((1, 2)).mean()
     if "seg_logits" in head:
-      total = total + gamma * F.cross_entropy(head["seg_logits"].float(),
-                                              targets["foreground"][stride].long())
+      total = total + gamma * F.cross_entropy(
+          head["seg_logits"].float(), targets["foreground"][stride].long()
+      )
   return total

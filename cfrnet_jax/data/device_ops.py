@@ -25,8 +25,9 @@ def valid_mask(valid_size: jax.Array, shape: tuple[int, int], stride: int = 1) -
   return rows & cols
 
 
-def normalize_images(images: jax.Array, valid_size: jax.Array, mean: Sequence[float],
-                     std: Sequence[float]) -> jax.Array:
+def normalize_images(
+    images: jax.Array, valid_size: jax.Array, mean: Sequence[float], std: Sequence[float]
+) -> jax.Array:
   """uint8 (batch, H, W, 3) -> float32 normalised images ((x / 255 - mean) / std, per
   channel; ImageNet's statistics in the configs) whose padding beyond `valid_size`
   (batch, 2) is exactly 0."""

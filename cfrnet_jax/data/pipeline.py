@@ -68,7 +68,7 @@ class TrainCrop(grain.RandomMapTransform):
     crop_h, crop_w = min(height, self.crop_size), min(width, self.crop_size)
     top = rng.integers(0, height - crop_h + 1)
     left = rng.integers(0, width - crop_w + 1)
-    patch = image[top:top + crop_h, left:left + crop_w]
+    patch = image[top : top + crop_h, left : left + crop_w]
     points = points - np.array([left, top], np.float32)
     points = points[(points >= 0).all(1) & (points <= [crop_w, crop_h]).all(1)]
     if rng.uniform() < self.flip_prob:
@@ -79,14 +79,18 @@ class TrainCrop(grain.RandomMapTransform):
     if len(points) > self.max_points:
       raise ValueError(
           f"{_name(element)}: {len(points)} heads in one {self.crop_size}-pixel crop, more "
-          f"than data.max_points = {self.max_points}; raise --config.data.max_points.")
+          f"than data.max_points = {self.max_points}; raise --config.data.max_points."
+      )
     crop = pad_image(patch, (self.crop_size, self.crop_size), self.fill)
     padded = np.zeros((self.max_points, 2), np.float32)
-    padded[:len(points)] = points
-    return {"image": crop, "points": padded,
-            "valid": np.arange(self.max_points) < len(points),
-            "valid_size": np.array([crop_h, crop_w], np.int32),
-            "count": np.int32(len(points))}
+    padded[: len(points)] = points
+    return {
+        "image": crop,
+        "points": padded,
+        "valid": np.arange(self.max_points) < len(points),
+        "valid_size": np.array([crop_h, crop_w], np.int32),
+        "count": np.int32(len(points)),
+    }
 
 
 class EvalImage(grain.MapTransform):
@@ -106,68 +110,106 @@ class EvalImage(grain.MapTransform):
 
   def map(self, element: dict) -> dict:
     image, _ = decode_image(element["image"], self.max_side, _name(element))
-    return {"image": pad_to_multiple(image, self.multiple, self.fill),
-            "valid_size": np.array(image.shape[:2], np.int32),
-            "count": np.int32(element["count"]), "filename": _name(element)}
+    return {
+        "image": pad_to_multiple(image, self.multiple, self.fill),
+        "valid_size": np.array(image.shape[:2], np.int32),
+        "count": np.int32(element["count"]),
+        "filename": _name(element),
+    }
 
 
-def _sampler(num_records: int, seed: int, shuffle: bool, num_epochs: int | None,
-             shard_options: grain.ShardOptions | None) -> grain.IndexSampler:
+def _sampler(
+    num_records: int,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    shard_options: grain.ShardOptions | None,
+) -> grain.IndexSampler:
   return grain.IndexSampler(
-      num_records, shard_options or grain.ShardByJaxProcess(drop_remainder=shuffle),
-      shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+      num_records,
+      shard_options or grain.ShardByJaxProcess(drop_remainder=shuffle),
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      seed=seed,
+  )
 
 
 def host_batch_size(global_batch_size: int, process_count: int | None = None) -> int:
   """The part of the global batch that each host loads."""
   process_count = process_count or jax.process_count()
   if global_batch_size % process_count:
-    raise ValueError(f"batch_size {global_batch_size} is not divisible by the "
-                     f"{process_count} hosts.")
+    raise ValueError(
+        f"batch_size {global_batch_size} is not divisible by the " f"{process_count} hosts."
+    )
   return global_batch_size // process_count
 
 
-def _data_loader(config: ml_collections.ConfigDict, data_source: Any,
-                 sampler: grain.IndexSampler, operations: list) -> grain.DataLoader:
+def _data_loader(
+    config: ml_collections.ConfigDict,
+    data_source: Any,
+    sampler: grain.IndexSampler,
+    operations: list,
+) -> grain.DataLoader:
   if config.data.num_workers and not flags.FLAGS.is_parsed():
     raise RuntimeError(
         f"data.num_workers = {config.data.num_workers}: grain's worker processes read "
         f"absl flags, which nobody has parsed. Run inside an absl app (as launch.py "
         f"does), call absl.flags.FLAGS.mark_as_parsed() once at start, or set "
-        f"data.num_workers = 0.")
-  return grain.DataLoader(data_source=data_source, sampler=sampler, operations=operations,
-                          worker_count=config.data.num_workers,
-                          worker_buffer_size=config.data.worker_buffer_size)
+        f"data.num_workers = 0."
+    )
+  return grain.DataLoader(
+      data_source=data_source,
+      sampler=sampler,
+      operations=operations,
+      worker_count=config.data.num_workers,
+      worker_buffer_size=config.data.worker_buffer_size,
+  )
 
 
-def create_train_loader(config: ml_collections.ConfigDict, data_source: Any,
-                        shard_options: grain.ShardOptions | None = None) -> grain.DataLoader:
+def create_train_loader(
+    config: ml_collections.ConfigDict,
+    data_source: Any,
+    shard_options: grain.ShardOptions | None = None,
+) -> grain.DataLoader:
   """Infinite, shuffled (reshuffled every epoch), augmented batches of this host's
   shard: dicts of numpy arrays with a leading host-batch axis (`TrainCrop` fields)."""
   if len(data_source) == 0:
     raise ValueError(f"The training split of {config.data.name} is empty.")
   return _data_loader(
-      config, data_source, _sampler(len(data_source), config.seed, True, None, shard_options),
-      [TrainCrop(config.data),
-       grain.Batch(host_batch_size(config.batch_size), drop_remainder=True)])
+      config,
+      data_source,
+      _sampler(len(data_source), config.seed, True, None, shard_options),
+      [
+          TrainCrop(config.data),
+          grain.Batch(host_batch_size(config.batch_size), drop_remainder=True),
+      ],
+  )
 
 
-def create_eval_loader(config: ml_collections.ConfigDict, data_source: Any,
-                       shard_options: grain.ShardOptions | None = None) -> grain.DataLoader:
+def create_eval_loader(
+    config: ml_collections.ConfigDict,
+    data_source: Any,
+    shard_options: grain.ShardOptions | None = None,
+) -> grain.DataLoader:
   """One pass over this host's shard, in order, one whole image per batch."""
   return _data_loader(
-      config, data_source, _sampler(len(data_source), config.seed, False, 1, shard_options),
-      [EvalImage(config.data, pad_multiple(config.model)), grain.Batch(1)])
+      config,
+      data_source,
+      _sampler(len(data_source), config.seed, False, 1, shard_options),
+      [EvalImage(config.data, pad_multiple(config.model)), grain.Batch(1)],
+  )
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
   """The `array_record` data source of a built split (random access, no TensorFlow)."""
   try:
-    return tfds.data_source(data_config.name, split=split, data_dir=data_config.data_dir,
-                            download=False)
+    return tfds.data_source(
+        data_config.name, split=split, data_dir=data_config.data_dir, download=False
+    )
   except Exception as error:
     raise FileNotFoundError(
         f"Dataset {data_config.name!r} (split {split!r}) is not built in "
         f"{data_config.data_dir or '~/tensorflow_datasets'}: run "
         f"`python -m tfds_crowd.build {data_config.name} --manual_dir DIR` first "
-        f"({error}).") from error
+        f"({error})."
+    ) from error

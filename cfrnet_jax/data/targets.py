@@ -42,8 +42,14 @@ def _cell_sums(per_pixel: jax.Array, stride: int) -> jax.Array:
   return padded.reshape(per_pixel.shape[0], -1, stride).sum(-1)
 
 
-def _axis_weights(coords: jax.Array, length: int, valid_length: jax.Array, sigma: float,
-                  radius: float, stride: int) -> tuple[jax.Array, jax.Array]:
+def _axis_weights(
+    coords: jax.Array,
+    length: int,
+    valid_length: jax.Array,
+    sigma: float,
+    radius: float,
+    stride: int,
+) -> tuple[jax.Array, jax.Array]:
   """Per point: Gaussian mass and foreground-square overlap of each cell along one axis.
 
   Only pixels below `valid_length` (the image, not its padding) get mass or foreground.
@@ -53,7 +59,7 @@ def _axis_weights(coords: jax.Array, length: int, valid_length: jax.Array, sigma
   in_image = pixels < valid_length
   offsets = (pixels + 0.5)[None, :] - coords[:, None]
   # A large negative logit (not -inf) keeps padding out of the softmax without NaNs.
-  logits = jnp.where(in_image, -jnp.square(offsets) / (2.0 * sigma ** 2), -1e30)
+  logits = jnp.where(in_image, -jnp.square(offsets) / (2.0 * sigma**2), -1e30)
   gaussian = jax.nn.softmax(logits, axis=1)
   # Pixel i spans [i, i + 1); it overlaps the square [c - radius, c + radius] unless it
   # lies wholly to one side.
@@ -61,9 +67,16 @@ def _axis_weights(coords: jax.Array, length: int, valid_length: jax.Array, sigma
   return _cell_sums(gaussian, stride), _cell_sums(overlaps, stride)
 
 
-def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, int], *,
-                    strides: Sequence[int], sigma: float, foreground_radius: float,
-                    valid_size: jax.Array | None = None) -> dict:
+def density_targets(
+    points: jax.Array,
+    valid: jax.Array,
+    image_size: tuple[int, int],
+    *,
+    strides: Sequence[int],
+    sigma: float,
+    foreground_radius: float,
+    valid_size: jax.Array | None = None,
+) -> dict:
   """Targets of one image.
 
   Args:
@@ -83,8 +96,9 @@ def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, 
      'count': number of heads kept, 'dropped': number of valid points outside the image}.
   """
   height, width = image_size
-  valid_height, valid_width = (height, width) if valid_size is None else (
-      valid_size[0], valid_size[1])
+  valid_height, valid_width = (
+      (height, width) if valid_size is None else (valid_size[0], valid_size[1])
+  )
   x, y = points[:, 0].astype(jnp.float32), points[:, 1].astype(jnp.float32)
   # False for NaN too.
   inside = (x >= 0) & (x <= valid_width) & (y >= 0) & (y <= valid_height)
@@ -94,21 +108,29 @@ def density_targets(points: jax.Array, valid: jax.Array, image_size: tuple[int, 
   x, y = jnp.where(kept, x, 0.0), jnp.where(kept, y, 0.0)
   density, foreground = {}, {}
   for stride in strides:
-    gauss_y, box_y = _axis_weights(y, height, valid_height, sigma, foreground_radius,
-                                   stride)
+    gauss_y, box_y = _axis_weights(y, height, valid_height, sigma, foreground_radius, stride)
     gauss_x, box_x = _axis_weights(x, width, valid_width, sigma, foreground_radius, stride)
     density[stride] = jnp.matmul(gauss_y.T, weight * gauss_x, precision=_HIGHEST)
     overlap = jnp.matmul(box_y.T, weight * box_x, precision=_HIGHEST)
     foreground[stride] = (overlap > 0).astype(jnp.int32)
-  return {"density": density, "foreground": foreground,
-          "count": kept.sum(), "dropped": (valid & ~inside).sum()}
+  return {
+      "density": density,
+      "foreground": foreground,
+      "count": kept.sum(),
+      "dropped": (valid & ~inside).sum(),
+  }
 
 
-def batch_density_targets(points: jax.Array, valid: jax.Array,
-                          image_size: tuple[int, int], valid_size: jax.Array | None = None,
-                          **kwargs) -> dict:
+def batch_density_targets(
+    points: jax.Array,
+    valid: jax.Array,
+    image_size: tuple[int, int],
+    valid_size: jax.Array | None = None,
+    **kwargs,
+) -> dict:
   """`density_targets` over a batch: points (B, N, 2), valid (B, N), valid_size (B, 2)."""
   if valid_size is None:
     return jax.vmap(lambda p, v: density_targets(p, v, image_size, **kwargs))(points, valid)
   return jax.vmap(lambda p, v, s: density_targets(p, v, image_size, valid_size=s, **kwargs))(
-      points, valid, valid_size)
+      points, valid, valid_size
+  )

@@ -60,8 +60,12 @@ class CrowdCounter:
     self._shapes: set[tuple[int, int]] = set()
 
   @classmethod
-  def from_checkpoint(cls, workdir: str | Path, step: int | None = None,
-                      config: ml_collections.ConfigDict | None = None) -> CrowdCounter:
+  def from_checkpoint(
+      cls,
+      workdir: str | Path,
+      step: int | None = None,
+      config: ml_collections.ConfigDict | None = None,
+  ) -> CrowdCounter:
     """The model of `workdir`'s checkpoint at `step` (default: the best by evaluation
     MAE, else the latest), with the config the run saved in `workdir/config.json`
     unless `config` is given. Reads only parameters and BatchNorm statistics."""
@@ -71,8 +75,7 @@ class CrowdCounter:
     return cls(config, variables)
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, seed: int | None = None
-                  ) -> CrowdCounter:
+  def from_config(cls, config: ml_collections.ConfigDict, seed: int | None = None) -> CrowdCounter:
     """A freshly initialised model (for tests and benchmarks: its counts mean nothing)."""
     return cls(config, init_variables(config.model, config.seed if seed is None else seed))
 
@@ -87,20 +90,28 @@ class CrowdCounter:
     height, width = pixels.shape[:2]
     row_spans = tiling.tile_spans(height, self._tile_size, self._overlap, DENSITY_STRIDE)
     col_spans = tiling.tile_spans(width, self._tile_size, self._overlap, DENSITY_STRIDE)
-    shape = (tiling.padded_side(height, self._tile_size, self._multiple),
-             tiling.padded_side(width, self._tile_size, self._multiple))
-    density = np.zeros((ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE)),
-                       np.float32)
+    shape = (
+        tiling.padded_side(height, self._tile_size, self._multiple),
+        tiling.padded_side(width, self._tile_size, self._multiple),
+    )
+    density = np.zeros(
+        (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE)), np.float32
+    )
     for rows in row_spans:
       for cols in col_spans:
-        tile = pixels[rows.start:rows.stop, cols.start:cols.stop]
+        tile = pixels[rows.start : rows.stop, cols.start : cols.stop]
         tile_density = self._run(pad_image(tile, shape, self._background), tile.shape[:2])
-        density[tiling.cells_in_image(rows, DENSITY_STRIDE),
-                tiling.cells_in_image(cols, DENSITY_STRIDE)] = tile_density[
-                    tiling.cells_in_tile(rows, DENSITY_STRIDE),
-                    tiling.cells_in_tile(cols, DENSITY_STRIDE)]
-    return Prediction(count=float(np.sum(density, dtype=np.float64)), density=density,
-                      image=pixels, tiles=len(row_spans) * len(col_spans))
+        density[
+            tiling.cells_in_image(rows, DENSITY_STRIDE), tiling.cells_in_image(cols, DENSITY_STRIDE)
+        ] = tile_density[
+            tiling.cells_in_tile(rows, DENSITY_STRIDE), tiling.cells_in_tile(cols, DENSITY_STRIDE)
+        ]
+    return Prediction(
+        count=float(np.sum(density, dtype=np.float64)),
+        density=density,
+        image=pixels,
+        tiles=len(row_spans) * len(col_spans),
+    )
 
   def count(self, image: ImageSource) -> float:
     return self.predict(image).count

@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # (position in [0, 1], RGB) control points of the colour ramp, interpolated linearly.
-_RAMP = ((0.0, (40, 40, 200)), (0.35, (0, 170, 255)), (0.65, (255, 225, 0)),
-         (1.0, (230, 20, 0)))
+_RAMP = ((0.0, (40, 40, 200)), (0.35, (0, 170, 255)), (0.65, (255, 225, 0)), (1.0, (230, 20, 0)))
 _MAX_OPACITY = 0.7
 
 
@@ -25,8 +24,9 @@ def colorize(values: np.ndarray) -> np.ndarray:
   return np.stack([np.interp(values, positions, colours[:, i]) for i in range(3)], -1)
 
 
-def render_overlay(image: np.ndarray, density: np.ndarray, count: float,
-                   max_side: int) -> Image.Image:
+def render_overlay(
+    image: np.ndarray, density: np.ndarray, count: float, max_side: int
+) -> Image.Image:
   """(H, W, 3) uint8 image and its density map -> an RGB PIL image whose longer side is
   at most `max_side` (`config.predict.overlay_max_side`)."""
   height, width = image.shape[:2]
@@ -37,8 +37,9 @@ def render_overlay(image: np.ndarray, density: np.ndarray, count: float,
     base = base.resize(size, Image.BILINEAR)
   # Cell (i, j) covers pixels [4i, 4i + 4) x [4j, 4j + 4) of the (possibly resized)
   # image the model saw; resizing the map to the image's size lines them up.
-  heat = np.asarray(Image.fromarray(density.astype(np.float32), mode="F").resize(
-      size, Image.BILINEAR))
+  heat = np.asarray(
+      Image.fromarray(density.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+  )
   peak = float(heat.max())
   heat = np.clip(heat / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heat)
   alpha = (_MAX_OPACITY * np.sqrt(heat))[..., None]

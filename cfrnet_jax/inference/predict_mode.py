@@ -30,8 +30,9 @@ def _unique_stem(path: Path, taken: set[str]) -> str:
   return stem
 
 
-def predict_files(counter: CrowdCounter, patterns: list[str], out_dir: str | Path,
-                  save_density: bool = False) -> dict:
+def predict_files(
+    counter: CrowdCounter, patterns: list[str], out_dir: str | Path, save_density: bool = False
+) -> dict:
   """Counts every image named by `patterns` (see `user_images.collect_images`) and
   writes into `out_dir`:
     counts.csv            file, count, height, width (as counted), tiles;
@@ -45,8 +46,11 @@ def predict_files(counter: CrowdCounter, patterns: list[str], out_dir: str | Pat
   if save_density:
     (out_dir / "density").mkdir(exist_ok=True)
   if ignored:
-    logging.warning("Ignored %d files without an image suffix (%s) in the given "
-                    "directories.", ignored, ", ".join(IMAGE_SUFFIXES))
+    logging.warning(
+        "Ignored %d files without an image suffix (%s) in the given " "directories.",
+        ignored,
+        ", ".join(IMAGE_SUFFIXES),
+    )
   rows, skipped, taken = [], {}, set()
   start, compilations = time.perf_counter(), counter.compilations
   for path in tqdm(files, desc="Counting", unit="image"):
@@ -57,23 +61,35 @@ def predict_files(counter: CrowdCounter, patterns: list[str], out_dir: str | Pat
       logging.warning("Skipped %s", error)
       continue
     stem = _unique_stem(path, taken)
-    render_overlay(prediction.image, prediction.density, prediction.count,
-                           counter.config.predict.overlay_max_side
-                           ).save(out_dir / "overlays" / f"{stem}.png")
+    render_overlay(
+        prediction.image,
+        prediction.density,
+        prediction.count,
+        counter.config.predict.overlay_max_side,
+    ).save(out_dir / "overlays" / f"{stem}.png")
     if save_density:
       np.save(out_dir / "density" / f"{stem}.npy", prediction.density)
-    rows.append((str(path), stem, prediction.count, *prediction.image.shape[:2],
-                 prediction.tiles))
+    rows.append((str(path), stem, prediction.count, *prediction.image.shape[:2], prediction.tiles))
   seconds = time.perf_counter() - start
   with open(out_dir / "counts.csv", "w", newline="") as table:
     writer = csv.writer(table)
     writer.writerow(["file", "name", "count", "height", "width", "tiles"])
     writer.writerows(rows)
-  summary = {"images": len(rows), "skipped": skipped, "seconds": round(seconds, 3),
-             "images_per_second": round(len(rows) / seconds, 4) if rows else 0.0,
-             "compilations": counter.compilations - compilations}
+  summary = {
+      "images": len(rows),
+      "skipped": skipped,
+      "seconds": round(seconds, 3),
+      "images_per_second": round(len(rows) / seconds, 4) if rows else 0.0,
+      "compilations": counter.compilations - compilations,
+  }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-  logging.info("Counted %d images in %.1f s (%d compilations) into %s; skipped %d "
-               "unreadable%s", len(rows), seconds, summary["compilations"], out_dir,
-               len(skipped), (": " + ", ".join(skipped)) if skipped else ".")
+  logging.info(
+      "Counted %d images in %.1f s (%d compilations) into %s; skipped %d " "unreadable%s",
+      len(rows),
+      seconds,
+      summary["compilations"],
+      out_dir,
+      len(skipped),
+      (": " + ", ".join(skipped)) if skipped else ".",
+  )
   return summary

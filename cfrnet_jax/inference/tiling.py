@@ -23,6 +23,7 @@ class Span(NamedTuple):
   """One tile along one axis, in pixels: it reads [start, stop) and keeps the density
   of [keep_start, keep_stop). Starts and keep boundaries are multiples of the density
   stride, so tile cells land on whole cells of the image's density map."""
+
   start: int
   stop: int
   keep_start: int
@@ -38,19 +39,31 @@ def tile_spans(length: int, tile_size: int, overlap: int, cell: int) -> list[Spa
   step = tile_size - overlap
   last = round_up(length - tile_size, cell)
   starts = sorted({min(i * step, last) for i in range(ceil_div(length - tile_size, step) + 1)})
-  bounds = [0] + [(starts[i + 1] + starts[i] + tile_size) // 2 // cell * cell
-                  for i in range(len(starts) - 1)] + [length]
-  return [Span(start, min(start + tile_size, length), bounds[i], bounds[i + 1])
-          for i, start in enumerate(starts)]
+  bounds = (
+      [0]
+      + [
+          (starts[i + 1] + starts[i] + tile_size) // 2 // cell * cell
+          for i in range(len(starts) - 1)
+      ]
+      + [length]
+  )
+  return [
+      Span(start, min(start + tile_size, length), bounds[i], bounds[i + 1])
+      for i, start in enumerate(starts)
+  ]
 
 
 def check_tiling(tile_size: int, overlap: int, multiple: int, cell: int) -> None:
   if tile_size <= 0 or tile_size % multiple:
-    raise ValueError(f"predict.tile_size = {tile_size} must be a positive multiple of "
-                     f"the model's padding multiple {multiple}.")
+    raise ValueError(
+        f"predict.tile_size = {tile_size} must be a positive multiple of "
+        f"the model's padding multiple {multiple}."
+    )
   if overlap < 0 or overlap % cell or overlap >= tile_size:
-    raise ValueError(f"predict.tile_overlap = {overlap} must be a multiple of {cell} "
-                     f"in [0, tile_size = {tile_size}).")
+    raise ValueError(
+        f"predict.tile_overlap = {overlap} must be a multiple of {cell} "
+        f"in [0, tile_size = {tile_size})."
+    )
 
 
 def padded_side(length: int, tile_size: int, multiple: int) -> int:

@@ -63,8 +63,10 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
   if array.ndim == 3 and array.shape[2] == 1:
     array = array[..., 0]
   if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-    raise ValueError(f"an image array must be (H, W), (H, W, 1), (H, W, 3) or "
-                     f"(H, W, 4) (channels last), got shape {array.shape}.")
+    raise ValueError(
+        f"an image array must be (H, W), (H, W, 1), (H, W, 3) or "
+        f"(H, W, 4) (channels last), got shape {array.shape}."
+    )
   if array.size == 0:
     raise ValueError(f"the image is empty (shape {array.shape}).")
   if array.dtype == np.uint16:
@@ -76,8 +78,9 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
       raise ValueError("the image array holds NaN or inf.")
     array = array * 255.0 if array.max() <= 1.0 else array
   elif array.dtype != np.uint8:
-    raise ValueError(f"unsupported image dtype {array.dtype} (use uint8, uint16, bool "
-                     f"or float).")
+    raise ValueError(
+        f"unsupported image dtype {array.dtype} (use uint8, uint16, bool " f"or float)."
+    )
   array = np.clip(np.round(array), 0, 255).astype(np.uint8)
   return Image.fromarray(array)
 
@@ -102,6 +105,7 @@ def collect_images(patterns: list[str]) -> tuple[list[Path], int]:
   `IMAGE_SUFFIXES`, or glob patterns), in order without repeats, and how many other
   files the directories held (reported, not read)."""
   import glob
+
   files, ignored = [], 0
   for pattern in patterns:
     path = Path(pattern).expanduser()
@@ -112,8 +116,7 @@ def collect_images(patterns: list[str]) -> tuple[list[Path], int]:
     elif path.is_file():
       matched = [path]
     else:
-      matched = sorted(Path(p) for p in glob.glob(str(path), recursive=True)
-                       if Path(p).is_file())
+      matched = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not matched:
       raise FileNotFoundError(f"--images {pattern!r} matches no image file.")
     files += matched

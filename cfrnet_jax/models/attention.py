@@ -30,8 +30,7 @@ class AttentionBlock(nnx.Module):
 
   def __init__(self, channels: int, num_heads: int, mlp_ratio: int, *, rngs: nnx.Rngs):
     if channels % num_heads:
-      raise ValueError(
-          f"num_heads={num_heads} must divide the channel count {channels}.")
+      raise ValueError(f"num_heads={num_heads} must divide the channel count {channels}.")
     self.num_heads = num_heads
     self.norm1 = nnx.LayerNorm(channels, epsilon=LAYER_NORM_EPSILON, rngs=rngs)
     self.query = nnx.Linear(channels, channels, rngs=rngs)
@@ -40,8 +39,9 @@ class AttentionBlock(nnx.Module):
     self.norm2 = nnx.LayerNorm(channels, epsilon=LAYER_NORM_EPSILON, rngs=rngs)
     self.mlp = FeedForward(channels, mlp_ratio, rngs=rngs)
 
-  def __call__(self, tokens: jax.Array, context: jax.Array | None = None,
-               bias: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self, tokens: jax.Array, context: jax.Array | None = None, bias: jax.Array | None = None
+  ) -> jax.Array:
     """Attends from `tokens` to `[tokens, context]`.
 
     Args:
@@ -56,12 +56,12 @@ class AttentionBlock(nnx.Module):
     everything = tokens if context is None else jnp.concatenate([tokens, context], 1)
     normed = self.norm1(everything)
     head_dim = channels // self.num_heads
-    query = self.query(normed[:, :n_query]).reshape(
-        batch, n_query, self.num_heads, head_dim)
+    query = self.query(normed[:, :n_query]).reshape(batch, n_query, self.num_heads, head_dim)
     key, value = jnp.split(
-        self.key_value(normed).reshape(batch, -1, 2 * self.num_heads, head_dim), 2,
-        axis=2)
+        self.key_value(normed).reshape(batch, -1, 2 * self.num_heads, head_dim), 2, axis=2
+    )
     attended = jax.nn.dot_product_attention(
-        query, key, value, bias=None if bias is None else bias[None].astype(query.dtype))
+        query, key, value, bias=None if bias is None else bias[None].astype(query.dtype)
+    )
     tokens = tokens + self.proj(attended.reshape(batch, n_query, channels))
     return tokens + self.mlp(self.norm2(tokens))

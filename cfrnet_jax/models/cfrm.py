@@ -42,8 +42,9 @@ def key_positions(window: int, ratio: int) -> np.ndarray:
   concatenated tokens [z_m, z_n], in the order `window_partition` produces them."""
   high = np.arange(window)
   low = relocated_positions(window, ratio)
-  grids = [np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
-           for axis in (high, low)]
+  grids = [
+      np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2) for axis in (high, low)
+  ]
   return np.concatenate(grids, axis=0)
 
 
@@ -51,7 +52,7 @@ def relative_position_index(window: int, ratio: int) -> np.ndarray:
   """(w^2, w^2 + (w/r)^2) index into the ((2w-1)^2, heads) bias table (Swin's scheme):
   query i and key j share the entry of their offset (dy, dx), dy, dx in [-(w-1), w-1]."""
   keys = key_positions(window, ratio)
-  queries = keys[:window * window]
+  queries = keys[: window * window]
   offset = queries[:, None, :] - keys[None, :, :] + (window - 1)
   return offset[..., 0] * (2 * window - 1) + offset[..., 1]
 
@@ -75,25 +76,28 @@ def scale_ratio(high_shape: tuple[int, ...], low_shape: tuple[int, ...], window:
   _, height, width, _ = high_shape
   _, low_height, low_width, _ = low_shape
   ratio = height // low_height
-  if (low_height * ratio != height or low_width * ratio != width
-      or ratio & (ratio - 1) or ratio < 2):
-    raise ValueError(f"CFRM needs the low-resolution map to be the high-resolution map "
-                     f"downscaled by a power of two >= 2; got {high_shape} and {low_shape}.")
+  if low_height * ratio != height or low_width * ratio != width or ratio & (ratio - 1) or ratio < 2:
+    raise ValueError(
+        f"CFRM needs the low-resolution map to be the high-resolution map "
+        f"downscaled by a power of two >= 2; got {high_shape} and {low_shape}."
+    )
   if window % ratio or height % window or width % window:
-    raise ValueError(f"CFRM window {window} must divide the high-resolution map "
-                     f"{height}x{width} and be divisible by the scale ratio {ratio}.")
+    raise ValueError(
+        f"CFRM window {window} must divide the high-resolution map "
+        f"{height}x{width} and be divisible by the scale ratio {ratio}."
+    )
   return ratio
 
 
 class CrossLevelRelocation(nnx.Module):
   """CFRM(F_m, F_n): (batch, H, W, c) x (batch, H/r, W/r, c) -> (batch, H, W, c)."""
 
-  def __init__(self, channels: int, num_heads: int, window: int, mlp_ratio: int, *,
-               rngs: nnx.Rngs):
+  def __init__(self, channels: int, num_heads: int, window: int, mlp_ratio: int, *, rngs: nnx.Rngs):
     self.window = window
     self.block = AttentionBlock(channels, num_heads, mlp_ratio, rngs=rngs)
-    self.relative_bias_table = nnx.Param(nnx.initializers.truncated_normal(0.02)(
-        rngs.params(), ((2 * window - 1) ** 2, num_heads)))
+    self.relative_bias_table = nnx.Param(
+        nnx.initializers.truncated_normal(0.02)(rngs.params(), ((2 * window - 1) ** 2, num_heads))
+    )
 
   def relocation_bias(self, ratio: int) -> jax.Array:
     """The concatenated bias C[B_m, B_n] of Eq. 4, (heads, w^2, w^2 + (w/r)^2)."""
@@ -103,7 +107,9 @@ class CrossLevelRelocation(nnx.Module):
   def __call__(self, high: jax.Array, low: jax.Array) -> jax.Array:
     ratio = scale_ratio(high.shape, low.shape, self.window)
     _, height, width, _ = high.shape
-    tokens = self.block(window_partition(high, self.window),
-                        window_partition(low, self.window // ratio),
-                        self.relocation_bias(ratio))
+    tokens = self.block(
+        window_partition(high, self.window),
+        window_partition(low, self.window // ratio),
+        self.relocation_bias(ratio),
+    )
     return window_reverse(tokens, self.window, height, width)

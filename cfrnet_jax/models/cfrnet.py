@@ -72,25 +72,48 @@ class CFRNet(nnx.Module):
     channels, widths = config.channels, tuple(config.vgg_widths)
     self.pad_multiple = pad_multiple(config)
     self.backbone = VGG16BN(widths, rngs=rngs)
-    self.gam = (GlobalAttention(widths[-1], config.gam_heads, config.gam_depth,
-                                config.mlp_ratio, rngs=rngs) if config.use_gam else None)
+    self.gam = (
+        GlobalAttention(widths[-1], config.gam_heads, config.gam_depth, config.mlp_ratio, rngs=rngs)
+        if config.use_gam
+        else None
+    )
     # The four "256 Conv" compressors of block3, block4, block5 and GAM(pool5).
-    self.compressors = nnx.List([
-        ConvBNReLU(in_channels, channels, rngs=rngs)
-        for in_channels in (widths[2], widths[3], widths[4], widths[4])])
-    decoder_args = dict(fusion=config.fusion, channels=channels,
-                        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, rngs=rngs)
+    self.compressors = nnx.List(
+        [
+            ConvBNReLU(in_channels, channels, rngs=rngs)
+            for in_channels in (widths[2], widths[3], widths[4], widths[4])
+        ]
+    )
+    decoder_args = dict(
+        fusion=config.fusion,
+        channels=channels,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        rngs=rngs,
+    )
     self.hierarchical_decoder = (
         HierarchicalDecoder(window=config.hierarchical_window, **decoder_args)
-        if config.hierarchical else None)
-    self.axial_decoder = (AxialDecoder(windows=tuple(config.axial_windows),
-                                       **decoder_args) if config.axial else None)
+        if config.hierarchical
+        else None
+    )
+    self.axial_decoder = (
+        AxialDecoder(windows=tuple(config.axial_windows), **decoder_args) if config.axial else None
+    )
     head_names = ("f1", "f2", "f3", "f5") if config.axial else ("f1", "f2", "f3")
     self.final_head = "f5" if config.axial else "f1"
-    self.heads = nnx.Dict({
-        name: DensityHead(channels, config.head_channels, config.head_hidden_channels,
-                          config.use_dhp, config.density_scale, rngs=rngs)
-        for name in head_names})
+    self.heads = nnx.Dict(
+        {
+            name: DensityHead(
+                channels,
+                config.head_channels,
+                config.head_hidden_channels,
+                config.use_dhp,
+                config.density_scale,
+                rngs=rngs,
+            )
+            for name in head_names
+        }
+    )
 
   def __call__(self, images: jax.Array) -> dict:
     _, height, width, _ = images.shape
@@ -100,8 +123,12 @@ class CFRNet(nnx.Module):
 
     taps = self.backbone(images)
     top = taps["pool5"] if self.gam is None else self.gam(taps["pool5"])
-    levels = [compress(x) for compress, x in zip(
-        self.compressors, (taps["block3"], taps["block4"], taps["block5"], top))]
+    levels = [
+        compress(x)
+        for compress, x in zip(
+            self.compressors, (taps["block3"], taps["block4"], taps["block5"], top)
+        )
+    ]
     if self.hierarchical_decoder is not None:
       levels = self.hierarchical_decoder(levels)
     features = {"f1": levels[0], "f2": levels[1], "f3": levels[2]}
@@ -112,8 +139,7 @@ class CFRNet(nnx.Module):
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
       rows, cols = ceil_div(height, stride), ceil_div(width, stride)
-      heads[name] = {key: value[:, :rows, :cols]
-                     for key, value in head(features[name]).items()}
+      heads[name] = {key: value[:, :rows, :cols] for key, value in head(features[name]).items()}
     return {"density": heads[self.final_head]["density"], "heads": heads}
 
 

@@ -34,8 +34,9 @@ _MAX_SPLIT = min(8, os.cpu_count() or 1)
 
 
 def _plain(x, kernel, padding, precision):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, precision=precision,
-                                  dimension_numbers=_DIMENSIONS)
+  return lax.conv_general_dilated(
+      x, kernel, (1, 1), padding, precision=precision, dimension_numbers=_DIMENSIONS
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -47,8 +48,12 @@ def _conv_fwd(x, kernel, padding, precision):
   return _plain(x, kernel, padding, precision), (x, kernel)
 
 
-def kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape: tuple[int, ...],
-                    padding: tuple[tuple[int, int], ...]) -> jax.Array:
+def kernel_gradient(
+    x: jax.Array,
+    grad: jax.Array,
+    kernel_shape: tuple[int, ...],
+    padding: tuple[tuple[int, int], ...],
+) -> jax.Array:
   """d(loss)/d(kernel) of a stride-1 NHWC convolution as kh*kw split matrix products,
   one tap after the other (`lax.map`), so that only one shifted copy of the input is
   alive at a time (4x less temporary memory than unrolled taps, same speed)."""
@@ -60,10 +65,15 @@ def kernel_gradient(x: jax.Array, grad: jax.Array, kernel_shape: tuple[int, ...]
   grad = grad.reshape(split, rows // split, out_channels)
 
   def tap(index):
-    shifted = lax.dynamic_slice(padded, (0, index // kw, index % kw, 0),
-                                (batch, out_h, out_w, in_channels))
-    return jnp.einsum("nmc,nmo->nco", shifted.reshape(split, -1, in_channels), grad,
-                      preferred_element_type=jnp.float32).sum(0)
+    shifted = lax.dynamic_slice(
+        padded, (0, index // kw, index % kw, 0), (batch, out_h, out_w, in_channels)
+    )
+    return jnp.einsum(
+        "nmc,nmo->nco",
+        shifted.reshape(split, -1, in_channels),
+        grad,
+        preferred_element_type=jnp.float32,
+    ).sum(0)
 
   return lax.map(tap, jnp.arange(kh * kw)).reshape(kernel_shape)
 
@@ -78,19 +88,44 @@ def _conv_bwd(padding, precision, residuals, grad):
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+    **kwargs,
+):
   """`lax.conv_general_dilated`, with the split kernel gradient where it applies."""
   specs = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS)
-  applies = (jax.default_backend() == "cpu" and jax.process_count() == 1 and lhs.ndim == 4
-             and tuple(window_strides) == (1, 1) and not isinstance(padding, str)
-             and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
-             and feature_group_count == 1 and dimension_numbers == specs
-             and not kwargs.get("preferred_element_type") and kwargs.get("out_sharding") is None
-             and lhs.dtype == rhs.dtype)
+  applies = (
+      jax.default_backend() == "cpu"
+      and jax.process_count() == 1
+      and lhs.ndim == 4
+      and tuple(window_strides) == (1, 1)
+      and not isinstance(padding, str)
+      and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+      and feature_group_count == 1
+      and dimension_numbers == specs
+      and not kwargs.get("preferred_element_type")
+      and kwargs.get("out_sharding") is None
+      and lhs.dtype == rhs.dtype
+  )
   if not applies:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    precision=precision, **kwargs)
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        precision=precision,
+        **kwargs,
+    )
   return _conv(lhs, rhs, tuple(tuple(p) for p in padding), precision)

@@ -20,11 +20,20 @@ from cfrnet_jax.models.fusion import FusionStep
 class HierarchicalDecoder(nnx.Module):
   """[F^1, F^2, F^3, F^4] (strides 4..32, c channels) -> [F1, F2, F3, F4] (Eq. 8)."""
 
-  def __init__(self, fusion: str, channels: int, window: int, num_heads: int,
-               mlp_ratio: int, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      fusion: str,
+      channels: int,
+      window: int,
+      num_heads: int,
+      mlp_ratio: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
     # steps[0] makes F3, steps[1] F2, steps[2] F1.
-    self.steps = nnx.List([FusionStep(fusion, channels, window, num_heads, mlp_ratio,
-                                      rngs=rngs) for _ in range(3)])
+    self.steps = nnx.List(
+        [FusionStep(fusion, channels, window, num_heads, mlp_ratio, rngs=rngs) for _ in range(3)]
+    )
 
   def __call__(self, levels: Sequence[jax.Array]) -> list[jax.Array]:
     decoded = [levels[3]]
@@ -36,13 +45,26 @@ class HierarchicalDecoder(nnx.Module):
 class AxialDecoder(nnx.Module):
   """[F1, F2, F3, F4] -> F5 at F1's resolution (Eq. 9): relocates F4, F3, F2 in turn."""
 
-  def __init__(self, fusion: str, channels: int, windows: Sequence[int], num_heads: int,
-               mlp_ratio: int, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      fusion: str,
+      channels: int,
+      windows: Sequence[int],
+      num_heads: int,
+      mlp_ratio: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
     if len(windows) != 3:
-      raise ValueError(f"The axial decoder has 3 steps (F4, F3, F2); got windows "
-                       f"{tuple(windows)}.")
-    self.steps = nnx.List([FusionStep(fusion, channels, window, num_heads, mlp_ratio,
-                                      rngs=rngs) for window in windows])
+      raise ValueError(
+          f"The axial decoder has 3 steps (F4, F3, F2); got windows " f"{tuple(windows)}."
+      )
+    self.steps = nnx.List(
+        [
+            FusionStep(fusion, channels, window, num_heads, mlp_ratio, rngs=rngs)
+            for window in windows
+        ]
+    )
 
   def __call__(self, levels: Sequence[jax.Array]) -> jax.Array:
     fused = levels[0]

@@ -31,13 +31,24 @@ def upsample_to(low: jax.Array, high: jax.Array) -> jax.Array:
 class FusionStep(nnx.Module):
   """(batch, H, W, c) x (batch, H/r, W/r, c) -> (batch, H, W, c)."""
 
-  def __init__(self, fusion: str, channels: int, window: int, num_heads: int,
-               mlp_ratio: int, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      fusion: str,
+      channels: int,
+      window: int,
+      num_heads: int,
+      mlp_ratio: int,
+      *,
+      rngs: nnx.Rngs,
+  ):
     if fusion not in FUSIONS:
       raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}.")
     self.fusion = fusion
-    self.relocate = (CrossLevelRelocation(channels, num_heads, window, mlp_ratio,
-                                          rngs=rngs) if fusion == "cfrm" else None)
+    self.relocate = (
+        CrossLevelRelocation(channels, num_heads, window, mlp_ratio, rngs=rngs)
+        if fusion == "cfrm"
+        else None
+    )
     in_channels = 2 * channels if fusion == "concat" else channels
     self.conv = ConvBNReLU(in_channels, channels, rngs=rngs)
 

@@ -22,30 +22,29 @@ def sincos_position_encoding_2d(height: int, width: int, channels: int) -> np.nd
   """(height*width, channels) encoding: a quarter of the channels each for sin(y), cos(y),
   sin(x), cos(x) at geometrically spaced frequencies (as in MAE / ViT)."""
   if channels % 4:
-    raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, "
-                     f"got {channels}.")
+    raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, " f"got {channels}.")
   quarter = channels // 4
   frequencies = 1.0 / 10000.0 ** (np.arange(quarter) / quarter)
   y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
   y_angles = y.reshape(-1, 1) * frequencies
   x_angles = x.reshape(-1, 1) * frequencies
-  return np.concatenate([np.sin(y_angles), np.cos(y_angles),
-                         np.sin(x_angles), np.cos(x_angles)], axis=1).astype(np.float32)
+  return np.concatenate(
+      [np.sin(y_angles), np.cos(y_angles), np.sin(x_angles), np.cos(x_angles)], axis=1
+  ).astype(np.float32)
 
 
 class GlobalAttention(nnx.Module):
   """(batch, h, w, c) -> (batch, h, w, c) global self-attention over all h*w tokens."""
 
-  def __init__(self, channels: int, num_heads: int, depth: int, mlp_ratio: int, *,
-               rngs: nnx.Rngs):
-    self.blocks = nnx.List([AttentionBlock(channels, num_heads, mlp_ratio, rngs=rngs)
-                            for _ in range(depth)])
+  def __init__(self, channels: int, num_heads: int, depth: int, mlp_ratio: int, *, rngs: nnx.Rngs):
+    self.blocks = nnx.List(
+        [AttentionBlock(channels, num_heads, mlp_ratio, rngs=rngs) for _ in range(depth)]
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, height, width, channels = x.shape
     tokens = x.reshape(batch, height * width, channels)
-    tokens = tokens + jnp.asarray(
-        sincos_position_encoding_2d(height, width, channels), x.dtype)
+    tokens = tokens + jnp.asarray(sincos_position_encoding_2d(height, width, channels), x.dtype)
     for block in self.blocks:
       tokens = block(tokens)
     return tokens.reshape(batch, height, width, channels)

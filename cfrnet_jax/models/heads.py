@@ -23,16 +23,30 @@ from cfrnet_jax.models.layers import ConvBNReLU
 class DensityHead(nnx.Module):
   """(batch, h, w, c) -> {'density': (batch, h, w, 1)[, 'seg_logits': (batch, h, w, 2)]}."""
 
-  def __init__(self, channels: int, head_channels: int, hidden_channels: int,
-               use_dhp: bool, density_scale: float, *, rngs: nnx.Rngs):
+  def __init__(
+      self,
+      channels: int,
+      head_channels: int,
+      hidden_channels: int,
+      use_dhp: bool,
+      density_scale: float,
+      *,
+      rngs: nnx.Rngs,
+  ):
     self.density_scale = density_scale
     self.density_branch = nnx.Sequential(
         ConvBNReLU(channels, head_channels, rngs=rngs),
         ConvBNReLU(head_channels, hidden_channels, rngs=rngs),
-        nnx.Conv(hidden_channels, 1, (1, 1), rngs=rngs))
-    self.segmentation_branch = nnx.Sequential(
-        ConvBNReLU(channels, head_channels, rngs=rngs),
-        nnx.Conv(head_channels, 2, (1, 1), rngs=rngs)) if use_dhp else None
+        nnx.Conv(hidden_channels, 1, (1, 1), rngs=rngs),
+    )
+    self.segmentation_branch = (
+        nnx.Sequential(
+            ConvBNReLU(channels, head_channels, rngs=rngs),
+            nnx.Conv(head_channels, 2, (1, 1), rngs=rngs),
+        )
+        if use_dhp
+        else None
+    )
 
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     density = self.density_branch(x) / self.density_scale

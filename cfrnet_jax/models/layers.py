@@ -28,13 +28,21 @@ class ConvBNReLU(nnx.Module):
   other Conv feeds BatchNorm directly, where a bias would be redundant.
   """
 
-  def __init__(self, in_channels: int, out_channels: int, *, use_bias: bool = False,
-               rngs: nnx.Rngs):
-    self.conv = nnx.Conv(in_channels, out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                         use_bias=use_bias, conv_general_dilated=conv_general_dilated,
-                         rngs=rngs)
-    self.norm = nnx.BatchNorm(out_channels, momentum=BATCH_NORM_MOMENTUM,
-                              epsilon=BATCH_NORM_EPSILON, rngs=rngs)
+  def __init__(
+      self, in_channels: int, out_channels: int, *, use_bias: bool = False, rngs: nnx.Rngs
+  ):
+    self.conv = nnx.Conv(
+        in_channels,
+        out_channels,
+        (3, 3),
+        padding=((1, 1), (1, 1)),
+        use_bias=use_bias,
+        conv_general_dilated=conv_general_dilated,
+        rngs=rngs,
+    )
+    self.norm = nnx.BatchNorm(
+        out_channels, momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON, rngs=rngs
+    )
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return jax.nn.relu(self.norm(self.conv(x)))

@@ -75,6 +75,7 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
   path = Path(path)
   if path.suffix == ".safetensors":
     from safetensors.numpy import load_file
+
     return dict(load_file(str(path)))
   if path.suffix in (".pth", ".pt", ".bin"):
     try:
@@ -83,7 +84,8 @@ def read_tensors(path: str | Path) -> dict[str, np.ndarray]:
       raise RuntimeError(
           f"Reading {path} needs PyTorch, which is not installed: `pip install torch` "
           f"(CPU is enough), or convert timm's vgg16_bn.tv_in1k model.safetensors, "
-          f"which needs no PyTorch.") from None
+          f"which needs no PyTorch."
+      ) from None
     state_dict = torch.load(str(path), map_location="cpu", weights_only=True)
     return {name: tensor.detach().cpu().numpy() for name, tensor in state_dict.items()}
   raise WeightsError(f"{path}: expected a .pth or .safetensors file.")
@@ -94,18 +96,24 @@ def convert(tensors: dict[str, np.ndarray], widths=VGG16_WIDTHS) -> dict[str, np
   expected = expected_tensors(widths)
   missing = sorted(set(expected) - set(tensors))
   if missing:
-    raise WeightsError(f"Missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-                       f" ({len(missing)} of {len(expected)} expected).")
-  extra = sorted(name for name in tensors if name not in expected
-                 and not name.startswith(SKIPPED_PREFIXES)
-                 and not name.endswith(".num_batches_tracked"))
+    raise WeightsError(
+        f"Missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        f" ({len(missing)} of {len(expected)} expected)."
+    )
+  extra = sorted(
+      name
+      for name in tensors
+      if name not in expected
+      and not name.startswith(SKIPPED_PREFIXES)
+      and not name.endswith(".num_batches_tracked")
+  )
   if extra:
-    raise WeightsError(f"Unexpected tensor(s) {extra[:5]}: not part of VGG16-BN's "
-                       f"features.")
+    raise WeightsError(f"Unexpected tensor(s) {extra[:5]}: not part of VGG16-BN's " f"features.")
   for name, shape in expected.items():
     if tuple(tensors[name].shape) != shape:
-      raise WeightsError(f"Tensor {name} has shape {tuple(tensors[name].shape)}, "
-                         f"expected {shape}.")
+      raise WeightsError(
+          f"Tensor {name} has shape {tuple(tensors[name].shape)}, " f"expected {shape}."
+      )
   flat = {}
   for k, index in enumerate(TORCHVISION_CONV_INDEX):
     conv, norm = f"features.{index}", f"features.{index + 1}"
@@ -124,8 +132,7 @@ def save(flat: dict[str, np.ndarray], out: str | Path) -> None:
   Path(out).write_bytes(serialization.msgpack_serialize(flat))
 
 
-def load_backbone(params: dict, batch_stats: dict, path: str | Path
-                  ) -> tuple[dict, dict, int]:
+def load_backbone(params: dict, batch_stats: dict, path: str | Path) -> tuple[dict, dict, int]:
   """Puts the converted arrays of `path` into the model's `params` / `batch_stats`
   (pure dicts), each with the sharding of the array it replaces; every other array is
   returned untouched. Returns the new trees and the number of arrays loaded; refuses a
@@ -133,8 +140,10 @@ def load_backbone(params: dict, batch_stats: dict, path: str | Path
   flat = serialization.msgpack_restore(Path(path).read_bytes())
   expected = len(TORCHVISION_CONV_INDEX) * 6
   if len(flat) != expected:
-    raise WeightsError(f"{path}: {len(flat)} arrays, expected {expected} (13 conv + 13 "
-                       f"BatchNorm layers); was it written by cfrnet_jax.pretrained?")
+    raise WeightsError(
+        f"{path}: {len(flat)} arrays, expected {expected} (13 conv + 13 "
+        f"BatchNorm layers); was it written by cfrnet_jax.pretrained?"
+    )
   loaded = set()
 
   def replace(collection: str, key_path, current):
@@ -143,14 +152,17 @@ def load_backbone(params: dict, batch_stats: dict, path: str | Path
       return current
     value = np.asarray(flat[name])
     if value.shape != tuple(current.shape):
-      raise WeightsError(f"{path}: {name} has shape {value.shape}, the model's is "
-                         f"{tuple(current.shape)} (model.vgg_widths must be VGG16's).")
+      raise WeightsError(
+          f"{path}: {name} has shape {value.shape}, the model's is "
+          f"{tuple(current.shape)} (model.vgg_widths must be VGG16's)."
+      )
     loaded.add(name)
     return jax.device_put(value.astype(current.dtype), current.sharding)
 
   params = jax.tree_util.tree_map_with_path(lambda p, x: replace("params", p, x), params)
   batch_stats = jax.tree_util.tree_map_with_path(
-      lambda p, x: replace("batch_stats", p, x), batch_stats)
+      lambda p, x: replace("batch_stats", p, x), batch_stats
+  )
   if set(flat) - loaded:
     raise WeightsError(f"{path}: the model has no {sorted(set(flat) - loaded)[:3]}.")
   return params, batch_stats, len(loaded)
@@ -169,21 +181,28 @@ def download(url: str, cache_dir: Path) -> Path:
       raise ConnectionError(
           f"Cannot download {url} ({error}). Fetch it on a machine with network access "
           f"and pass the file: --source /path/to/{target.name} (or timm's "
-          f"vgg16_bn.tv_in1k model.safetensors).") from error
+          f"vgg16_bn.tv_in1k model.safetensors)."
+      ) from error
     digest = hashlib.sha256(data).hexdigest()
     if url == TORCHVISION_URL and not digest.startswith(TORCHVISION_SHA256_PREFIX):
-      raise WeightsError(f"{url}: sha256 {digest} does not start with "
-                         f"{TORCHVISION_SHA256_PREFIX}; the download is corrupt.")
+      raise WeightsError(
+          f"{url}: sha256 {digest} does not start with "
+          f"{TORCHVISION_SHA256_PREFIX}; the download is corrupt."
+      )
     target.write_bytes(data)
   return target
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="Convert ImageNet VGG16-BN weights "
-                                   "(torchvision .pth or timm .safetensors) for CFRNet.")
-  parser.add_argument("--source", required=True,
-                      help=f"a local .pth/.safetensors file, a URL, or 'torchvision' "
-                           f"({TORCHVISION_URL})")
+  parser = argparse.ArgumentParser(
+      description="Convert ImageNet VGG16-BN weights "
+      "(torchvision .pth or timm .safetensors) for CFRNet."
+  )
+  parser.add_argument(
+      "--source",
+      required=True,
+      help=f"a local .pth/.safetensors file, a URL, or 'torchvision' " f"({TORCHVISION_URL})",
+  )
   parser.add_argument("--out", required=True, help="output .msgpack file")
   parser.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "cfrnet_jax"))
   args = parser.parse_args(argv)
@@ -192,8 +211,10 @@ def main(argv=None):
     source = download(source, Path(args.cache_dir))
   flat = convert(read_tensors(source))
   save(flat, args.out)
-  print(f"Converted {source}: 13 conv + 13 BatchNorm layers ({len(flat)} arrays) -> "
-        f"{args.out}. Train with --config.backbone_weights={args.out}")
+  print(
+      f"Converted {source}: 13 conv + 13 BatchNorm layers ({len(flat)} arrays) -> "
+      f"{args.out}. Train with --config.backbone_weights={args.out}"
+  )
 
 
 if __name__ == "__main__":

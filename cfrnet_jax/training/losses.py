@@ -20,8 +20,9 @@ import optax
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES
 
 
-def cfrnet_loss(outputs: dict, targets: dict, gamma: float,
-                density_scale: float) -> tuple[jax.Array, dict]:
+def cfrnet_loss(
+    outputs: dict, targets: dict, gamma: float, density_scale: float
+) -> tuple[jax.Array, dict]:
   """Total loss and per-head terms.
 
   Args:
@@ -42,8 +43,11 @@ def cfrnet_loss(outputs: dict, targets: dict, gamma: float,
     terms[f"mse/{name}"] = mse
     total = total + mse
     if "seg_logits" in head:
-      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-          head["seg_logits"].astype(jnp.float32), targets["foreground"][stride]))
+      ce = jnp.mean(
+          optax.softmax_cross_entropy_with_integer_labels(
+              head["seg_logits"].astype(jnp.float32), targets["foreground"][stride]
+          )
+      )
       terms[f"ce/{name}"] = ce
       total = total + gamma * ce
   return total, terms

@@ -16,14 +16,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def create_mesh(axis_names: Sequence[str] = (DATA_AXIS,),
-                axis_sizes: Sequence[int] | None = None) -> Mesh:
+def create_mesh(
+    axis_names: Sequence[str] = (DATA_AXIS,), axis_sizes: Sequence[int] | None = None
+) -> Mesh:
   """A mesh over all devices of all hosts; by default one `data` axis of every device."""
   axis_sizes = tuple(axis_sizes or (jax.device_count(),))
   # Auto axes: XLA propagates shardings through the model (GSPMD), so the model code
   # needs no sharding annotations; only inputs and state are placed explicitly.
-  return jax.make_mesh(axis_sizes, tuple(axis_names),
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(axis_sizes))
+  return jax.make_mesh(
+      axis_sizes, tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * len(axis_sizes)
+  )
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -45,8 +47,10 @@ def make_global_batch(host_batch: dict, mesh: Mesh) -> dict:
     array = np.asarray(array)
     global_rows = array.shape[0] * jax.process_count()
     if global_rows % devices_on_axis:
-      raise ValueError(f"The global batch of {global_rows} does not divide over the "
-                       f"{devices_on_axis} devices of the '{DATA_AXIS}' mesh axis.")
+      raise ValueError(
+          f"The global batch of {global_rows} does not divide over the "
+          f"{devices_on_axis} devices of the '{DATA_AXIS}' mesh axis."
+      )
     return jax.make_array_from_process_local_data(sharding, array)
 
   return jax.tree_util.tree_map(to_global, host_batch)

@@ -49,6 +49,7 @@ class TrainState:
   """Everything that changes during training. All randomness after initialisation is
   the data order and augmentation, drawn by grain from `config.seed` and saved as the
   iterator's state next to this."""
+
   step: jax.Array
   params: dict
   batch_stats: dict
@@ -62,10 +63,8 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   if config.lr_schedule == "constant":
     return optax.adam(config.learning_rate)
   if config.lr_schedule == "cosine":
-    return optax.adam(optax.cosine_decay_schedule(config.learning_rate,
-                                                  config.num_train_steps))
-  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got "
-                   f"{config.lr_schedule!r}.")
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps))
+  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got " f"{config.lr_schedule!r}.")
 
 
 def _init_fn(config: ml_collections.ConfigDict):
@@ -73,27 +72,34 @@ def _init_fn(config: ml_collections.ConfigDict):
 
   def init() -> TrainState:
     params, batch_stats = init_variables(config.model, config.seed)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=batch_stats, opt_state=tx.init(params),
-                      nonfinite_step=jnp.full((), -1, jnp.int32))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
 
   return init
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                         ) -> tuple[TrainState, Any]:
+def abstract_train_state(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, Any]:
   """The state's shapes, dtypes and shardings, computed without allocating it, and its
   sharding tree: parameters replicated over the mesh (a model axis would change only
   this function)."""
   shapes = jax.eval_shape(_init_fn(config))
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
-  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                          shapes, state_sharding)
+  abstract = jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sharding
+  )
   return abstract, state_sharding
 
 
-def create_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-                       ) -> tuple[TrainState, Any]:
+def create_train_state(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[TrainState, Any]:
   """The initial state, created directly with its sharding, and that sharding."""
   _, state_sharding = abstract_train_state(config, mesh)
   return jax.jit(_init_fn(config), out_shardings=state_sharding)(), state_sharding
@@ -106,49 +112,62 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
   strides = sorted(set(HEAD_STRIDES.values()))
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = normalize_images(batch["image"], batch["valid_size"], config.data.mean,
-                              config.data.std)
+    images = normalize_images(
+        batch["image"], batch["valid_size"], config.data.mean, config.data.std
+    )
     targets = batch_density_targets(
-        batch["points"], batch["valid"], images.shape[1:3],
-        valid_size=batch["valid_size"], strides=strides, sigma=config.targets.sigma,
-        foreground_radius=config.targets.foreground_radius)
+        batch["points"],
+        batch["valid"],
+        images.shape[1:3],
+        valid_size=batch["valid_size"],
+        strides=strides,
+        sigma=config.targets.sigma,
+        foreground_radius=config.targets.foreground_radius,
+    )
 
     def loss_fn(params):
       model = nnx.merge(graphdef, params, state.batch_stats)
       model.train()
       outputs = model(images)
-      loss, terms = cfrnet_loss(outputs, targets, config.loss.gamma,
-                                config.model.density_scale)
+      loss, terms = cfrnet_loss(outputs, targets, config.loss.gamma, config.model.density_scale)
       counts = outputs["density"].astype(jnp.float32).sum(axis=(1, 2, 3))
       return loss, (terms, split_model(model)[1].batch_stats, counts)
 
-    (loss, (terms, batch_stats, counts)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+    (loss, (terms, batch_stats, counts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
-    keep_if_finite = lambda new, old: jax.tree.map(
-        lambda n, o: jnp.where(finite, n, o), new, old)
+    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
         step=state.step + 1,
         params=keep_if_finite(params, state.params),
         batch_stats=keep_if_finite(batch_stats, state.batch_stats),
         opt_state=keep_if_finite(opt_state, state.opt_state),
-        nonfinite_step=jnp.where(~finite & (state.nonfinite_step < 0), state.step,
-                                 state.nonfinite_step))
-    metrics = {"loss": loss, **terms, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(state.params),
-               "crop_count_mae": jnp.mean(jnp.abs(counts - targets["count"]))}
+        nonfinite_step=jnp.where(
+            ~finite & (state.nonfinite_step < 0), state.step, state.nonfinite_step
+        ),
+    )
+    metrics = {
+        "loss": loss,
+        **terms,
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(state.params),
+        "crop_count_mae": jnp.mean(jnp.abs(counts - targets["count"])),
+    }
     return new_state, metrics
 
   return train_step
 
 
 def jit_train_step(config, graphdef, mesh, state_sharding):
-  return jax.jit(make_train_step(config, graphdef),
-                 in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)),
-                 donate_argnums=0)
+  return jax.jit(
+      make_train_step(config, graphdef),
+      in_shardings=(state_sharding, sharding.data_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
 
 
 class _Preemption:
@@ -172,7 +191,8 @@ def _check_finite(state: TrainState) -> None:
     raise FloatingPointError(
         f"The training loss became NaN or inf at step {bad}. The state was not updated "
         f"from that step on and no checkpoint after it was written; lower the learning "
-        f"rate or check the data, then restart from the last checkpoint.")
+        f"rate or check the data, then restart from the last checkpoint."
+    )
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -181,8 +201,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
-                       ) -> dict | None:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
   """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
   `workdir`; resumes if it holds a checkpoint. Returns the last evaluation's metrics
   (the same on every host; None when the evaluation split is unlabeled)."""
@@ -190,8 +209,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
   _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
   graphdef = model_graphdef(config.model)
-  iterator = iter(pipeline.create_train_loader(
-      config, pipeline.open_split(config.data, config.data.train_split)))
+  iterator = iter(
+      pipeline.create_train_loader(
+          config, pipeline.open_split(config.data, config.data.train_split)
+      )
+  )
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     abstract, state_sharding = abstract_train_state(config, mesh)
@@ -201,11 +223,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
     state, state_sharding = create_train_state(config, mesh)
     if config.backbone_weights:
       params, batch_stats, loaded = pretrained.load_backbone(
-          state.params, state.batch_stats, config.backbone_weights)
+          state.params, state.batch_stats, config.backbone_weights
+      )
       state = state.replace(params=params, batch_stats=batch_stats)
-      logging.info("Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
-                   "BatchNorm layers of the backbone; the rest is freshly initialised.",
-                   config.backbone_weights, loaded)
+      logging.info(
+          "Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
+          "BatchNorm layers of the backbone; the rest is freshly initialised.",
+          config.backbone_weights,
+          loaded,
+      )
   train_step = jit_train_step(config, graphdef, mesh, state_sharding)
   writer = _metric_writer(workdir)
   preemption = _Preemption()
@@ -227,16 +253,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path
       if evaluate_now:
         _check_finite(state)
         variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
-        metrics = evaluation.evaluate(config, graphdef, variables, config.data.eval_split,
-                                      workdir / f"eval/step_{step}")
+        metrics = evaluation.evaluate(
+            config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
+        )
         if metrics is not None:
           _log_eval(writer, step, metrics)
       stop = preemption.requested or manager.reached_preemption(step)
       if evaluate_now or step % config.checkpoint_every_steps == 0 or stop:
         _check_finite(state)
-        checkpointing.save(manager, step, state, iterator,
-                           metrics={"mae": metrics["mae"]} if evaluate_now and metrics
-                           else None)
+        checkpointing.save(
+            manager,
+            step,
+            state,
+            iterator,
+            metrics={"mae": metrics["mae"]} if evaluate_now and metrics else None,
+        )
       if stop:
         logging.warning("Preempted: saved step %d and stopping.", step)
         break
@@ -252,6 +283,7 @@ def _metric_writer(workdir: Path):
   if jax.process_index() != 0:
     return None
   from tensorboardX import SummaryWriter
+
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
@@ -259,9 +291,15 @@ def _log_progress(writer, step, config, window, seconds):
   means = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
   images_per_second = len(window) * config.batch_size / max(seconds, 1e-9)
   remaining = (config.num_train_steps - step) * seconds / max(len(window), 1)
-  logging.info("step %d/%d  loss %.4f  crop count MAE %.2f  %.1f images/s  ETA %s",
-               step, config.num_train_steps, means["loss"], means["crop_count_mae"],
-               images_per_second, time.strftime("%H:%M:%S", time.gmtime(remaining)))
+  logging.info(
+      "step %d/%d  loss %.4f  crop count MAE %.2f  %.1f images/s  ETA %s",
+      step,
+      config.num_train_steps,
+      means["loss"],
+      means["crop_count_mae"],
+      images_per_second,
+      time.strftime("%H:%M:%S", time.gmtime(remaining)),
+  )
   if writer is not None:
     for key, value in means.items():
       writer.add_scalar(f"train/{key}", value, step)
