@@ -21,7 +21,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file in configs/.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, logs, " "evaluation results.", required=True
+    "workdir", None, "Directory for checkpoints, logs, evaluation results.", required=True
 )
 _MODE = flags.DEFINE_enum(
     "mode",
@@ -43,18 +43,16 @@ _SPLIT = flags.DEFINE_string(
 _IMAGES = flags.DEFINE_multi_string(
     "images",
     None,
-    "predict: image files, directories " "(searched recursively) or glob patterns; repeatable.",
+    "predict: image files, directories (searched recursively) or glob patterns; repeatable.",
 )
-_OUT = flags.DEFINE_string(
-    "out", None, "predict: output directory (default: " "WORKDIR/predictions)."
-)
+_OUT = flags.DEFINE_string("out", None, "predict: output directory (default: WORKDIR/predictions).")
 _SAVE_DENSITY = flags.DEFINE_bool(
-    "save_density", False, "predict: also write each raw " "density map as a .npy file."
+    "save_density", False, "predict: also write each raw density map as a .npy file."
 )
 _STEP = flags.DEFINE_integer(
     "step",
     None,
-    "predict: the checkpoint step (default: the " "best by evaluation MAE, else the latest).",
+    "predict: the checkpoint step (default: the best by evaluation MAE, else the latest).",
 )
 
 

@@ -53,9 +53,7 @@ def main():
     rows.append(("shanghaitech/part_a", staging))
   results = [(name, *timed_build(name, manual)) for name, manual in rows]
   shutil.rmtree(staging)
-  print(
-      f"# build_datasets  {datetime.date.today()}  {platform.machine()}  " f"{os.cpu_count()} cpus"
-  )
+  print(f"# build_datasets  {datetime.date.today()}  {platform.machine()}  {os.cpu_count()} cpus")
   print("| dataset | images | build seconds | images/s |")
   print("|---|---|---|---|")
   for name, seconds, images in results:

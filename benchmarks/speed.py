@@ -254,7 +254,7 @@ def _worker(
       info = {"flops": flops, "memory_gb": round(memory, 2)}
       if memory > 0.9 * available_memory_gb():
         info["skipped"] = (
-            f"needs {memory:.1f} GB (XLA), the machine has " f"{available_memory_gb():.0f} GB"
+            f"needs {memory:.1f} GB (XLA), the machine has {available_memory_gb():.0f} GB"
         )
         connection.send(info)
         return
@@ -300,7 +300,7 @@ def bench_row(
       row["results"][backend] = connection.recv()
     else:
       row["results"][backend] = {
-          "failed": f"not ready (compiled and warmed up) within " f"{setup_limit_s:.0f} s"
+          "failed": f"not ready (compiled and warmed up) within {setup_limit_s:.0f} s"
       }
     result = row["results"][backend]
     too_big = too_big or result.get("skipped")

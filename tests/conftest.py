@@ -1,15 +1,15 @@
 """Shared test fixtures: the tiny model of `configs/tiny.py`, datasets and a run built once.
 
-Compiled programs are shared too: every test session gets a fresh JAX persistent
-compilation cache, which this process and the subprocesses it starts (`launch.py`,
-multi-device scripts) all use, so a program compiled by one test is read, not compiled
-again, by the next that runs it. Tests that count compilations turn it off
+Compiled programs are shared too: JAX's persistent compilation cache, in
+`.pytest_cache/jax_compilation_cache` unless JAX_COMPILATION_CACHE_DIR names another
+folder, is used by this process and by the subprocesses it starts (`launch.py`,
+multi-device scripts), so a program compiled by one test is read, not compiled again, by
+the next test or test run that needs it. Tests that count compilations turn it off
 (`without_compilation_cache`).
 """
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import ml_collections
@@ -19,7 +19,10 @@ from absl import flags
 from configs import tiny
 
 # Before JAX is imported (subprocesses inherit the environment).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax-cache-"))
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache")
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The test session is the application: grain's worker processes read absl flags.

@@ -1,6 +1,9 @@
 """CrowdCounter: any picture a user has, tiles stitched exactly, one compilation per shape."""
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,8 @@ from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.user_images import load_image
 from tests.conftest import shared_data, tiny_train_config, without_compilation_cache
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +167,15 @@ def test_mixed_sizes_compile_once_per_padded_shape(counter):
   shapes = {(round_up(h, 128), round_up(w, 128)) for h, w in sizes}
   assert shapes == {(128, 128), (384, 256)}
   assert fresh.compilations == 2 and len(compiles) == 2
+
+
+def test_the_inference_side_does_not_import_the_trainer():
+  script = (
+      "import sys\n"
+      "import cfrnet_jax.inference.counter, cfrnet_jax.inference.predict_mode\n"
+      "print(sorted(m for m in sys.modules if m.startswith('cfrnet_jax.training')))\n"
+  )
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+  )
+  assert result.stdout.strip() == "[]"

@@ -110,23 +110,23 @@ def test_a_wrong_state_is_refused_by_name():
 
 
 @pytest.mark.parametrize(
-    "model_config",
+    "model_config, size",
     [
-        pytest.param(PAPER, marks=pytest.mark.slow, id="paper"),
-        pytest.param(tiny_model_config(use_gam=False), id="tiny_no_gam"),
+        pytest.param(PAPER, 256, marks=pytest.mark.slow, id="paper"),
+        pytest.param(tiny_model_config(use_gam=False), 128, id="tiny_no_gam"),
     ],
 )
-def test_training_mode_losses_match_on_the_same_batch(model_config):
+def test_training_mode_losses_match_on_the_same_batch(model_config, size):
   config = get_config()
   params, batch_stats = randomized_state(model_config)
   rng = np.random.default_rng(2)
-  images = rng.normal(size=(2, 256, 256, 3)).astype(np.float32)
-  points = rng.uniform(0, 256, (2, 40, 2)).astype(np.float32)
+  images = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+  points = rng.uniform(0, size, (2, 40, 2)).astype(np.float32)
   valid = np.arange(40)[None] < np.array([[25], [40]])
   targets = batch_density_targets(
       jnp.asarray(points),
       jnp.asarray(valid),
-      (256, 256),
+      (size, size),
       strides=(4, 8, 16),
       sigma=config.targets.sigma,
       foreground_radius=config.targets.foreground_radius,

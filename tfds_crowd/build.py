@@ -33,7 +33,7 @@ def build(
   builder_class = BUILDERS[dataset]
   configs = [c.name for c in builder_class.BUILDER_CONFIGS]
   if configs and config not in configs:
-    raise ValueError(f"{dataset} needs a config: one of " f"{[f'{dataset}/{c}' for c in configs]}.")
+    raise ValueError(f"{dataset} needs a config: one of {[f'{dataset}/{c}' for c in configs]}.")
   builder = builder_class(config=config or None, data_dir=data_dir, file_format=file_format)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
@@ -53,7 +53,7 @@ def ensure_synthetic(data_config) -> None:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-      "name", help=f"one of {sorted(BUILDERS)}, with /config where " f"needed (shanghaitech/part_a)"
+      "name", help=f"one of {sorted(BUILDERS)}, with /config where needed (shanghaitech/part_a)"
   )
   parser.add_argument("--manual_dir", help="folder holding the manual download")
   parser.add_argument("--data_dir", help="TFDS data dir (default ~/tensorflow_datasets)")

@@ -82,7 +82,7 @@ def as_points(values: Any, where: str) -> np.ndarray:
     return np.zeros((0, 2))
   if points.ndim != 2 or points.shape[1] != 2:
     raise CrowdDataError(
-        f"{where}: head points must be an (N, 2) array of (x, y), got " f"shape {points.shape}."
+        f"{where}: head points must be an (N, 2) array of (x, y), got shape {points.shape}."
     )
   return points
 
@@ -179,7 +179,7 @@ class CrowdBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       report.dropped += dropped
       report.images_with_dropped += 1
       logging.warning(
-          "%s: dropped %d of %d head points more than %g px outside the " "%dx%d image.",
+          "%s: dropped %d of %d head points more than %g px outside the %dx%d image.",
           where,
           dropped,
           len(kept),

@@ -26,7 +26,7 @@ def parse_head_lines(text: str, where: str) -> np.ndarray:
       values = []
     if len(values) != 6:
       raise CrowdDataError(
-          f"{where}, line {number}: expected 'x y w h occlusion blur', " f"got {line.strip()!r}."
+          f"{where}, line {number}: expected 'x y w h occlusion blur', got {line.strip()!r}."
       )
     rows.append(values)
   return np.asarray(rows, np.float64).reshape(-1, 6)
@@ -96,7 +96,7 @@ class JhuCrowd(CrowdBuilder):
       raise self._missing(source, f"{split}/images/*.jpg")
     if len(label_files) != 1:
       raise self._missing(
-          source, f"exactly one {split}/image_labels.txt (found " f"{len(label_files)})"
+          source, f"exactly one {split}/image_labels.txt (found {len(label_files)})"
       )
     labels = parse_image_labels(
         source.read_bytes(label_files[0]).decode(), source.describe(label_files[0])
@@ -106,7 +106,7 @@ class JhuCrowd(CrowdBuilder):
       if stem not in truths:
         raise CrowdDataError(f"{source.describe(image_name)}: no annotation gt/{stem}.txt.")
       if stem not in labels:
-        raise CrowdDataError(f"{source.describe(label_files[0])}: no line for image " f"{stem}.")
+        raise CrowdDataError(f"{source.describe(label_files[0])}: no line for image {stem}.")
       where = source.describe(truths[stem])
       heads = parse_head_lines(source.read_bytes(truths[stem]).decode(), where)
       count, scene, weather, distractor = labels[stem]

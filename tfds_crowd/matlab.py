@@ -34,6 +34,6 @@ def struct_field(mat: dict, path: tuple[str, ...], where: str) -> np.ndarray:
       value = value[name]
     except (KeyError, ValueError, IndexError, TypeError):
       raise CrowdDataError(
-          f"{where}: no field {'.'.join(path[:depth + 1])!r} in the " f"MATLAB file."
+          f"{where}: no field {'.'.join(path[:depth + 1])!r} in the MATLAB file."
       ) from None
   return unwrap(value)

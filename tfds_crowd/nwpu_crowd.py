@@ -102,7 +102,7 @@ class NwpuCrowd(CrowdBuilder):
         continue
       if image_id not in annotations:
         raise CrowdDataError(
-            f"{source.describe(images[image_id])}: no annotation " f"jsons/{image_id}.json."
+            f"{source.describe(images[image_id])}: no annotation jsons/{image_id}.json."
         )
       where = source.describe(annotations[image_id])
       try:
@@ -111,7 +111,7 @@ class NwpuCrowd(CrowdBuilder):
         human_num = int(record["human_num"])
       except (ValueError, KeyError, TypeError) as error:
         raise CrowdDataError(
-            f"{where}: not an NWPU annotation with 'points' and " f"'human_num' ({error!r})."
+            f"{where}: not an NWPU annotation with 'points' and 'human_num' ({error!r})."
         ) from error
       boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
       yield self._example(

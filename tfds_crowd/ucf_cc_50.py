@@ -50,7 +50,7 @@ class UcfCc50(CrowdBuilder):
     if missing:
       raise self._missing(
           source,
-          f"{len(missing)} of the {NUM_IMAGES} images k.jpg " f"(first missing: {missing[0]}.jpg)",
+          f"{len(missing)} of the {NUM_IMAGES} images k.jpg (first missing: {missing[0]}.jpg)",
       )
     per_fold = NUM_IMAGES // NUM_FOLDS
     return {
@@ -68,9 +68,7 @@ class UcfCc50(CrowdBuilder):
     report = SplitReport(self.name, split)
     for k in numbers:
       if k not in annotations:
-        raise CrowdDataError(
-            f"{source.describe(images[k])}: no annotation {k}_ann.mat " f"next to it."
-        )
+        raise CrowdDataError(f"{source.describe(images[k])}: no annotation {k}_ann.mat next to it.")
       where = source.describe(annotations[k])
       points = struct_field(
           load_mat(source.read_bytes(annotations[k]), where), ("annPoints",), where

@@ -139,7 +139,7 @@ def host_batch_size(global_batch_size: int, process_count: int | None = None) ->
   process_count = process_count or jax.process_count()
   if global_batch_size % process_count:
     raise ValueError(
-        f"batch_size {global_batch_size} is not divisible by the " f"{process_count} hosts."
+        f"batch_size {global_batch_size} is not divisible by the {process_count} hosts."
     )
   return global_batch_size // process_count
 

@@ -47,7 +47,7 @@ def predict_files(
     (out_dir / "density").mkdir(exist_ok=True)
   if ignored:
     logging.warning(
-        "Ignored %d files without an image suffix (%s) in the given " "directories.",
+        "Ignored %d files without an image suffix (%s) in the given directories.",
         ignored,
         ", ".join(IMAGE_SUFFIXES),
     )
@@ -84,7 +84,7 @@ def predict_files(
   }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
   logging.info(
-      "Counted %d images in %.1f s (%d compilations) into %s; skipped %d " "unreadable%s",
+      "Counted %d images in %.1f s (%d compilations) into %s; skipped %d unreadable%s",
       len(rows),
       seconds,
       summary["compilations"],

@@ -78,9 +78,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
       raise ValueError("the image array holds NaN or inf.")
     array = array * 255.0 if array.max() <= 1.0 else array
   elif array.dtype != np.uint8:
-    raise ValueError(
-        f"unsupported image dtype {array.dtype} (use uint8, uint16, bool " f"or float)."
-    )
+    raise ValueError(f"unsupported image dtype {array.dtype} (use uint8, uint16, bool or float).")
   array = np.clip(np.round(array), 0, 255).astype(np.uint8)
   return Image.fromarray(array)
 

@@ -56,9 +56,7 @@ class AxialDecoder(nnx.Module):
       rngs: nnx.Rngs,
   ):
     if len(windows) != 3:
-      raise ValueError(
-          f"The axial decoder has 3 steps (F4, F3, F2); got windows " f"{tuple(windows)}."
-      )
+      raise ValueError(f"The axial decoder has 3 steps (F4, F3, F2); got windows {tuple(windows)}.")
     self.steps = nnx.List(
         [
             FusionStep(fusion, channels, window, num_heads, mlp_ratio, rngs=rngs)

@@ -22,7 +22,7 @@ def sincos_position_encoding_2d(height: int, width: int, channels: int) -> np.nd
   """(height*width, channels) encoding: a quarter of the channels each for sin(y), cos(y),
   sin(x), cos(x) at geometrically spaced frequencies (as in MAE / ViT)."""
   if channels % 4:
-    raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, " f"got {channels}.")
+    raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, got {channels}.")
   quarter = channels // 4
   frequencies = 1.0 / 10000.0 ** (np.arange(quarter) / quarter)
   y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")

@@ -108,12 +108,10 @@ def convert(tensors: dict[str, np.ndarray], widths=VGG16_WIDTHS) -> dict[str, np
       and not name.endswith(".num_batches_tracked")
   )
   if extra:
-    raise WeightsError(f"Unexpected tensor(s) {extra[:5]}: not part of VGG16-BN's " f"features.")
+    raise WeightsError(f"Unexpected tensor(s) {extra[:5]}: not part of VGG16-BN's features.")
   for name, shape in expected.items():
     if tuple(tensors[name].shape) != shape:
-      raise WeightsError(
-          f"Tensor {name} has shape {tuple(tensors[name].shape)}, " f"expected {shape}."
-      )
+      raise WeightsError(f"Tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape}.")
   flat = {}
   for k, index in enumerate(TORCHVISION_CONV_INDEX):
     conv, norm = f"features.{index}", f"features.{index + 1}"
@@ -201,7 +199,7 @@ def main(argv=None):
   parser.add_argument(
       "--source",
       required=True,
-      help=f"a local .pth/.safetensors file, a URL, or 'torchvision' " f"({TORCHVISION_URL})",
+      help=f"a local .pth/.safetensors file, a URL, or 'torchvision' ({TORCHVISION_URL})",
   )
   parser.add_argument("--out", required=True, help="output .msgpack file")
   parser.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "cfrnet_jax"))

@@ -64,7 +64,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
     return optax.adam(config.learning_rate)
   if config.lr_schedule == "cosine":
     return optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps))
-  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got " f"{config.lr_schedule!r}.")
+  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}.")
 
 
 def _init_fn(config: ml_collections.ConfigDict):
