@@ -83,10 +83,11 @@ def _initialize_distributed():
         num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
         process_id=int(os.environ["JAX_PROCESS_ID"]),
     )
-  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or os.environ.get(
-      "TPU_WORKER_HOSTNAMES", ""
-  ).count(","):
-    jax.distributed.initialize()
+  else:
+    slurm_tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    tpu_workers = os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") + 1
+    if slurm_tasks > 1 or tpu_workers > 1:
+      jax.distributed.initialize()
 
 
 class _LogFilter:

@@ -10,6 +10,8 @@ the next test or test run that needs it. Tests that count compilations turn it o
 
 import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -27,6 +29,15 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The test session is the application: grain's worker processes read absl flags.
 flags.FLAGS.mark_as_parsed()
+
+
+def modules_imported_by(imports: str) -> set[str]:
+  """The modules a fresh Python process has loaded after running `imports`."""
+  script = f"import sys\n{imports}\nprint(' '.join(sorted(sys.modules)))"
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+  )
+  return set(result.stdout.split())
 
 
 @contextlib.contextmanager
