@@ -17,6 +17,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 from absl import flags
+from filelock import FileLock
 
 from configs import tiny
 
@@ -25,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(REPO / ".pytest_cache" / "jax_compilation_cache")
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Programs that compile in under a second (eager ops) are not worth a file each.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The test session is the application: grain's worker processes read absl flags.
 flags.FLAGS.mark_as_parsed()
@@ -85,14 +87,28 @@ def tiny_train_config(data_dir: str | None, **overrides) -> ml_collections.Confi
   return config
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+  """The folder `name`, filled by `build(folder)` in exactly one process of the test
+  session: with pytest-xdist's worker processes, the first to get here builds it while
+  the others wait, then all share it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # this session's folder, shared by its workers
+  folder, done = root / name, root / f"{name}.done"
+  with FileLock(str(root / f"{name}.lock")):
+    if not done.exists():
+      folder.mkdir(exist_ok=True)
+      build(folder)
+      done.touch()
+  return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
-  """synthetic_crowd built once per test session."""
+  """synthetic_crowd, built once per test session."""
   from tfds_crowd.build import build
 
-  data_dir = tmp_path_factory.mktemp("tfds")
-  build("synthetic_crowd", str(data_dir))
-  return str(data_dir)
+  return str(built_once(tmp_path_factory, "tfds", lambda d: build("synthetic_crowd", str(d))))
 
 
 @pytest.fixture(scope="session")
@@ -101,14 +117,12 @@ def trained_workdir(tmp_path_factory, synthetic_data_dir):
   tests that evaluate, restore or predict from a workdir; they must not change it."""
   from cfrnet_jax.training import trainer
 
-  workdir = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(
-      tiny_train_config(
-          synthetic_data_dir, num_train_steps=2, eval_every_steps=2, log_every_steps=1
-      ),
-      workdir,
+  config = tiny_train_config(
+      synthetic_data_dir, num_train_steps=2, eval_every_steps=2, log_every_steps=1
   )
-  return workdir
+  return built_once(
+      tmp_path_factory, "trained_run", lambda d: trainer.train_and_evaluate(config, d)
+  )
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
