@@ -1,4 +1,4 @@
-"""Train or evaluate CFRNet.
+"""Train or evaluate CFRNet, or count people in your own pictures with a trained run.
 
     python launch.py --config configs/default.py --workdir runs/quickstart
     python launch.py --config configs/shha.py --workdir runs/shha --config.batch_size=8
@@ -140,6 +140,7 @@ def main(argv):
         lambda fold_config, workdir: (
             evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)
         ),
+        summary_name=f"folds_evaluation_{_SPLIT.value or 'eval_split'}.json",
     )
 
 

@@ -10,8 +10,8 @@ backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of it
 Backends: JAX float32 and bfloat16 (our `trainer.jit_train_step` / `make_count_fn`, the code
 users run), the PyTorch twin (benchmarks/torch_twin) eager and under `torch.compile`.
 
-Each backend of a row runs in its own process (PyTorch and XLA in one process slowed
-XLA's CPU step by 30% here), is built and warmed up (compilation excluded), then the
+Each backend of a row runs in its own process (in one process, PyTorch slows XLA's CPU
+step; docs/performance.md), is built and warmed up (compilation excluded), then the
 backends run in turn, `--repeats` times, so that machine noise hits all of them alike;
 the median is reported. What each JAX step does beyond the twin: it takes uint8 images and head
 points and normalises and renders the density targets inside the step, while the twin
@@ -278,8 +278,8 @@ def _worker(
 def bench_row(
     name: str, backends: list[str], repeats: int, warmup: int, setup_limit_s: float
 ) -> dict:
-  """Every backend in its own process (measured here: PyTorch and XLA in one process
-  slow XLA's CPU step by 30%), built one after the other, then timed in turns."""
+  """Every backend in its own process (PyTorch and XLA in one process slow XLA's CPU
+  step), built one after the other, then timed in turns."""
   kind, batch_size, height, width = ROWS[name]
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
   context = multiprocessing.get_context("spawn")
@@ -374,9 +374,8 @@ def main():
       "--setup_limit_s",
       type=float,
       default=900,
-      help="a backend not compiled and warmed up by then is reported as "
-      "failed (torch.compile at 2048x1536 on 2 CPU cores did not "
-      "finish in 20 minutes)",
+      help="a backend not compiled and warmed up by then is reported as failed "
+      "(torch.compile of the larger inference rows takes minutes on 2 CPU cores)",
   )
   parser.add_argument("--out", help="also write the results as JSON here")
   args = parser.parse_args()

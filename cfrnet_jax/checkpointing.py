@@ -92,7 +92,9 @@ def restore_variables(
 ) -> tuple[int, ModelVariables]:
   """(step, parameters and BatchNorm statistics) of `workdir`'s checkpoint at `step`
   (default: the best by evaluation MAE, else the latest), on this host's first device.
-  Nothing else of the checkpoint is read."""
+  Nothing else of the checkpoint is read, and nothing is written."""
+  if not (Path(workdir) / "checkpoints").is_dir():  # the manager would create it
+    raise FileNotFoundError(f"No checkpoint in {Path(workdir).absolute() / 'checkpoints'}.")
   manager = create_checkpoint_manager(workdir)
   try:
     step = best_step(manager) if step is None else step

@@ -4,9 +4,10 @@ UCF_CC_50 has no fixed train/test split: its 50 images form five folds, and a re
 the mean over five runs, each trained on four folds and tested on the fifth. Its config
 names the test fold in `data.fold`: 1..5 is a single run, 0 means all five in turn.
 `fold_runs` turns a config into the runs it stands for, each with concrete
-`data.train_split` and `data.eval_split`, so that training and evaluation never need to
-know about folds; `run_folds` runs them (training or evaluation alike) and writes the
-summary. Every other dataset is a single run with the splits its config names.
+`data.train_split` and `data.eval_split`, so that training and evaluation only need to
+refuse a config that is not one run (`check_single_run`); `run_folds` runs them
+(training or evaluation alike) and writes the summary. Every other dataset is a single
+run with the splits its config names.
 """
 
 from __future__ import annotations
@@ -41,14 +42,37 @@ def fold_runs(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collectio
   return runs
 
 
+def check_single_run(config: ml_collections.ConfigDict) -> None:
+  """Refuses a config that is not one run with concrete splits: UCF_CC_50's `data.fold
+  = 0` (five runs) or a fold whose splits were not set by `fold_runs`. Training and
+  evaluation call it, so that a UCF_CC_50 config passed to them directly fails with
+  this message rather than with a missing split."""
+  if "fold" not in config.data:
+    return
+  if config.data.fold == ALL_FOLDS:
+    raise ValueError(
+        f"{config.data.name}: data.fold = 0 stands for all {NUM_FOLDS} folds, which are "
+        f"{NUM_FOLDS} runs: run them with cross_validation.run_folds(config, workdir, "
+        f"run) (launch.py does), or set data.fold to one fold (1..{NUM_FOLDS})."
+    )
+  expected = fold_splits(config.data.fold)
+  if (config.data.train_split, config.data.eval_split) != expected:
+    raise ValueError(
+        f"{config.data.name}: data.fold = {config.data.fold} trains on {expected[0]!r} and "
+        f"tests on {expected[1]!r}, but the config names {config.data.train_split!r} and "
+        f"{config.data.eval_split!r}: take the config from cross_validation.fold_runs."
+    )
+
+
 def run_folds(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
     run: Callable[[ml_collections.ConfigDict, Path], dict | None],
+    summary_name: str = "folds_summary.json",
 ) -> dict | None:
   """`run(config, workdir)` for every run of `fold_runs(config)`. With several folds,
   returns their mean MAE and MSE with each fold's metrics and (host 0) writes them to
-  `workdir/folds_summary.json`; otherwise returns the single run's result."""
+  `workdir/summary_name`; otherwise returns the single run's result."""
   workdir = Path(workdir)
   runs = fold_runs(config)
   if len(runs) == 1:
@@ -63,7 +87,7 @@ def run_folds(
       "mse": float(np.mean([r["mse"] for r in results.values()])),
   }
   if jax.process_index() == 0:
-    (workdir / "folds_summary.json").write_text(json.dumps(summary, indent=2))
+    (workdir / summary_name).write_text(json.dumps(summary, indent=2))
   logging.info(
       "%s, %d folds: mean MAE %.2f, mean MSE %.2f",
       config.data.name,

@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cfrnet_jax import checkpointing
+from cfrnet_jax import checkpointing, cross_validation
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.device_ops import normalize_images, valid_mask
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE
@@ -171,6 +171,7 @@ def evaluate_checkpoint(
 ) -> dict | None:
   """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
   (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`."""
+  cross_validation.check_single_run(config)
   workdir = Path(workdir)
   step, variables = checkpointing.restore_variables(workdir, config.model)
   split = split or config.data.eval_split

@@ -19,7 +19,6 @@ def get_config():
       head_hidden_channels=8,
   )
   config.batch_size = 4
-  config.learning_rate = 1e-3
   config.data.num_workers = 0
   config.data.eval_split = "test[:4]"
   return config

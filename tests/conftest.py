@@ -9,6 +9,7 @@ the next test or test run that needs it. Tests that count compilations turn it o
 """
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -114,15 +115,25 @@ def synthetic_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, synthetic_data_dir):
   """A finished tiny run (2 steps, evaluated on 4 test images at step 2), shared by the
-  tests that evaluate, restore or predict from a workdir; they must not change it."""
+  tests that restore or predict from a workdir; they must not change it (tests that
+  write into a workdir copy it first)."""
   from cfrnet_jax.training import trainer
 
   config = tiny_train_config(
       synthetic_data_dir, num_train_steps=2, eval_every_steps=2, log_every_steps=1
   )
-  return built_once(
-      tmp_path_factory, "trained_run", lambda d: trainer.train_and_evaluate(config, d)
-  )
+
+  def train(folder: Path):
+    metrics = trainer.train_and_evaluate(config, folder)
+    (folder.parent / "trained_run_metrics.json").write_text(json.dumps(metrics))
+
+  return built_once(tmp_path_factory, "trained_run", train)
+
+
+@pytest.fixture(scope="session")
+def trained_run_metrics(trained_workdir) -> dict:
+  """What `train_and_evaluate` returned for `trained_workdir`."""
+  return json.loads((trained_workdir.parent / "trained_run_metrics.json").read_text())
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -58,7 +58,8 @@ def test_missing_step_and_missing_workdir_are_named(trained_workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoint of step 7 .* steps \\[2\\]"):
     checkpointing.restore_variables(trained_workdir, config.model, step=7)
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
-    checkpointing.restore_variables(tmp_path, config.model)
+    checkpointing.restore_variables(tmp_path / "typo", config.model)
+  assert not (tmp_path / "typo").exists()  # reading creates nothing
   with pytest.raises(FileNotFoundError, match="config.json does not exist"):
     checkpointing.load_run_config(tmp_path)
 

@@ -57,3 +57,27 @@ def test_a_fold_out_of_range_is_refused():
   config.data.fold = 6
   with pytest.raises(ValueError, match="folds 1..5, got 6"):
     cross_validation.fold_runs(config)
+
+
+def test_training_and_evaluation_refuse_a_config_that_is_not_one_run(tmp_path):
+  from cfrnet_jax import evaluation
+  from cfrnet_jax.training import trainer
+
+  config = ucf_cc_50.get_config()
+  for call in (trainer.train_and_evaluate, evaluation.evaluate_checkpoint):
+    with pytest.raises(ValueError, match="data.fold = 0 stands for all 5 folds"):
+      call(config, tmp_path)
+  config.data.fold = 2
+  with pytest.raises(ValueError, match="tests on 'fold2', but the config names 'train'"):
+    trainer.train_and_evaluate(config, tmp_path)
+  [(_, fold_two)] = cross_validation.fold_runs(config)
+  cross_validation.check_single_run(fold_two)  # the config of a run passes
+
+
+def test_an_evaluation_summary_does_not_replace_the_training_summary(tmp_path):
+  config = ucf_cc_50.get_config()
+  scores = lambda mae: lambda c, w: {"mae": mae * c.data.fold, "mse": 0.0}
+  cross_validation.run_folds(config, tmp_path, scores(1.0))
+  cross_validation.run_folds(config, tmp_path, scores(2.0), summary_name="evaluation.json")
+  assert json.loads((tmp_path / "folds_summary.json").read_text())["mae"] == 3.0
+  assert json.loads((tmp_path / "evaluation.json").read_text())["mae"] == 6.0

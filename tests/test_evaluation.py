@@ -1,6 +1,10 @@
 """Whole-image evaluation: the padding rule, metrics, predictions, submissions."""
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -13,6 +17,8 @@ from cfrnet_jax.data.geometry import mean_colour, pad_to_multiple
 from cfrnet_jax.models.cfrnet import pad_multiple
 from cfrnet_jax.state import init_variables, model_graphdef
 from tests.conftest import tiny_train_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_padding_to_the_models_multiple_never_changes_the_count():
@@ -41,19 +47,34 @@ def test_padding_to_the_models_multiple_never_changes_the_count():
   np.testing.assert_allclose(count, direct, rtol=1e-5)
 
 
-def test_evaluate_writes_predictions_and_metrics(trained_workdir, synthetic_data_dir):
+def test_training_evaluates_and_evaluate_mode_agrees(
+    trained_workdir, trained_run_metrics, synthetic_data_dir, tmp_path
+):
   rows = evaluation.read_predictions(trained_workdir / "eval" / "step_2" / "predictions.csv")
   true = np.array([r[1] for r in rows])
-  predicted = np.array([r[2] for r in rows])
-  assert len(rows) == 4
-  config = tiny_train_config(synthetic_data_dir)
-  again = evaluation.evaluate_checkpoint(config, trained_workdir, split="test[:4]")
-  np.testing.assert_allclose(again["mae"], np.abs(predicted - true).mean(), atol=2e-3)
-  np.testing.assert_allclose(again["mse"], np.sqrt(((predicted - true) ** 2).mean()), atol=2e-3)
-  assert set(again) == {"mae", "mse", "nae", "images"} and again["images"] == 4
-  config_json = json.loads((trained_workdir / "config.json").read_text())
-  assert config_json["data"]["eval_split"] == "test[:4]"
+  predicted = np.array([r[2] for r in rows])  # written with 3 decimals
+  assert len(rows) == 4 and trained_run_metrics["images"] == 4
+  assert set(trained_run_metrics) == {"mae", "mse", "nae", "images"}
+  np.testing.assert_allclose(trained_run_metrics["mae"], np.abs(predicted - true).mean(), atol=1e-3)
+  np.testing.assert_allclose(
+      trained_run_metrics["mse"], np.sqrt(((predicted - true) ** 2).mean()), atol=1e-3
+  )
+  assert json.loads((trained_workdir / "config.json").read_text())["data"]["eval_split"] == (
+      "test[:4]"
+  )
   assert list((trained_workdir / "tensorboard").iterdir())
+  # launch.py --mode evaluate: the best checkpoint (step 2) counts the same.
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--mode", "evaluate", "--config", "configs/tiny.py",
+       "--workdir", str(workdir), f"--config.data.data_dir={synthetic_data_dir}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"eval at step 2: MAE {trained_run_metrics['mae']:.2f}" in result.stderr
+  again = evaluation.read_predictions(workdir / "eval" / "test[:4]_step_2" / "predictions.csv")
+  assert again == rows
 
 
 def test_unlabeled_split_writes_a_submission_file(tmp_path):

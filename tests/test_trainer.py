@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cfrnet_jax.training import trainer
-from tests.conftest import tiny_train_config
+from tests.conftest import built_once, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ STEP_SCRIPT = textwrap.dedent("""
     {setup}
     import jax
     sys.path.insert(0, {repo!r})
-    from tests.conftest import tiny_train_config
+    from tests.conftest import built_once, tiny_train_config
     from tests.test_trainer import fixed_batch
     from cfrnet_jax.state import local_copy, model_graphdef
     from cfrnet_jax.training import sharding, trainer
@@ -107,11 +107,18 @@ def assert_same_step(a: dict, b: dict):
       np.testing.assert_allclose(a[key][clear], b[key][clear], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
+@pytest.fixture(scope="session")
+def one_device_step(tmp_path_factory) -> dict:
+  """One step on one device: what the multi-device tests compare with (built once)."""
+  folder = built_once(tmp_path_factory, "one_device_step", lambda d: run_steps(d / "one.npz", 1))
+  return dict(np.load(folder / "one.npz"))
+
+
 @pytest.mark.slow
-def test_step_on_8_devices_equals_1_device(tmp_path):
+def test_step_on_8_devices_equals_1_device(tmp_path, one_device_step):
   """Same global batch, one step: the sharded step computes what one device computes
   (float32 reductions in another order: tolerance 1e-5 relative)."""
-  one = run_steps(tmp_path / "one.npz", 1)
+  one = one_device_step
   eight = run_steps(
       tmp_path / "eight.npz",
       1,
@@ -128,7 +135,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
+def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path, one_device_step):
   port = _free_port()
   setup = textwrap.dedent("""
       import jax
@@ -150,8 +157,7 @@ def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path):
   assert int(hosts[0]["devices"]) == 2
   for key in hosts[0]:  # replicated state: bit-identical on both hosts
     np.testing.assert_array_equal(hosts[0][key], hosts[1][key], err_msg=key)
-  single = run_steps(tmp_path / "single.npz", 1)
-  assert_same_step(hosts[0], single)
+  assert_same_step(hosts[0], one_device_step)
 
 
 def launch(workdir, data_dir, *flags):

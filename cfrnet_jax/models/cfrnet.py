@@ -27,7 +27,6 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from cfrnet_jax.data.geometry import ceil_div
 from cfrnet_jax.models.backbone import VGG16BN
 from cfrnet_jax.models.decoders import AxialDecoder, HierarchicalDecoder
 from cfrnet_jax.models.gam import GlobalAttention
@@ -138,7 +137,7 @@ class CFRNet(nnx.Module):
     heads = {}
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
-      rows, cols = ceil_div(height, stride), ceil_div(width, stride)
+      rows, cols = math.ceil(height / stride), math.ceil(width / stride)
       heads[name] = {key: value[:, :rows, :cols] for key, value in head(features[name]).items()}
     return {"density": heads[self.final_head]["density"], "heads": heads}
 

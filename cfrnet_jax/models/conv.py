@@ -13,10 +13,9 @@ dimension split into a few independent batched products so that every core gets 
 `nnx.Conv`: on the CPU backend, for undilated stride-1 NHWC convolutions with explicit
 padding (every "Conv" of the paper), it uses this gradient; everywhere else (GPU, TPU,
 other convolutions) it is `lax.conv_general_dilated` itself. Multi-process CPU runs
-(jax.distributed with gloo, which we use only to test multi-host code) also keep XLA's
-gradient: with the tap loop in the step, the two processes' gloo all-reduces came out
-of step ("received data size doesn't match"; tests/test_train.py caught it). Values are identical;
-gradients agree to float32 rounding (tests/test_conv.py).
+(jax.distributed with gloo collectives) also keep XLA's gradient: with the tap loop in
+the step, the processes' gloo all-reduces go out of step ("received data size doesn't
+match"). Values are identical; gradients agree to float32 rounding (tests/test_conv.py).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-# Independent batched products the reduction is split into (2 cores measured here).
+# Independent batched products the reduction is split into: one per core, at most 8.
 _MAX_SPLIT = min(8, os.cpu_count() or 1)
 
 

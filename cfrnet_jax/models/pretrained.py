@@ -140,7 +140,7 @@ def load_backbone(params: dict, batch_stats: dict, path: str | Path) -> tuple[di
   if len(flat) != expected:
     raise WeightsError(
         f"{path}: {len(flat)} arrays, expected {expected} (13 conv + 13 "
-        f"BatchNorm layers); was it written by cfrnet_jax.pretrained?"
+        f"BatchNorm layers); was it written by cfrnet_jax.models.pretrained?"
     )
   loaded = set()
 

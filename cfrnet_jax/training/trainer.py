@@ -33,7 +33,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from cfrnet_jax import checkpointing, evaluation
+from cfrnet_jax import checkpointing, cross_validation, evaluation
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.device_ops import normalize_images
 from cfrnet_jax.data.targets import batch_density_targets
@@ -205,6 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
   `workdir`; resumes if it holds a checkpoint. Returns the last evaluation's metrics
   (the same on every host; None when the evaluation split is unlabeled)."""
+  cross_validation.check_single_run(config)
   workdir = Path(workdir)
   _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
