@@ -111,7 +111,11 @@ def _tiny_gradients(ablation: str):
   )
 
 
-@pytest.mark.parametrize("ablation", ["full", "fusion_concat", "no_dhp", "no_axial"])
+@pytest.mark.parametrize(
+    "ablation",
+    ["full"]
+    + [pytest.param(a, marks=pytest.mark.slow) for a in ("fusion_concat", "no_dhp", "no_axial")],
+)
 def test_every_parameter_gets_a_gradient(ablation):
   loss, parameters, flat = _tiny_gradients(ablation)
   assert np.isfinite(loss)

@@ -256,6 +256,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
   assert params and all(np.isfinite(v).all() for v in params.values())
 
 
+@pytest.mark.slow  # compiles a training step of its own
 def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthetic_data_dir):
   config = tiny_train_config(
       synthetic_data_dir,
