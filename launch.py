@@ -105,9 +105,13 @@ class _LogFilter:
 def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_LogFilter())
+  if _MODE.value != "predict":
+    _initialize_distributed()
+  from cfrnet_jax import accelerators
+
+  accelerators.report()
   if _MODE.value == "predict":
     return _predict(_CONFIG.value)
-  _initialize_distributed()
   import jax
 
   from cfrnet_jax import cross_validation, evaluation
@@ -117,14 +121,6 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/default.py")
-  logging.info(
-      "JAX %s: process %d of %d, %d devices (%s)",
-      jax.__version__,
-      jax.process_index(),
-      jax.process_count(),
-      jax.device_count(),
-      jax.devices()[0].platform,
-  )
   if jax.process_index() == 0:
     ensure_synthetic(config.data)
   if jax.process_count() > 1:

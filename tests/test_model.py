@@ -124,6 +124,49 @@ def test_every_parameter_gets_a_gradient(ablation):
   assert not zero, f"parameters without gradient: {zero}"
 
 
+@pytest.mark.parametrize("remat, rematerialised_parts", [("backbone", 5), ("all", 20)])
+def test_remat_wraps_the_chosen_parts_in_checkpoints(remat, rematerialised_parts):
+  """`model.remat` wraps the 5 VGG blocks ("backbone"), and with "all" also GAM, the 4
+  compressors, the 6 decoder steps and the 4 heads, in jax.checkpoint. (XLA's CPU buffer
+  assignment does not show the memory saved; the GPU figures are in
+  docs/performance.md.)"""
+  images, points, valid = _random_batch(jax.random.key(1), 2, 128)
+  graphdef, state = nnx.split(cfrnet_jax.build_model(tiny_model_config(remat=remat), 0))
+  loss_of = lambda state, x: _loss_and_grads(nnx.merge(graphdef, state), x, points, valid)[0][0]
+  assert str(jax.make_jaxpr(loss_of)(state, images)).count("remat") == rematerialised_parts
+
+
+def test_remat_changes_no_result():
+  """Loss, gradients and BatchNorm statistics of the fully rematerialised model are the
+  plain model's (to float32 rounding of the recomputed forward pass)."""
+  images, points, valid = _random_batch(jax.random.key(1), 2, 128)
+  models = {
+      remat: cfrnet_jax.build_model(tiny_model_config(remat=remat), 0) for remat in ("none", "all")
+  }
+  results = {
+      remat: nnx.jit(_loss_and_grads)(m, images, points, valid) for remat, m in models.items()
+  }
+  (loss, _), grads = results["all"]
+  (reference, _), reference_grads = results["none"]
+  np.testing.assert_allclose(loss, reference, rtol=1e-5)
+  flat = lambda tree, kind: nnx.to_flat_state(nnx.state(tree, kind))
+  largest = max(float(jnp.abs(r.get_value()).max()) for _, r in flat(reference_grads, nnx.Param))
+  for (path, g), (_, r) in zip(flat(grads, nnx.Param), flat(reference_grads, nnx.Param)):
+    tolerance = 1e-3 * float(jnp.abs(r.get_value()).max()) + 1e-5 * largest
+    assert float(jnp.abs(g.get_value() - r.get_value()).max()) <= tolerance, path
+  for (path, a), (_, b) in zip(
+      flat(models["all"], nnx.BatchStat), flat(models["none"], nnx.BatchStat)
+  ):
+    np.testing.assert_allclose(
+        a.get_value(), b.get_value(), rtol=1e-5, atol=1e-6, err_msg=str(path)
+    )
+
+
+def test_unknown_remat_choice_is_refused():
+  with pytest.raises(ValueError, match="model.remat must be one of"):
+    cfrnet_jax.build_model(tiny_model_config(remat="half"), 0)
+
+
 def test_relocation_bias_table_is_fully_trained():
   """Every relative offset of a window occurs between high-resolution tokens, so every
   entry of each CFRM's bias table gets a gradient."""

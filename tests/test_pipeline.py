@@ -309,3 +309,12 @@ def test_each_host_reads_only_its_shard():
   assert len(names[0]) == len(names[1]) == 5
   assert not set(names[0]) & set(names[1])
   assert sorted(names[0] + names[1]) == sorted(f"{i}.png" for i in range(10))
+
+
+def test_automatic_worker_count_is_the_usable_cores_but_one_capped(monkeypatch):
+  for cores, expected in ((1, 0), (2, 1), (8, 7), (96, pipeline.MAX_AUTO_WORKERS)):
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+    assert pipeline.worker_count(-1) == expected
+  assert pipeline.worker_count(0) == 0 and pipeline.worker_count(3) == 3
+  with pytest.raises(ValueError, match="num_workers must be >= 0, or -1"):
+    pipeline.worker_count(-2)

@@ -23,6 +23,7 @@ in an absl app (`launch.py` is one) or after `absl.flags.FLAGS.mark_as_parsed()`
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grain.python as grain
@@ -30,13 +31,14 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
+from absl import flags, logging
 
 import tfds_crowd  # noqa: F401  (registers the builders with TFDS)
 from cfrnet_jax.data.geometry import decode_image, mean_colour, pad_image, pad_to_multiple
 from cfrnet_jax.models.cfrnet import pad_multiple
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights (Pillow's "L" mode uses them).
+MAX_AUTO_WORKERS = 16  # data.num_workers = -1: beyond this, more workers only cost memory.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -144,24 +146,39 @@ def host_batch_size(global_batch_size: int, process_count: int | None = None) ->
   return global_batch_size // process_count
 
 
+def worker_count(num_workers: int) -> int:
+  """`data.num_workers`, with -1 resolved to the CPU cores this process may use (its
+  affinity mask, which containers and schedulers set) less one for the training loop, at
+  most MAX_AUTO_WORKERS. Batches are made inside the workers, so the count is part of
+  the data order: a run resumes with the count it started with."""
+  if num_workers >= 0:
+    return num_workers
+  if num_workers != -1:
+    raise ValueError(f"data.num_workers must be >= 0, or -1 for automatic; got {num_workers}.")
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(0, min((cores or 1) - 1, MAX_AUTO_WORKERS))
+
+
 def _data_loader(
     config: ml_collections.ConfigDict,
     data_source: Any,
     sampler: grain.IndexSampler,
     operations: list,
 ) -> grain.DataLoader:
-  if config.data.num_workers and not flags.FLAGS.is_parsed():
+  workers = worker_count(config.data.num_workers)
+  if workers and not flags.FLAGS.is_parsed():
     raise RuntimeError(
-        f"data.num_workers = {config.data.num_workers}: grain's worker processes read "
-        f"absl flags, which nobody has parsed. Run inside an absl app (as launch.py "
-        f"does), call absl.flags.FLAGS.mark_as_parsed() once at start, or set "
+        f"data.num_workers = {config.data.num_workers} ({workers} workers): grain's worker "
+        f"processes read absl flags, which nobody has parsed. Run inside an absl app (as "
+        f"launch.py does), call absl.flags.FLAGS.mark_as_parsed() once at start, or set "
         f"data.num_workers = 0."
     )
+  logging.info("Input pipeline: %d grain worker processes.", workers)
   return grain.DataLoader(
       data_source=data_source,
       sampler=sampler,
       operations=operations,
-      worker_count=config.data.num_workers,
+      worker_count=workers,
       worker_buffer_size=config.data.worker_buffer_size,
   )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from cfrnet_jax.models.layers import ConvBNReLU
+from cfrnet_jax.models.layers import ConvBNReLU, apply_in_turn, maybe_remat
 
 # Convolutions per VGG16 block; a 2x2 max pool follows each block.
 VGG16_BLOCK_DEPTHS = (2, 2, 3, 3, 3)
@@ -60,13 +60,17 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 class VGG16BN(nnx.Module):
   """VGG16-BN feature extractor, (batch, H, W, 3) -> taps at strides 4, 8, 16 and 32.
 
-  H and W must be multiples of 32 (the model pads its input to ensure this).
+  H and W must be multiples of 32 (the model pads its input to ensure this). With
+  `remat`, each of the five blocks is recomputed in the backward pass: only the block
+  inputs are kept, where the stride-1 and stride-2 blocks' activations are most of the
+  training step's memory.
   """
 
-  def __init__(self, widths: tuple[int, ...], *, rngs: nnx.Rngs):
+  def __init__(self, widths: tuple[int, ...], *, remat: bool = False, rngs: nnx.Rngs):
     if len(widths) != len(VGG16_BLOCK_DEPTHS):
       raise ValueError(f"VGG16 has 5 blocks; got {len(widths)} widths {widths}.")
     self.widths = tuple(widths)
+    self.remat = remat
     layers, in_channels = [], 3
     for depth, width in zip(VGG16_BLOCK_DEPTHS, widths):
       for _ in range(depth):
@@ -77,10 +81,10 @@ class VGG16BN(nnx.Module):
   def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
     """Returns {'block3', 'block4', 'block5', 'pool5'} feature maps (NHWC)."""
     taps, x, k = {}, images, 0
+    run_block = maybe_remat(apply_in_turn, self.remat)
     for block, depth in enumerate(VGG16_BLOCK_DEPTHS, start=1):
-      for _ in range(depth):
-        x = self.layers[k](x)
-        k += 1
+      x = run_block(self.layers[k : k + depth], x)
+      k += depth
       if block >= 3:
         taps[f"block{block}"] = x
       x = max_pool_2x2(x)

@@ -31,7 +31,7 @@ from cfrnet_jax.models.backbone import VGG16BN
 from cfrnet_jax.models.decoders import AxialDecoder, HierarchicalDecoder
 from cfrnet_jax.models.gam import GlobalAttention
 from cfrnet_jax.models.heads import DensityHead
-from cfrnet_jax.models.layers import ConvBNReLU
+from cfrnet_jax.models.layers import ConvBNReLU, call, check_remat, maybe_remat
 
 # Stride of each supervised head's output (section 3.5); F4 has no head.
 HEAD_STRIDES = {"f1": 4, "f2": 8, "f3": 16, "f5": 4}
@@ -70,7 +70,11 @@ class CFRNet(nnx.Module):
   def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     channels, widths = config.channels, tuple(config.vgg_widths)
     self.pad_multiple = pad_multiple(config)
-    self.backbone = VGG16BN(widths, rngs=rngs)
+    # Memory: "backbone" recomputes the VGG blocks in the backward pass, "all" also GAM,
+    # the compressors, every decoder step and the heads (`layers.maybe_remat`).
+    remat = check_remat(config.remat)
+    self.remat_all = remat == "all"
+    self.backbone = VGG16BN(widths, remat=remat != "none", rngs=rngs)
     self.gam = (
         GlobalAttention(widths[-1], config.gam_heads, config.gam_depth, config.mlp_ratio, rngs=rngs)
         if config.use_gam
@@ -88,6 +92,7 @@ class CFRNet(nnx.Module):
         channels=channels,
         num_heads=config.num_heads,
         mlp_ratio=config.mlp_ratio,
+        remat=self.remat_all,
         rngs=rngs,
     )
     self.hierarchical_decoder = (
@@ -121,9 +126,10 @@ class CFRNet(nnx.Module):
     images = jnp.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
     taps = self.backbone(images)
-    top = taps["pool5"] if self.gam is None else self.gam(taps["pool5"])
+    run = maybe_remat(call, self.remat_all)
+    top = taps["pool5"] if self.gam is None else run(self.gam, taps["pool5"])
     levels = [
-        compress(x)
+        run(compress, x)
         for compress, x in zip(
             self.compressors, (taps["block3"], taps["block4"], taps["block5"], top)
         )
@@ -138,7 +144,9 @@ class CFRNet(nnx.Module):
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
       rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-      heads[name] = {key: value[:, :rows, :cols] for key, value in head(features[name]).items()}
+      heads[name] = {
+          key: value[:, :rows, :cols] for key, value in run(head, features[name]).items()
+      }
     return {"density": heads[self.final_head]["density"], "heads": heads}
 
 

@@ -4,7 +4,8 @@ Hierarchical (top-down, FPN-like), one window size for every step:
     F4 = F^4;  F3 = Conv(CFRM(F^3, F4));  F2 = Conv(CFRM(F^2, F3));  F1 = Conv(CFRM(F^1, F2))
 Axial (every level relocated straight into F1's resolution), windows (16, 8, 8):
     F5 = Conv(CFRM(F1, F4));  F5 = Conv(CFRM(F5, F3));  F5 = Conv(CFRM(F5, F2))
-`fusion` swaps CFRM for the add/concat baselines of Table 1 (`fusion.py`).
+`fusion` swaps CFRM for the add/concat baselines of Table 1 (`fusion.py`). With `remat`
+every fusion step is recomputed in the backward pass (`layers.maybe_remat`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 from flax import nnx
 
 from cfrnet_jax.models.fusion import FusionStep
+from cfrnet_jax.models.layers import call, maybe_remat
 
 
 class HierarchicalDecoder(nnx.Module):
@@ -28,8 +30,10 @@ class HierarchicalDecoder(nnx.Module):
       num_heads: int,
       mlp_ratio: int,
       *,
+      remat: bool = False,
       rngs: nnx.Rngs,
   ):
+    self.remat = remat
     # steps[0] makes F3, steps[1] F2, steps[2] F1.
     self.steps = nnx.List(
         [FusionStep(fusion, channels, window, num_heads, mlp_ratio, rngs=rngs) for _ in range(3)]
@@ -37,8 +41,9 @@ class HierarchicalDecoder(nnx.Module):
 
   def __call__(self, levels: Sequence[jax.Array]) -> list[jax.Array]:
     decoded = [levels[3]]
+    run_step = maybe_remat(call, self.remat)
     for step, level in zip(self.steps, reversed(levels[:3])):
-      decoded.insert(0, step(level, decoded[0]))
+      decoded.insert(0, run_step(step, level, decoded[0]))
     return decoded
 
 
@@ -53,8 +58,10 @@ class AxialDecoder(nnx.Module):
       num_heads: int,
       mlp_ratio: int,
       *,
+      remat: bool = False,
       rngs: nnx.Rngs,
   ):
+    self.remat = remat
     if len(windows) != 3:
       raise ValueError(f"The axial decoder has 3 steps (F4, F3, F2); got windows {tuple(windows)}.")
     self.steps = nnx.List(
@@ -66,6 +73,7 @@ class AxialDecoder(nnx.Module):
 
   def __call__(self, levels: Sequence[jax.Array]) -> jax.Array:
     fused = levels[0]
+    run_step = maybe_remat(call, self.remat)
     for step, level in zip(self.steps, (levels[3], levels[2], levels[1])):
-      fused = step(fused, level)
+      fused = run_step(step, fused, level)
     return fused

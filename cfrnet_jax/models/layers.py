@@ -3,9 +3,16 @@
 The paper writes "Conv" for a 3x3 convolution followed by BatchNorm and ReLU (spec
 notation section); `ConvBNReLU` is that unit, used by the VGG16-BN backbone, the four
 "256 Conv" compressors, the decoders' fusion convolutions and the dual-head predictor.
+
+`maybe_remat` is the model's one memory switch (`config.model.remat`): a part called
+through it keeps only its inputs for the backward pass and recomputes its activations
+there (`nnx.remat`, i.e. `jax.checkpoint`), trading about one more forward pass of that
+part for its activation memory. Values and gradients are unchanged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 from flax import nnx
@@ -17,6 +24,31 @@ from cfrnet_jax.models.conv import conv_general_dilated
 BATCH_NORM_MOMENTUM = 0.9
 BATCH_NORM_EPSILON = 1e-5  # torchvision's default, needed for an exact weight port.
 LAYER_NORM_EPSILON = 1e-5
+# config.model.remat: what is recomputed in the backward pass instead of stored.
+REMAT_CHOICES = ("none", "backbone", "all")
+
+
+def check_remat(remat: str) -> str:
+  if remat not in REMAT_CHOICES:
+    raise ValueError(f"model.remat must be one of {REMAT_CHOICES}, got {remat!r}.")
+  return remat
+
+
+def maybe_remat(function: Callable, enabled: bool) -> Callable:
+  """`function` (whose arguments may be modules), rematerialised when `enabled`."""
+  return nnx.remat(function) if enabled else function
+
+
+def call(module: Callable, *args):
+  """`module(*args)`: the function to hand `maybe_remat` for one module."""
+  return module(*args)
+
+
+def apply_in_turn(layers: Sequence[Callable], x: jax.Array) -> jax.Array:
+  """x -> layers[-1](...layers[0](x)): a VGG block, say, rematerialised as one unit."""
+  for layer in layers:
+    x = layer(x)
+  return x
 
 
 class ConvBNReLU(nnx.Module):

@@ -2,11 +2,13 @@
 
 The mesh has a `data` axis over which batches are split; parameters are replicated
 (`replicated`). The axis names come from the config (`config.mesh_axes`) so that a
-model axis can be added later without touching the training step.
+model axis can be added later without touching the training step. `DevicePrefetch`
+keeps the next global batches on the devices while the step runs.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 
 import jax
@@ -54,3 +56,54 @@ def make_global_batch(host_batch: dict, mesh: Mesh) -> dict:
     return jax.make_array_from_process_local_data(sharding, array)
 
   return jax.tree_util.tree_map(to_global, host_batch)
+
+
+class DevicePrefetch:
+  """Global batches placed on the devices `size` steps ahead of the training step.
+
+  Wraps this host's grain iterator: each `next` hands out a batch whose host-to-device
+  copy started `size` calls earlier and starts the copy of a new one, so the step never
+  waits for a transfer (JAX dispatches the step asynchronously, so the host decodes and
+  copies while the devices compute). `get_state` / `set_state` speak for the batches the
+  caller received, not the ones held ahead, so a checkpoint resumes at the right batch
+  (grain's Orbax handler saves this object like the iterator itself).
+  """
+
+  def __init__(self, host_iterator, mesh: Mesh, size: int = 2):
+    if size < 1:
+      raise ValueError(f"DevicePrefetch needs size >= 1, got {size}.")
+    self._host = host_iterator
+    self._mesh = mesh
+    self._size = size
+    self._ahead: collections.deque = collections.deque()  # (host state before it, batch)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    self._fill()
+    _, batch = self._ahead.popleft()
+    self._fill()
+    return batch
+
+  def peek(self) -> dict:
+    """The batch the next `next` returns, without consuming it."""
+    self._fill()
+    return self._ahead[0][1]
+
+  def _fill(self) -> None:
+    while len(self._ahead) < self._size:
+      state = self._host.get_state()
+      self._ahead.append((state, make_global_batch(next(self._host), self._mesh)))
+
+  def get_state(self):
+    return self._ahead[0][0] if self._ahead else self._host.get_state()
+
+  def set_state(self, state) -> None:
+    self._ahead.clear()
+    self._host.set_state(state)
+
+  def start_prefetch(self) -> None:
+    """What grain's handler calls after `set_state` on a restore."""
+    if hasattr(self._host, "start_prefetch"):
+      self._host.start_prefetch()

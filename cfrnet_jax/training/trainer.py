@@ -40,7 +40,7 @@ from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.models import pretrained
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES
 from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
-from cfrnet_jax.training import sharding
+from cfrnet_jax.training import sharding, step_cost
 from cfrnet_jax.training.losses import cfrnet_loss
 
 
@@ -170,6 +170,20 @@ def jit_train_step(config, graphdef, mesh, state_sharding):
   )
 
 
+def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
+  """The step compiled ahead of the first batch (the shapes of `batches`' next one), with
+  its memory and FLOPs logged before anything runs (`step_cost.report`)."""
+  compiled = (
+      jit_train_step(config, graphdef, mesh, state_sharding).lower(state, batches.peek()).compile()
+  )
+  step_cost.report(
+      compiled,
+      f"training step ({config.batch_size} x {config.data.crop_size}x{config.data.crop_size}, "
+      f"{config.model.dtype}, remat {config.model.remat})",
+  )
+  return compiled
+
+
 class _Preemption:
   """Turns SIGTERM (what a preempted VM receives) into a flag the loop checks."""
 
@@ -233,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           config.backbone_weights,
           loaded,
       )
-  train_step = jit_train_step(config, graphdef, mesh, state_sharding)
+  batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
+  train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
   writer = _metric_writer(workdir)
   preemption = _Preemption()
   metrics = None
@@ -241,8 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   window, window_start = [], time.perf_counter()
   try:
     while step < config.num_train_steps:
-      batch = sharding.make_global_batch(next(iterator), mesh)
-      state, step_metrics = train_step(state, batch)
+      state, step_metrics = train_step(state, next(batches))
       step += 1
       window.append(step_metrics)
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
@@ -266,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             manager,
             step,
             state,
-            iterator,
+            batches,
             metrics={"mae": metrics["mae"]} if evaluate_now and metrics else None,
         )
       if stop:
