@@ -77,13 +77,19 @@ def main():
       "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf_cc_50")
   )
   parser.add_argument("--batches", type=int, default=10, help="timed batches of 32")
-  parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument(
+      "--workers", type=int, nargs="+", default=[0, 1, 2], help="-1: data.num_workers' automatic"
+  )
   parser.add_argument("--step_runs", type=int, default=3)
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument(
+      "--loader_only", action="store_true", help="only part 1 (crops/s of the loader)"
+  )
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags; none are used
 
   config = ucf_cc_50.get_config()
-  config.batch_size = 32
+  config.batch_size = args.batch_size
   print(
       f"# input_pipeline  {datetime.date.today()}  {platform.machine()}  "
       f"{os.cpu_count()} cpus  jax {jax.__version__} on {jax.devices()[0].platform}"
@@ -92,9 +98,9 @@ def main():
     build("ucf_cc_50", data_dir, args.shared)
     config.data.data_dir = data_dir
     source = pipeline.open_split(config.data, "fold1+fold2+fold3+fold4+fold5")
-    print("| workers | crops/s (batch 32) | batches timed |")
+    print(f"| workers | crops/s (batch {config.batch_size}) | batches timed |")
     print("|---|---|---|")
-    for workers in args.workers:
+    for workers in [pipeline.worker_count(w) for w in args.workers]:
       config.data.num_workers = workers
       iterator = iter(pipeline.create_train_loader(config, source))
       batch = next(iterator)  # start-up (worker processes) is not timed
@@ -102,7 +108,9 @@ def main():
       for _ in range(args.batches):
         batch = next(iterator)
       rate = args.batches * config.batch_size / (time.perf_counter() - start)
-      print(f"| {workers} | {rate:.1f} | {args.batches} |")
+      print(f"| {workers} | {rate:.1f} | {args.batches} |", flush=True)
+  if args.loader_only:
+    return
 
   heads = batch["valid"].sum(1)
   preprocess = device_preprocess(config)

@@ -8,7 +8,10 @@ Rows: the training step (forward, backward, Adam update) of the paper model at 4
 crops of 256x256; inference of one 1024x768 and one 2048x1536 image; and, to follow the
 backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of its taps).
 Backends: JAX float32 and bfloat16 (our `trainer.jit_train_step` / `make_count_fn`, the code
-users run), the PyTorch twin (benchmarks/torch_twin) eager and under `torch.compile`.
+users run; `jax_bf16_cudnn` with cuDNN's fused attention, NVIDIA GPUs only), the PyTorch
+twin (benchmarks/torch_twin) eager in float32 and under bfloat16 autocast, and under
+`torch.compile` (float32). `--smoke` runs a small model at small sizes, to check the
+script quickly on a CPU.
 
 Each backend of a row runs in its own process (in one process, PyTorch slows XLA's CPU
 step; docs/performance.md), is built and warmed up (compilation excluded), then the
@@ -20,8 +23,11 @@ gets normalised float images and finished targets (its step does less work).
 On a GPU, the JAX rows also report XLA's FLOP count of the compiled step, the achieved
 TFLOP/s and the fraction of the GPU's dense peak (TF32 for float32 - JAX's default
 precision for float32 convolutions and matmuls on GPU, which the twin is also allowed -
-and BF16). A row whose JAX step needs more memory than the machine has (XLA's estimate)
-is skipped with the figure.
+and BF16). Memory: XLA's plan for each JAX row (`memory_gb`), and on a GPU the allocator's
+peak of every backend (`peak_gb`). A row whose JAX step needs more memory than the machine
+has (XLA's estimate) is skipped with the figure. `--parallel_setup` builds the backends of
+a row in parallel processes (compilation is CPU work; a GPU host has the cores), then
+times them in turns as usual.
 """
 
 from __future__ import annotations
@@ -50,10 +56,11 @@ from benchmarks.torch_twin import model as twin  # noqa: E402
 from cfrnet_jax import evaluation  # noqa: E402
 from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
 from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
-from cfrnet_jax.models.backbone import VGG16_WIDTHS, VGG16BN  # noqa: E402
+from cfrnet_jax.models.backbone import VGG16BN  # noqa: E402
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
 from cfrnet_jax.state import ModelVariables, local_copy, model_graphdef  # noqa: E402
-from cfrnet_jax.training import sharding, trainer  # noqa: E402
+from cfrnet_jax.training import sharding, step_cost, trainer  # noqa: E402
+from configs import tiny  # noqa: E402
 from configs.base import get_config  # noqa: E402
 
 ROWS = {  # name: (kind, batch, height, width)
@@ -63,7 +70,10 @@ ROWS = {  # name: (kind, batch, height, width)
     "infer_2048x1536": ("infer", 1, 1536, 2048),
     "backbone_train_4": ("backbone", 4, 256, 256),
 }
-BACKENDS = ("jax_fp32", "jax_bf16", "torch_eager", "torch_compile")
+BACKENDS = ("jax_fp32", "jax_bf16", "jax_bf16_cudnn", "torch_eager", "torch_bf16", "torch_compile")
+GPU_ONLY = ("jax_bf16_cudnn",)
+# --smoke: (batch, height, width) of every row for the tiny model.
+SMOKE_SIZES = {"train": (2, 64, 64), "infer": (1, 96, 128), "backbone": (2, 64, 64)}
 # Dense peak FLOP/s by GPU name fragment: (TF32, BF16), NVIDIA's SXM datasheets.
 GPU_PEAKS = {"H100": (494.7e12, 989.4e12), "H200": (494.7e12, 989.4e12), "A100": (156e12, 312e12)}
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -87,20 +97,39 @@ def make_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
   }
 
 
+def model_config(model: str):
+  """The config whose model a benchmark runs: "paper", or "smoke": configs/tiny.py's
+  model without GAM and decoders (add fusion), which XLA compiles in a fraction of the
+  time on a CPU, for checking the benchmark scripts themselves."""
+  if model == "paper":
+    return get_config()
+  config = tiny.get_config()
+  config.model.update(fusion="add", hierarchical=False, axial=False, use_gam=False)
+  return config
+
+
 def _jax_memory_gb(compiled) -> float:
-  memory = compiled.memory_analysis()
-  return (
-      memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-  ) / 1e9
+  return step_cost.step_cost(compiled).memory_bytes / 1e9
 
 
-def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
+def peak_memory_gb() -> float | None:
+  """The allocator's peak on the first GPU since start, for JAX or PyTorch; None on CPU."""
+  if TORCH_DEVICE == "cuda" and torch.cuda.max_memory_allocated():
+    return torch.cuda.max_memory_allocated() / 1e9
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  return stats["peak_bytes_in_use"] / 1e9 if stats and "peak_bytes_in_use" in stats else None
+
+
+def jax_runner(
+    kind: str, dtype: str, batch_size: int, height: int, width: int, model: str = "paper"
+):
   """(run, flops, memory GB) for our JAX code on `kind`."""
-  config = get_config()
-  config.model.dtype = dtype
+  config = model_config(model)
+  config.model.dtype = "bfloat16" if dtype.startswith("bfloat16") else dtype
+  config.model.attention = "cudnn" if dtype.endswith("cudnn") else "xla"
   config.batch_size = batch_size
   if kind == "backbone":
-    return _jax_backbone_runner(batch_size, height, width)
+    return _jax_backbone_runner(tuple(config.model.vgg_widths), batch_size, height, width)
   mesh = sharding.create_mesh(("data",))
   graphdef = model_graphdef(config.model)
   state, state_sharding = trainer.create_train_state(config, mesh)
@@ -127,8 +156,8 @@ def jax_runner(kind: str, dtype: str, batch_size: int, height: int, width: int):
   return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
 
 
-def _jax_backbone_runner(batch_size, height, width):
-  model = VGG16BN(VGG16_WIDTHS, rngs=nnx.Rngs(0))
+def _jax_backbone_runner(widths, batch_size, height, width):
+  model = VGG16BN(widths, rngs=nnx.Rngs(0))
   graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
   tx = optax.adam(1e-5)
@@ -160,8 +189,14 @@ def _jax_backbone_runner(batch_size, height, width):
   return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
 
 
-def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width: int):
-  config = get_config()
+def torch_runner(
+    kind: str, backend: str, batch_size: int, height: int, width: int, model: str = "paper"
+):
+  """`run` for the PyTorch twin: `backend` torch_eager, torch_bf16 (eager under bfloat16
+  autocast, PyTorch's usual mixed precision) or torch_compile."""
+  compiled = backend == "torch_compile"
+  autocast = torch.autocast(TORCH_DEVICE, torch.bfloat16, enabled=backend == "torch_bf16")
+  config = model_config(model)
   torch.manual_seed(0)
   if kind == "backbone":
     network = twin.VGG16BN(tuple(config.model.vgg_widths)).to(TORCH_DEVICE)
@@ -188,8 +223,8 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
     forward = torch.compile(network) if compiled else network
 
     def run():
-      with torch.inference_mode():
-        forward(images)["density"].sum().item()
+      with torch.inference_mode(), autocast:
+        forward(images)["density"].float().sum().item()
 
     return run
   network.train()
@@ -220,7 +255,8 @@ def torch_runner(kind: str, compiled: bool, batch_size: int, height: int, width:
 
   def run():
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(images)
+    with autocast:
+      loss = loss_fn(images)
     loss.backward()
     optimizer.step()
     loss.item()
@@ -238,19 +274,28 @@ def gpu_peak(dtype: str) -> float | None:
   kind = jax.devices()[0].device_kind
   for fragment, (tf32, bf16) in GPU_PEAKS.items():
     if fragment in kind:
-      return bf16 if dtype == "bfloat16" else tf32
+      return bf16 if dtype.startswith("bfloat16") else tf32
   return None
 
 
+JAX_DTYPES = {"jax_fp32": "float32", "jax_bf16": "bfloat16", "jax_bf16_cudnn": "bfloat16_cudnn"}
+
+
 def _worker(
-    connection, backend: str, kind: str, batch_size: int, height: int, width: int, warmup: int
+    connection,
+    backend: str,
+    kind: str,
+    batch_size: int,
+    height: int,
+    width: int,
+    warmup: int,
+    model: str,
 ) -> None:
   """One backend in its own process: build, warm up, then time one unit per request."""
   try:
     start = time.perf_counter()
     if backend.startswith("jax"):
-      dtype = "bfloat16" if backend == "jax_bf16" else "float32"
-      run, flops, memory = jax_runner(kind, dtype, batch_size, height, width)
+      run, flops, memory = jax_runner(kind, JAX_DTYPES[backend], batch_size, height, width, model)
       info = {"flops": flops, "memory_gb": round(memory, 2)}
       if memory > 0.9 * available_memory_gb():
         info["skipped"] = (
@@ -259,11 +304,14 @@ def _worker(
         connection.send(info)
         return
     else:
-      run, info = torch_runner(kind, backend == "torch_compile", batch_size, height, width), {}
+      run, info = torch_runner(kind, backend, batch_size, height, width, model), {}
     for _ in range(warmup):
       run()
     _sync()
     info["setup_s"] = round(time.perf_counter() - start, 1)
+    peak = peak_memory_gb()
+    if peak is not None:
+      info["peak_gb"] = round(peak, 2)
   except Exception as error:  # one backend failing is a result, not the end of the run.
     connection.send({"failed": f"{type(error).__name__}: {error}"[:300]})
     return
@@ -275,28 +323,55 @@ def _worker(
     connection.send(time.perf_counter() - start)
 
 
+def row_shape(name: str, smoke: bool) -> tuple[str, int, int, int]:
+  kind, batch_size, height, width = ROWS[name]
+  return (kind, *SMOKE_SIZES[kind]) if smoke else (kind, batch_size, height, width)
+
+
 def bench_row(
-    name: str, backends: list[str], repeats: int, warmup: int, setup_limit_s: float
+    name: str,
+    backends: list[str],
+    repeats: int,
+    warmup: int,
+    setup_limit_s: float,
+    smoke: bool = False,
+    parallel_setup: bool = False,
 ) -> dict:
   """Every backend in its own process (PyTorch and XLA in one process slow XLA's CPU
-  step), built one after the other, then timed in turns."""
-  kind, batch_size, height, width = ROWS[name]
+  step), built one after the other (or all at once with `parallel_setup`), then timed
+  in turns."""
+  kind, batch_size, height, width = row_shape(name, smoke)
+  model = "smoke" if smoke else "paper"
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
   context = multiprocessing.get_context("spawn")
-  workers, too_big = {}, None
-  for backend in backends:
-    if kind == "backbone" and backend not in ("jax_fp32", "torch_eager"):
-      continue
-    if too_big and not backend.startswith("jax"):
-      # PyTorch keeps the same activations for backward: do not risk the machine.
-      row["results"][backend] = {"skipped": too_big}
-      continue
+  on_gpu = jax.devices()[0].platform == "gpu"
+  chosen = [
+      b
+      for b in backends
+      if (kind != "backbone" or b in ("jax_fp32", "torch_eager")) and (on_gpu or b not in GPU_ONLY)
+  ]
+  # JAX first: a JAX step that cannot fit means PyTorch's will not either (it keeps the
+  # same activations for backward), so those are not started in sequential setup.
+  chosen.sort(key=lambda b: not b.startswith("jax"))
+
+  def start(backend):
     connection, child = context.Pipe()
     process = context.Process(
-        target=_worker, args=(child, backend, kind, batch_size, height, width, warmup)
+        target=_worker, args=(child, backend, kind, batch_size, height, width, warmup, model)
     )
     process.start()
-    if connection.poll(setup_limit_s):
+    return process, connection
+
+  started = {b: start(b) for b in chosen} if parallel_setup else {}
+  deadline = time.monotonic() + setup_limit_s
+  workers, too_big = {}, None
+  for backend in chosen:
+    if too_big and not backend.startswith("jax") and backend not in started:
+      row["results"][backend] = {"skipped": too_big}
+      continue
+    process, connection = started.get(backend) or start(backend)
+    limit = max(0.0, deadline - time.monotonic()) if parallel_setup else setup_limit_s
+    if connection.poll(limit):
       row["results"][backend] = connection.recv()
     else:
       row["results"][backend] = {
@@ -321,46 +396,57 @@ def bench_row(
     result = row["results"][backend]
     result["median_s"] = statistics.median(values)
     result["runs_s"] = [round(v, 4) for v in values]
-    peak = gpu_peak("bfloat16" if backend == "jax_bf16" else "float32")
+    peak = gpu_peak(JAX_DTYPES.get(backend, "float32"))
     if result.get("flops") and jax.devices()[0].platform == "gpu":
       result["tflops"] = result["flops"] / result["median_s"] / 1e12
       if peak:
         result["peak_fraction"] = result["tflops"] * 1e12 / peak
-  eager = row["results"].get("torch_eager", {}).get("median_s")
-  for backend in ("jax_fp32", "jax_bf16"):
-    if eager and "median_s" in row["results"].get(backend, {}):
-      row["results"][backend]["ratio_to_torch_eager"] = row["results"][backend]["median_s"] / eager
+  # Equal precision: JAX float32 against eager float32, JAX bfloat16 against autocast.
+  for backend, reference in (
+      ("jax_fp32", "torch_eager"),
+      ("jax_bf16", "torch_bf16"),
+      ("jax_bf16_cudnn", "torch_bf16"),
+  ):
+    baseline = row["results"].get(reference, {}).get("median_s")
+    if baseline and "median_s" in row["results"].get(backend, {}):
+      row["results"][backend]["ratio_to_torch"] = row["results"][backend]["median_s"] / baseline
   return row
 
 
 def markdown(rows: list[dict]) -> str:
+  """Seconds per unit (median), JAX / PyTorch at equal precision, and per JAX row its
+  fraction of the GPU's peak and XLA's memory figure."""
+  ratios = (("jax_fp32", "fp32"), ("jax_bf16", "bf16"), ("jax_bf16_cudnn", "bf16 cuDNN"))
   lines = [
-      "| row | " + " | ".join(BACKENDS) + " | JAX fp32 / eager | JAX bf16 / eager |",
-      "|---" * (len(BACKENDS) + 3) + "|",
+      "| row | "
+      + " | ".join(BACKENDS)
+      + " | "
+      + " | ".join(f"JAX/torch {label}" for _, label in ratios)
+      + " | JAX MFU fp32 / bf16 | JAX memory fp32 / bf16 (GB) |",
+      "|---" * (len(BACKENDS) + len(ratios) + 3) + "|",
   ]
   for row in rows:
+    results = row["results"]
     cells = []
     for backend in BACKENDS:
-      result = row["results"].get(backend)
+      result = results.get(backend)
       if result is None:
         cells.append("-")
       elif "median_s" in result:
-        cells.append(f"{result['median_s']:.3f} s")
+        cells.append(f"{result['median_s']:.4f} s")
       else:
         cells.append(result.get("skipped") or "failed")
-    ratios = [
-        f"{row['results'][b]['ratio_to_torch_eager']:.2f}"
-        if "ratio_to_torch_eager" in row["results"].get(b, {})
-        else "-"
-        for b in ("jax_fp32", "jax_bf16")
-    ]
-    lines.append(
-        f"| {row['row']} ({row['batch']} x {row['size']}) | "
-        + " | ".join(cells)
-        + " | "
-        + " | ".join(ratios)
-        + " |"
-    )
+    for backend, _ in ratios:
+      ratio = results.get(backend, {}).get("ratio_to_torch")
+      cells.append(f"{ratio:.2f}" if ratio else "-")
+    for key, fmt in (("peak_fraction", "{:.0%}"), ("memory_gb", "{:.1f}")):
+      cells.append(
+          " / ".join(
+              fmt.format(results[b][key]) if key in results.get(b, {}) else "-"
+              for b in ("jax_fp32", "jax_bf16")
+          )
+      )
+    lines.append(f"| {row['row']} ({row['batch']} x {row['size']}) | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -378,6 +464,12 @@ def main():
       "(torch.compile of the larger inference rows takes minutes on 2 CPU cores)",
   )
   parser.add_argument("--out", help="also write the results as JSON here")
+  parser.add_argument(
+      "--smoke", action="store_true", help="a small model at small sizes (a check of the script)"
+  )
+  parser.add_argument(
+      "--parallel_setup", action="store_true", help="build a row's backends in parallel processes"
+  )
   args = parser.parse_args()
   if TORCH_DEVICE == "cuda":
     torch.backends.cudnn.benchmark = True
@@ -391,16 +483,27 @@ def main():
       "torch_threads": torch.get_num_threads(),
       "repeats": args.repeats,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "model": "smoke" if args.smoke else "paper",
   }
   print(json.dumps(header), flush=True)
   rows = []
   for name in args.rows:
-    rows.append(bench_row(name, args.backends, args.repeats, args.warmup, args.setup_limit_s))
+    rows.append(
+        bench_row(
+            name,
+            args.backends,
+            args.repeats,
+            args.warmup,
+            args.setup_limit_s,
+            smoke=args.smoke,
+            parallel_setup=args.parallel_setup,
+        )
+    )
     print(json.dumps(rows[-1]), flush=True)
+    if args.out:  # rewritten after every row: a run cut short keeps the rows done.
+      with open(args.out, "w") as out:
+        json.dump({**header, "rows": rows}, out, indent=2)
   print(markdown(rows))
-  if args.out:
-    with open(args.out, "w") as out:
-      json.dump({**header, "rows": rows}, out, indent=2)
 
 
 if __name__ == "__main__":

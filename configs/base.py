@@ -35,6 +35,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Recomputed in the backward pass instead of stored: "none", "backbone" (the VGG blocks,
   # most of the activation memory) or "all" (also GAM, decoders, heads). Same results.
   model.remat = "none"
+  # Attention kernel: "xla" (everywhere) or "cudnn" (NVIDIA GPU with bfloat16/float16).
+  model.attention = "xla"
   return model
 
 

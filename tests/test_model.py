@@ -162,9 +162,11 @@ def test_remat_changes_no_result():
     )
 
 
-def test_unknown_remat_choice_is_refused():
+def test_unknown_remat_or_attention_choice_is_refused():
   with pytest.raises(ValueError, match="model.remat must be one of"):
     cfrnet_jax.build_model(tiny_model_config(remat="half"), 0)
+  with pytest.raises(ValueError, match="model.attention must be one of"):
+    cfrnet_jax.build_model(tiny_model_config(attention="flash"), 0)
 
 
 def test_relocation_bias_table_is_fully_trained():

@@ -22,7 +22,7 @@ def test_cost_holds_the_flops_and_the_argument_memory():
 def test_report_logs_the_figures_and_warns_when_the_step_will_not_fit(monkeypatch, caplog):
   with caplog.at_level(logging.INFO):
     step_cost.report(_compiled_matmul(), "test step")
-  assert any("Compiled test step: 0.000 TFLOP" in r.getMessage() for r in caplog.records)
+  assert any("Compiled test step: 0.03 GFLOP" in r.getMessage() for r in caplog.records)
   assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
   monkeypatch.setattr(step_cost, "device_memory_bytes", lambda device: 100_000)
   caplog.clear()

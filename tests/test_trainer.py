@@ -249,7 +249,11 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output
-  assert "Preempted: saved step" in output
+  # The platform line, and the compiled step's cost before the first step ran.
+  assert "on cpu: process 0 of 1, 1 devices (1 x cpu)" in output
+  cost_line = output.index("Compiled training step (4 x 128x128, float32, remat none)")
+  assert "GB the device has" in output[cost_line:].splitlines()[0]
+  assert "Preempted: saved step" in output[cost_line:]
   stopped_at = int(output.split("Preempted: saved step ")[1].split()[0])
   assert stopped_at >= 5
   params = restore_params(workdir, stopped_at)

@@ -11,7 +11,10 @@ They differ only in which tokens attend to which, and in how positions enter:
   `z_m` tokens are queries, which is the paper's slice `[:, 0:w^2, :]` of the attention
   (Eq. 4); positions enter as a relative bias on the attention logits (`cfrm.py`).
 
-So `AttentionBlock` takes the query tokens and optional extra context tokens.
+So `AttentionBlock` takes the query tokens and optional extra context tokens. The
+attention itself is `jax.nn.dot_product_attention`, whose `implementation` is the
+config's `model.attention`: "xla" (any backend and dtype) or "cudnn" (NVIDIA GPUs,
+bfloat16/float16: cuDNN's fused kernel, which takes CFRM's bias as it is).
 Parameters: query c^2, key+value 2c^2, output projection c^2, MLP 2*ratio*c^2, i.e.
 12c^2 weights at ratio 4, plus biases and the two LayerNorms.
 """
@@ -24,6 +27,9 @@ from flax import nnx
 
 from cfrnet_jax.models.layers import LAYER_NORM_EPSILON, FeedForward
 
+# config.model.attention -> jax.nn.dot_product_attention's `implementation` (None = XLA).
+ATTENTION_IMPLEMENTATIONS = {"xla": None, "cudnn": "cudnn"}
+
 
 class AttentionBlock(nnx.Module):
   """Pre-LN transformer block whose keys and values may include context tokens."""
@@ -32,6 +38,7 @@ class AttentionBlock(nnx.Module):
     if channels % num_heads:
       raise ValueError(f"num_heads={num_heads} must divide the channel count {channels}.")
     self.num_heads = num_heads
+    self.attention = "xla"  # set by `build_model` from config.model.attention.
     self.norm1 = nnx.LayerNorm(channels, epsilon=LAYER_NORM_EPSILON, rngs=rngs)
     self.query = nnx.Linear(channels, channels, rngs=rngs)
     self.key_value = nnx.Linear(channels, 2 * channels, rngs=rngs)
@@ -61,7 +68,11 @@ class AttentionBlock(nnx.Module):
         self.key_value(normed).reshape(batch, -1, 2 * self.num_heads, head_dim), 2, axis=2
     )
     attended = jax.nn.dot_product_attention(
-        query, key, value, bias=None if bias is None else bias[None].astype(query.dtype)
+        query,
+        key,
+        value,
+        bias=None if bias is None else bias[None].astype(query.dtype),
+        implementation=ATTENTION_IMPLEMENTATIONS[self.attention],
     )
     tokens = tokens + self.proj(attended.reshape(batch, n_query, channels))
     return tokens + self.mlp(self.norm2(tokens))

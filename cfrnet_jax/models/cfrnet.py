@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from cfrnet_jax.models.attention import ATTENTION_IMPLEMENTATIONS
 from cfrnet_jax.models.backbone import VGG16BN
 from cfrnet_jax.models.decoders import AxialDecoder, HierarchicalDecoder
 from cfrnet_jax.models.gam import GlobalAttention
@@ -155,9 +156,16 @@ def build_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> CFRNe
   `configs/base.py`, `get_model_config`), in training mode.
 
   `model_config.dtype` is the compute dtype of every layer; parameters and BatchNorm
-  statistics stay float32 (bfloat16 mixed precision).
+  statistics stay float32 (bfloat16 mixed precision). `model_config.attention` picks the
+  attention kernel of GAM and every CFRM (`attention.py`).
   """
+  if model_config.attention not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(
+        f"model.attention must be one of {tuple(ATTENTION_IMPLEMENTATIONS)}, "
+        f"got {model_config.attention!r}."
+    )
   model = CFRNet(model_config, rngs=nnx.Rngs(seed))
+  model.set_attributes(attention=model_config.attention, raise_if_not_found=False)
   if model_config.dtype != "float32":
     model.set_attributes(dtype=jnp.dtype(model_config.dtype), raise_if_not_found=False)
   return model

@@ -64,7 +64,12 @@ def device_memory_bytes(device: jax.Device) -> int | None:
 
 def describe(cost: StepCost, available: int | None) -> str:
   gb = lambda n: f"{n / 1e9:.2f} GB"
-  flops = f"{cost.flops / 1e12:.3f} TFLOP" if cost.flops else "FLOPs not reported"
+  if not cost.flops:
+    flops = "FLOPs not reported"
+  elif cost.flops >= 1e12:
+    flops = f"{cost.flops / 1e12:.2f} TFLOP"
+  else:
+    flops = f"{cost.flops / 1e9:.2f} GFLOP"
   fits = f" of the {gb(available)} the device has" if available else ""
   return (
       f"{flops} per step per device; memory {gb(cost.memory_bytes)}{fits} (arguments "

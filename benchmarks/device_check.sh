@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Every accelerator figure of the project in one call, within 8 minutes on one H100.
+#
+#   bash benchmarks/device_check.sh OUT_DIR UCF_CC_50_DIR          # on a GPU host
+#   bash benchmarks/device_check.sh --smoke OUT_DIR UCF_CC_50_DIR  # the same steps, small, on CPU
+#
+# UCF_CC_50_DIR is the folder of the official UCF_CC_50 files (copy ../shared/data/ucf_cc_50
+# next to the repository on a host without it). Each section runs under its own time
+# limit, cut to what is left of the whole budget, prints its rows as they are measured and
+# writes them to OUT_DIR (at most 8 files: env.txt, tests.log, step_memory.log, speed.log,
+# speed.json, input_pipeline.log, train.log, summary.md), so a run cut short still returns
+# the rows done. A section that fails or is cut is recorded in summary.md, the next one
+# runs, and the script exits non-zero at the end.
+#
+# Sections: (a) the PyTorch-twin test and the paper model's jitted training step on the
+# device; the step's memory (XLA) for float32 and bfloat16, with and without remat, at
+# batch 32; (b) benchmarks/speed.py: JAX against PyTorch, training and inference; (c) the
+# input pipeline's crops/s on real UCF_CC_50 with the host's cores; (d) a short training run
+# of the paper model on UCF_CC_50 fold 1 in bfloat16: loss curve and images/s.
+#
+# Packages: a host with JAX, Flax, optax, Orbax and PyTorch but no package index gets the
+# rest from ./.whl, made beforehand on a machine with pip access by
+#   python benchmarks/device_wheels.py --present benchmarks/gpu_host_packages.txt --out .whl
+set -uo pipefail
+
+SMOKE=0
+if [[ "${1:-}" == "--smoke" ]]; then
+  SMOKE=1
+  shift
+fi
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 [--smoke] OUT_DIR UCF_CC_50_DIR" >&2
+  exit 2
+fi
+OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+UCF=$(cd "$2" && pwd) || { echo "no UCF_CC_50 folder at $2" >&2; exit 2; }
+cd "$(dirname "$0")/.."
+START=$SECONDS
+BUDGET=$((SMOKE ? 600 : 470))  # seconds for everything (8 minutes less a margin on a GPU).
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+export PYTHONUNBUFFERED=1
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON=${PYTHON:-python3}
+
+if ! "$PYTHON" -c "import ml_collections, grain, tensorflow_datasets, tensorboardX" 2>/dev/null; then
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$SCRATCH/site" .whl/*.whl || exit 1
+    export PYTHONPATH="$SCRATCH/site:$PYTHONPATH"
+  else
+    echo "Missing packages and no .whl folder: see benchmarks/device_wheels.py." >&2
+    exit 1
+  fi
+fi
+
+section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME.log.
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - (SECONDS - START)))
+  ((limit > left)) && limit=$left
+  if ((limit < 15)); then
+    echo "| $name | skipped: the time budget is spent |" | tee -a "$OUT/summary.md"
+    FAILED=$((FAILED + 1))
+    return
+  fi
+  echo "### $name (limit ${limit} s)"
+  local began=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local status=${PIPESTATUS[0]}
+  local outcome="passed"
+  ((status == 124 || status == 137)) && outcome="cut at its time limit"
+  ((status != 0 && status != 124 && status != 137)) && outcome="failed (exit $status)"
+  echo "| $name | $outcome in $((SECONDS - began)) s |" | tee -a "$OUT/summary.md"
+  ((status == 0)) || FAILED=$((FAILED + 1))
+}
+FAILED=0
+
+{
+  date -u +"%Y-%m-%d %H:%M UTC"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+  echo "CPU cores: $(nproc)"
+  "$PYTHON" -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch
+print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__,
+      'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__)
+print(jax.devices())"
+} 2>&1 | tee "$OUT/env.txt"
+printf '| section | outcome |\n|---|---|\n' >"$OUT/summary.md"
+
+"$PYTHON" -m tfds_crowd.build ucf_cc_50 --manual_dir "$UCF" --data_dir "$SCRATCH/tfds" \
+  >"$SCRATCH/build.log" 2>&1 || { cat "$SCRATCH/build.log"; exit 1; }
+
+CORES=$(nproc)
+if ((SMOKE)); then
+  section tests 120 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider \
+    tests/test_accelerators.py tests/test_step_cost.py
+  section step_memory 120 "$PYTHON" benchmarks/step_memory.py --model smoke --batch 2 \
+    --size 64 --dtypes float32 --remat backbone
+  section speed 180 "$PYTHON" benchmarks/speed.py --smoke --rows train_4 \
+    --backends jax_fp32 torch_eager --repeats 1 --warmup 1 --out "$OUT/speed.json"
+  section input_pipeline 60 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF" \
+    --loader_only --batch_size 4 --batches 2 --workers 0
+  TRAIN=(--config.num_train_steps=4 --config.log_every_steps=2 --config.batch_size=2
+    --config.data.crop_size=32 --config.data.max_side=64 --config.model.fusion=add
+    --config.model.hierarchical=False --config.model.axial=False --config.model.use_gam=False
+    "--config.model.vgg_widths=(8,8,16,16,16)" --config.model.channels=16
+    --config.model.head_channels=8 --config.model.head_hidden_channels=8)
+  TRAIN_LIMIT=240
+else
+  section tests 100 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider -m "slow or not slow" \
+    tests/test_torch_twin.py tests/test_model.py::test_paper_size_model_jitted_forward_and_grad_at_256
+  section step_memory 75 "$PYTHON" benchmarks/step_memory.py --batch 32 --size 256 \
+    --remat none backbone --jobs 4
+  section speed 175 "$PYTHON" benchmarks/speed.py --parallel_setup --setup_limit_s 120 \
+    --rows train_32 train_4 infer_1024x768 infer_2048x1536 --out "$OUT/speed.json"
+  section input_pipeline 35 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF" \
+    --loader_only --batch_size 32 --batches 10 --workers 0 -1
+  TRAIN=(--config.num_train_steps=300 --config.log_every_steps=25 --config.batch_size=32
+    --config.model.dtype=bfloat16)
+  TRAIN_LIMIT=120
+fi
+section train "$TRAIN_LIMIT" "$PYTHON" launch.py --config configs/ucf_cc_50.py \
+  --workdir "$SCRATCH/run" --config.data.fold=1 --config.data.data_dir="$SCRATCH/tfds" \
+  --config.checkpoint_every_steps=100000 "${TRAIN[@]}"
+
+echo "Total: $((SECONDS - START)) s, $FAILED section(s) not passed" | tee -a "$OUT/summary.md"
+cat "$OUT/summary.md"
+((FAILED == 0))
