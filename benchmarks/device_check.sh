@@ -32,17 +32,20 @@ if [[ $# -ne 2 ]]; then
   echo "usage: $0 [--smoke] OUT_DIR UCF_CC_50_DIR" >&2
   exit 2
 fi
-OUT=$(mkdir -p "$1" && cd "$1" && pwd)
-UCF=$(cd "$2" && pwd) || { echo "no UCF_CC_50 folder at $2" >&2; exit 2; }
-cd "$(dirname "$0")/.."
+OUT=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "cannot write to $1" >&2; exit 2; }
+UCF=$(cd "$2" 2>/dev/null && pwd) || { echo "no UCF_CC_50 folder at $2" >&2; exit 2; }
+cd "$(dirname "$0")/.." || exit 2
 START=$SECONDS
-BUDGET=$((SMOKE ? 600 : 470))  # seconds for everything (8 minutes less a margin on a GPU).
+BUDGET=470  # seconds for everything: 8 minutes less a margin.
 SCRATCH=$(mktemp -d)
 trap 'rm -rf "$SCRATCH"' EXIT
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes share the GPU.
+# Sections compile some programs alike (step_memory's and speed's training steps): share them.
+export JAX_COMPILATION_CACHE_DIR="$SCRATCH/jax_cache" JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON=${PYTHON:-python3}
+printf '| section | outcome |\n|---|---|\n' >"$OUT/summary.md"
 
 if ! "$PYTHON" -c "import ml_collections, grain, tensorflow_datasets, tensorboardX" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
@@ -50,11 +53,13 @@ if ! "$PYTHON" -c "import ml_collections, grain, tensorflow_datasets, tensorboar
       --target "$SCRATCH/site" .whl/*.whl || exit 1
     export PYTHONPATH="$SCRATCH/site:$PYTHONPATH"
   else
-    echo "Missing packages and no .whl folder: see benchmarks/device_wheels.py." >&2
+    echo "| setup | failed: packages missing and no .whl folder (benchmarks/device_wheels.py) |" \
+      | tee -a "$OUT/summary.md"
     exit 1
   fi
 fi
 
+FAILED=0
 section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME.log.
   local name=$1 limit=$2
   shift 2
@@ -75,7 +80,6 @@ section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME
   echo "| $name | $outcome in $((SECONDS - began)) s |" | tee -a "$OUT/summary.md"
   ((status == 0)) || FAILED=$((FAILED + 1))
 }
-FAILED=0
 
 {
   date -u +"%Y-%m-%d %H:%M UTC"
@@ -86,42 +90,51 @@ print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__v
       'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__)
 print(jax.devices())"
 } 2>&1 | tee "$OUT/env.txt"
-printf '| section | outcome |\n|---|---|\n' >"$OUT/summary.md"
 
-"$PYTHON" -m tfds_crowd.build ucf_cc_50 --manual_dir "$UCF" --data_dir "$SCRATCH/tfds" \
-  >"$SCRATCH/build.log" 2>&1 || { cat "$SCRATCH/build.log"; exit 1; }
+if ! "$PYTHON" -m tfds_crowd.build ucf_cc_50 --manual_dir "$UCF" --data_dir "$SCRATCH/tfds" \
+  >"$SCRATCH/build.log" 2>&1; then
+  cat "$SCRATCH/build.log"
+  echo "| setup | failed: building UCF_CC_50 from $UCF |" | tee -a "$OUT/summary.md"
+  exit 1
+fi
 
-CORES=$(nproc)
+# One path for both modes; --smoke changes only sizes, steps and which test files run.
 if ((SMOKE)); then
-  section tests 120 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider \
-    tests/test_accelerators.py tests/test_step_cost.py
-  section step_memory 120 "$PYTHON" benchmarks/step_memory.py --model smoke --batch 2 \
-    --size 64 --dtypes float32 --remat backbone
-  section speed 180 "$PYTHON" benchmarks/speed.py --smoke --rows train_4 \
-    --backends jax_fp32 torch_eager --repeats 1 --warmup 1 --out "$OUT/speed.json"
-  section input_pipeline 60 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF" \
-    --loader_only --batch_size 4 --batches 2 --workers 0
+  TESTS=(tests/test_accelerators.py tests/test_step_cost.py)
+  MEMORY=(--model smoke --batch 2 --size 64 --dtypes bfloat16 --jobs 2)
+  SPEED=(--smoke --rows train_4 --backends jax_bf16 torch_bf16 --repeats 1 --warmup 1)
+  PIPELINE=(--batch_size 4 --batches 2)
   TRAIN=(--config.num_train_steps=4 --config.log_every_steps=2 --config.batch_size=2
     --config.data.crop_size=32 --config.data.max_side=64 --config.model.fusion=add
     --config.model.hierarchical=False --config.model.axial=False --config.model.use_gam=False
     "--config.model.vgg_widths=(8,8,16,16,16)" --config.model.channels=16
     --config.model.head_channels=8 --config.model.head_hidden_channels=8)
-  TRAIN_LIMIT=240
+  BUDGET=600
 else
-  section tests 100 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider -m "slow or not slow" \
-    tests/test_torch_twin.py tests/test_model.py::test_paper_size_model_jitted_forward_and_grad_at_256
-  section step_memory 75 "$PYTHON" benchmarks/step_memory.py --batch 32 --size 256 \
-    --remat none backbone --jobs 4
-  section speed 175 "$PYTHON" benchmarks/speed.py --parallel_setup --setup_limit_s 120 \
-    --rows train_32 train_4 infer_1024x768 infer_2048x1536 --out "$OUT/speed.json"
-  section input_pipeline 35 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF" \
-    --loader_only --batch_size 32 --batches 10 --workers 0 -1
+  TESTS=(-m "slow or not slow" tests/test_torch_twin.py
+    tests/test_model.py::test_paper_size_model_jitted_forward_and_grad_at_256)
+  MEMORY=(--batch 32 --size 256 --jobs 4)
+  SPEED=(--rows train_32 train_4 infer_1024x768 infer_2048x1536 --setup_limit_s 120)
+  PIPELINE=(--batch_size 32 --batches 10)
   TRAIN=(--config.num_train_steps=300 --config.log_every_steps=25 --config.batch_size=32
     --config.model.dtype=bfloat16)
-  TRAIN_LIMIT=120
 fi
-section train "$TRAIN_LIMIT" "$PYTHON" launch.py --config configs/ucf_cc_50.py \
-  --workdir "$SCRATCH/run" --config.data.fold=1 --config.data.data_dir="$SCRATCH/tfds" \
+
+# (a) Cross-framework and training-step tests on the device; float32 as float32 (no TF32),
+# since they compare the frameworks to 1e-4.
+section tests 80 env NVIDIA_TF32_OVERRIDE=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
+  "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider "${TESTS[@]}"
+# The step's memory for float32 and bfloat16, with and without remat (compiled only).
+section step_memory 60 "$PYTHON" benchmarks/step_memory.py "${MEMORY[@]}" --remat none backbone
+# (b) JAX against PyTorch.
+section speed 150 "$PYTHON" benchmarks/speed.py --parallel_setup "${SPEED[@]}" \
+  --out "$OUT/speed.json"
+# (c) The input pipeline on real images: inline and with the automatic worker count.
+section input_pipeline 30 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF" \
+  --loader_only --workers 0 -1 "${PIPELINE[@]}"
+# (d) A short real-data run: compiled step's memory, loss curve, images/s.
+section train 130 "$PYTHON" launch.py --config configs/ucf_cc_50.py --workdir "$SCRATCH/run" \
+  --config.data.fold=1 --config.data.data_dir="$SCRATCH/tfds" \
   --config.checkpoint_every_steps=100000 "${TRAIN[@]}"
 
 echo "Total: $((SECONDS - START)) s, $FAILED section(s) not passed" | tee -a "$OUT/summary.md"

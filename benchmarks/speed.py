@@ -291,7 +291,9 @@ def _worker(
     warmup: int,
     model: str,
 ) -> None:
-  """One backend in its own process: build, warm up, then time one unit per request."""
+  """One backend in its own process. Builds it (XLA compiles here) and reports; on
+  "warmup" runs it `warmup` times (torch.compile compiles here) and reports again; then
+  times one unit per "run" until "stop"."""
   try:
     start = time.perf_counter()
     if backend.startswith("jax"):
@@ -301,14 +303,15 @@ def _worker(
         info["skipped"] = (
             f"needs {memory:.1f} GB (XLA), the machine has {available_memory_gb():.0f} GB"
         )
-        connection.send(info)
-        return
     else:
       run, info = torch_runner(kind, backend, batch_size, height, width, model), {}
+    connection.send(info)
+    if "skipped" in info or connection.recv() != "warmup":
+      return
     for _ in range(warmup):
       run()
     _sync()
-    info["setup_s"] = round(time.perf_counter() - start, 1)
+    info = {"setup_s": round(time.perf_counter() - start, 1)}
     peak = peak_memory_gb()
     if peak is not None:
       info["peak_gb"] = round(peak, 2)
@@ -338,8 +341,9 @@ def bench_row(
     parallel_setup: bool = False,
 ) -> dict:
   """Every backend in its own process (PyTorch and XLA in one process slow XLA's CPU
-  step), built one after the other (or all at once with `parallel_setup`), then timed
-  in turns."""
+  step). Sequential setup: built and warmed up one after the other, then timed in turns,
+  run by run, so that machine noise hits all alike. `parallel_setup`: all built at once,
+  then each warmed up, timed and stopped in turn (one holds the GPU's memory at a time)."""
   kind, batch_size, height, width = row_shape(name, smoke)
   model = "smoke" if smoke else "paper"
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
@@ -362,36 +366,54 @@ def bench_row(
     process.start()
     return process, connection
 
+  def receive(connection, limit):
+    if connection.poll(max(limit, 0.0)):
+      return connection.recv()
+    return {"failed": f"not ready (built and warmed up) within {setup_limit_s:.0f} s"}
+
+  def time_runs(backend, connection):
+    for _ in range(repeats):
+      connection.send("run")
+      times[backend].append(connection.recv())
+
+  def stop(process, connection):
+    connection.send("stop")
+    process.join()
+
+  # Parallel setup: every backend builds at once (XLA compiles on the host's cores),
+  # then each in turn warms up, is timed and exits, so that only one holds the
+  # accelerator's activation memory at a time.
   started = {b: start(b) for b in chosen} if parallel_setup else {}
   deadline = time.monotonic() + setup_limit_s
-  workers, too_big = {}, None
+  workers, too_big, times = {}, None, {}
   for backend in chosen:
     if too_big and not backend.startswith("jax") and backend not in started:
       row["results"][backend] = {"skipped": too_big}
       continue
     process, connection = started.get(backend) or start(backend)
-    limit = max(0.0, deadline - time.monotonic()) if parallel_setup else setup_limit_s
-    if connection.poll(limit):
-      row["results"][backend] = connection.recv()
-    else:
-      row["results"][backend] = {
-          "failed": f"not ready (compiled and warmed up) within {setup_limit_s:.0f} s"
-      }
-    result = row["results"][backend]
+    ready_by = deadline if parallel_setup else time.monotonic() + setup_limit_s
+    result = receive(connection, ready_by - time.monotonic())
+    if not {"failed", "skipped"} & set(result):
+      connection.send("warmup")
+      result = {**result, **receive(connection, ready_by - time.monotonic())}
+    row["results"][backend] = result
     too_big = too_big or result.get("skipped")
-    if "setup_s" in result:
-      workers[backend] = (process, connection)
-    else:
-      process.kill()
     print(f"  {name} {backend}: {result}", flush=True)
-  times = {backend: [] for backend in workers}
-  for _ in range(repeats):
+    if "setup_s" not in result:
+      process.kill()
+      continue
+    times[backend] = []
+    if parallel_setup:
+      time_runs(backend, connection)
+      stop(process, connection)
+    else:
+      workers[backend] = (process, connection)
+  for _ in range(repeats):  # sequential setup: the backends take turns, run by run.
     for backend, (_, connection) in workers.items():
       connection.send("run")
       times[backend].append(connection.recv())
   for process, connection in workers.values():
-    connection.send("stop")
-    process.join()
+    stop(process, connection)
   for backend, values in times.items():
     result = row["results"][backend]
     result["median_s"] = statistics.median(values)

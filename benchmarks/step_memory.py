@@ -8,7 +8,8 @@ for float32 and bfloat16 with `model.remat` none / backbone / all, and prints, p
 device, what `step_cost` logs at the start of training: the memory XLA's buffer
 assignment needs at once and the FLOPs. Nothing is run, so it works for sizes the
 machine could not run. XLA's CPU backend ignores rematerialisation when it plans memory
-(the three remat rows come out alike there); GPU and TPU backends honour it.
+(the three remat rows come out alike there); GPU and TPU backends are built to honour it,
+which the device check measures.
 """
 
 from __future__ import annotations

@@ -81,6 +81,17 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
 
+def saved_worker_count(manager: ocp.CheckpointManager, step: int) -> int | None:
+  """The grain worker count of the run that saved `step`, from its iterator state (None
+  if it cannot be read). Batches are formed inside the workers, so it is part of the
+  data position: grain restores that position only with the same count."""
+  files = sorted((Path(manager.directory) / str(step) / "data_iter").glob("process_*.json"))
+  try:
+    return int(json.loads(files[0].read_text())["worker_count"]) if files else None
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
 def best_step(manager: ocp.CheckpointManager) -> int | None:
   """The kept step with the lowest MAE, or the latest when none was evaluated."""
   best = manager.best_step()

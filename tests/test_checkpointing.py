@@ -71,3 +71,25 @@ def test_a_run_saved_before_the_predict_settings_existed_loads(trained_workdir, 
   config = checkpointing.load_run_config(tmp_path)
   assert config.predict.to_dict() == base.get_config().predict.to_dict()
   assert config.model.to_dict() == checkpointing.load_run_config(trained_workdir).model.to_dict()
+
+
+def test_the_worker_count_of_a_checkpoint_is_read_from_its_data_position(trained_workdir):
+  from cfrnet_jax.training.trainer import resume_worker_count
+  from configs import tiny
+
+  manager = checkpointing.create_checkpoint_manager(trained_workdir)
+  try:
+    saved = checkpointing.saved_worker_count(manager, manager.latest_step())
+  finally:
+    manager.close()
+  assert saved == 0  # configs/tiny.py loads inline.
+  # Automatic (-1) resumes with the saved count whatever this host has ...
+  config = tiny.get_config()
+  config.data.num_workers = -1
+  assert resume_worker_count(config, 3).data.num_workers == 3
+  assert config.data.num_workers == -1  # the caller's config is left alone.
+  # ... an explicit other count is refused naming the one that works.
+  config.data.num_workers = 2
+  with pytest.raises(ValueError, match="num_workers=3"):
+    resume_worker_count(config, 3)
+  assert resume_worker_count(config, 2) is config

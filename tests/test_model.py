@@ -167,6 +167,22 @@ def test_unknown_remat_or_attention_choice_is_refused():
     cfrnet_jax.build_model(tiny_model_config(remat="half"), 0)
   with pytest.raises(ValueError, match="model.attention must be one of"):
     cfrnet_jax.build_model(tiny_model_config(attention="flash"), 0)
+  with pytest.raises(ValueError, match="needs model.dtype bfloat16 or float16"):
+    cfrnet_jax.build_model(tiny_model_config(attention="cudnn"), 0)
+
+
+def test_attention_switch_reaches_gam_and_every_cfrm():
+  """`model.attention` is the implementation of all 7 attention blocks (GAM and the 6
+  CFRMs); on a machine without cuDNN, asking for it fails in JAX's cuDNN check."""
+  from cfrnet_jax.models.attention import AttentionBlock
+
+  model = cfrnet_jax.build_model(tiny_model_config(attention="cudnn", dtype="bfloat16"), 0)
+  blocks = [m for _, m in nnx.iter_graph(model) if isinstance(m, AttentionBlock)]
+  assert len(blocks) == 7 and {b.attention for b in blocks} == {"cudnn"}
+  if jax.default_backend() != "gpu":
+    model.eval()
+    with pytest.raises(RuntimeError, match="cuDNN"):
+      model(jnp.zeros((1, 128, 128, 3)))
 
 
 def test_relocation_bias_table_is_fully_trained():

@@ -32,3 +32,14 @@ def test_report_logs_the_figures_and_warns_when_the_step_will_not_fit(monkeypatc
   assert len(warnings) == 1
   assert "will probably run out of memory" in warnings[0]
   assert "--config.model.remat=backbone" in warnings[0] and "--config.batch_size" in warnings[0]
+
+
+def test_outputs_written_into_donated_arguments_are_not_counted_twice():
+  step = jax.jit(lambda state, x: (state + x, (state * x).sum()), donate_argnums=0)
+  cost = step_cost.step_cost(step.lower(jnp.ones((512, 512)), jnp.ones((512, 512))).compile())
+  state_bytes = 512 * 512 * 4
+  assert cost.alias_bytes == state_bytes  # the new state reuses the donated one.
+  assert cost.memory_bytes == (
+      cost.argument_bytes + cost.output_bytes - state_bytes + cost.temp_bytes
+  )
+  assert cost.memory_bytes < cost.argument_bytes + cost.output_bytes + cost.temp_bytes

@@ -164,6 +164,11 @@ def build_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> CFRNe
         f"model.attention must be one of {tuple(ATTENTION_IMPLEMENTATIONS)}, "
         f"got {model_config.attention!r}."
     )
+  if model_config.attention == "cudnn" and model_config.dtype not in ("bfloat16", "float16"):
+    raise ValueError(
+        f"model.attention = 'cudnn' needs model.dtype bfloat16 or float16 (cuDNN's fused "
+        f"attention has no float32 kernel); got {model_config.dtype!r}."
+    )
   model = CFRNet(model_config, rngs=nnx.Rngs(seed))
   model.set_attributes(attention=model_config.attention, raise_if_not_found=False)
   if model_config.dtype != "float32":

@@ -19,6 +19,7 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 
 from __future__ import annotations
 
+import copy
 import signal
 import time
 from pathlib import Path
@@ -170,6 +171,25 @@ def jit_train_step(config, graphdef, mesh, state_sharding):
   )
 
 
+def resume_worker_count(config: ml_collections.ConfigDict, saved: int | None):
+  """`config` with the grain worker count of the checkpoint being resumed (`saved`):
+  with `data.num_workers = -1` the automatic count could differ on another host, and
+  grain restores a data position only with the count that made it."""
+  if saved is None or pipeline.worker_count(config.data.num_workers) == saved:
+    return config
+  if config.data.num_workers != -1:
+    raise ValueError(
+        f"The checkpoint to resume was written with {saved} grain workers, and "
+        f"data.num_workers = {config.data.num_workers} asks for another count. Batches are "
+        f"formed inside the workers, so the data position exists only for that count: "
+        f"use --config.data.num_workers={saved} (or -1, which resumes with it)."
+    )
+  config = copy.deepcopy(config)
+  config.data.num_workers = saved
+  logging.info("Resuming with the %d grain workers the run was started with.", saved)
+  return config
+
+
 def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
   """The step compiled ahead of the first batch (the shapes of `batches`' next one), with
   its memory and FLOPs logged before anything runs (`step_cost.report`)."""
@@ -224,12 +244,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
   graphdef = model_graphdef(config.model)
+  manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    config = resume_worker_count(
+        config, checkpointing.saved_worker_count(manager, manager.latest_step())
+    )
   iterator = iter(
       pipeline.create_train_loader(
           config, pipeline.open_split(config.data, config.data.train_split)
       )
   )
-  manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     abstract, state_sharding = abstract_train_state(config, mesh)
     state = checkpointing.restore(manager, manager.latest_step(), abstract, iterator)
