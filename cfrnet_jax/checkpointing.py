@@ -130,6 +130,67 @@ def restore_variables(
   return step, ModelVariables(**restored)
 
 
+# Fields a resumed run may change: how it computes, reads or evaluates, not what it trains.
+RESUMABLE_CHANGES = (
+    "model.dtype",
+    "model.remat",
+    "model.attention",
+    "data.data_dir",
+    "data.num_workers",
+    "data.worker_buffer_size",
+    "data.device_prefetch",
+    "data.eval_split",
+)
+# Sections whose other fields define the parameters, the data and its order, and the
+# optimizer state's structure (a schedule adds a step count to it).
+RUN_DEFINING = ("model", "data", "targets", "seed", "batch_size", "lr_schedule")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> now' for every run-defining field in which `config` differs from
+  a run's saved config (as JSON values, so tuples and lists compare equal)."""
+  now = json.loads(config.to_json_best_effort())
+  saved = json.loads(json.dumps(base.complete(saved).to_dict()))
+  picked = lambda values: {
+      path: value
+      for path, value in _flatten({k: values.get(k) for k in RUN_DEFINING}).items()
+      if path not in RESUMABLE_CHANGES
+  }
+  before, after = picked(saved), picked(now)
+  return [
+      f"{path}: {before.get(path)!r} -> {after.get(path)!r}"
+      for path in sorted(set(before) | set(after))
+      if before.get(path) != after.get(path)
+  ]
+
+
+def check_resumable(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume `workdir`'s run with a config that trains something else (another
+  model, data or order), naming the fields, instead of failing on a shape deep in Orbax
+  or silently training on other data. Fields in RESUMABLE_CHANGES may differ."""
+  path = Path(workdir) / "config.json"
+  if not path.exists():
+    return
+  differences = config_differences(json.loads(path.read_text()), config)
+  if differences:
+    raise ValueError(
+        f"{workdir} holds checkpoints of a run with another configuration ("
+        + "; ".join(differences)
+        + f"). Resume it with the config it was started with ({path}), or start the new "
+        f"run in another workdir."
+    )
+
+
 def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
   """The config a training run saved in `workdir/config.json`, completed with today's
   defaults for fields added since it was written (`configs.base.complete`)."""

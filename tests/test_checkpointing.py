@@ -93,3 +93,31 @@ def test_the_worker_count_of_a_checkpoint_is_read_from_its_data_position(trained
   with pytest.raises(ValueError, match="num_workers=3"):
     resume_worker_count(config, 3)
   assert resume_worker_count(config, 2) is config
+
+
+def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, tmp_path):
+  """A workdir's run resumes only with a config that trains the same thing; how it
+  computes (dtype, remat, attention), where it reads and how many steps may change."""
+  from cfrnet_jax.training import trainer
+
+  saved = checkpointing.load_run_config(trained_workdir)
+  checkpointing.check_resumable(trained_workdir, saved)  # the same config resumes
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  changed = checkpointing.load_run_config(workdir)
+  changed.model.channels = 32
+  changed.data.crop_size = 64
+  changed.model.update(dtype="bfloat16", remat="all")
+  changed.num_train_steps = 10
+  with pytest.raises(ValueError) as raised:
+    trainer.train_and_evaluate(changed, workdir)  # refused before anything compiles
+  message = str(raised.value)
+  assert "model.channels: 16 -> 32" in message and "data.crop_size: 128 -> 64" in message
+  assert "dtype" not in message and "remat" not in message and "num_train_steps" not in message
+  assert str(workdir / "config.json") in message
+  # The saved config is left as it was, for the resume that follows.
+  assert checkpointing.load_run_config(workdir).model.channels == 16
+  relaxed = checkpointing.load_run_config(workdir)
+  relaxed.model.update(dtype="bfloat16", remat="all", attention="xla")
+  relaxed.data.update(num_workers=-1, data_dir="/elsewhere", eval_split="test[:2]")
+  checkpointing.check_resumable(workdir, relaxed)

@@ -241,10 +241,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   (the same on every host; None when the evaluation split is unlabeled)."""
   cross_validation.check_single_run(config)
   workdir = Path(workdir)
+  manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
+  if manager.latest_step() is not None:
+    checkpointing.check_resumable(workdir, config)
   _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
   graphdef = model_graphdef(config.model)
-  manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     config = resume_worker_count(
         config, checkpointing.saved_worker_count(manager, manager.latest_step())
