@@ -265,9 +265,7 @@ def torch_runner(
 
 
 def available_memory_gb() -> float:
-  if jax.devices()[0].platform == "cpu":
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-  return jax.devices()[0].memory_stats()["bytes_limit"] / 1e9
+  return step_cost.device_memory_bytes(jax.devices()[0]) / 1e9
 
 
 def gpu_peak(dtype: str) -> float | None:

@@ -30,11 +30,9 @@ def visible_accelerators(
   sees. `dev_dir` and `which` are parameters so that tests can fake the machine."""
   dev_dir = Path(dev_dir)
   found = {}
-  nvidia = sorted(dev_dir.glob("nvidia[0-9]*"))
-  if nvidia:
+  nvidia = sorted(dev_dir.glob("nvidia[0-9]*")) or [which("nvidia-smi")]
+  if nvidia[0]:
     found["NVIDIA GPU"] = str(nvidia[0])
-  elif which("nvidia-smi"):
-    found["NVIDIA GPU"] = str(which("nvidia-smi"))
   tpu = sorted(dev_dir.glob("accel[0-9]*")) or sorted((dev_dir / "vfio").glob("[0-9]*"))
   if tpu:
     found["TPU"] = str(tpu[0])

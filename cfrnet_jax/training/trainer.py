@@ -242,23 +242,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   cross_validation.check_single_run(config)
   workdir = Path(workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
-  if manager.latest_step() is not None:
+  resume_step = manager.latest_step()
+  if resume_step is not None:
     checkpointing.check_resumable(workdir, config)
   _write_config(config, workdir)
+  if resume_step is not None:
+    config = resume_worker_count(config, checkpointing.saved_worker_count(manager, resume_step))
   mesh = sharding.create_mesh(config.mesh_axes)
   graphdef = model_graphdef(config.model)
-  if manager.latest_step() is not None:
-    config = resume_worker_count(
-        config, checkpointing.saved_worker_count(manager, manager.latest_step())
-    )
   iterator = iter(
       pipeline.create_train_loader(
           config, pipeline.open_split(config.data, config.data.train_split)
       )
   )
-  if manager.latest_step() is not None:
+  if resume_step is not None:
     abstract, state_sharding = abstract_train_state(config, mesh)
-    state = checkpointing.restore(manager, manager.latest_step(), abstract, iterator)
+    state = checkpointing.restore(manager, resume_step, abstract, iterator)
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
   else:
     state, state_sharding = create_train_state(config, mesh)
