@@ -4,6 +4,8 @@
     python launch.py --config configs/shha.py --workdir runs/shha --config.batch_size=8
     python launch.py --config configs/shha.py --workdir runs/shha --mode evaluate
     python launch.py --mode predict --workdir runs/shha --images "photos/*.jpg" --out results
+    python launch.py --mode predict --workdir runs/shha --video clip.mp4 --every_seconds 1 \
+        --regions regions.json --out results
 
 The same command runs on one CPU, one GPU, a multi-GPU host or several hosts: it uses
 every device it sees, along the mesh's `data` axis. On several hosts, set
@@ -29,7 +31,7 @@ _MODE = flags.DEFINE_enum(
     ["train", "evaluate", "predict"],
     "train (resumes from the workdir's checkpoint if there is one), "
     "evaluate (the best checkpoint on the evaluation split) or "
-    "predict (the best checkpoint on --images).",
+    "predict (the best checkpoint on --images and --video).",
 )
 _SPLIT = flags.DEFINE_string(
     "split",
@@ -44,6 +46,24 @@ _IMAGES = flags.DEFINE_multi_string(
     "images",
     None,
     "predict: image files, directories (searched recursively) or glob patterns; repeatable.",
+)
+_VIDEO = flags.DEFINE_multi_string(
+    "video", None, "predict: a video file (needs the `video` extra: PyAV); repeatable."
+)
+_EVERY_FRAMES = flags.DEFINE_integer(
+    "every_frames", None, "predict --video: count frames 0, N, 2N, ... (default: every frame)."
+)
+_EVERY_SECONDS = flags.DEFINE_float(
+    "every_seconds", None, "predict --video: count one frame every T seconds instead."
+)
+_VIDEO_OVERLAY = flags.DEFINE_bool(
+    "video_overlay", False, "predict --video: also write a video of the sampled frames' overlays."
+)
+_REGIONS = flags.DEFINE_string(
+    "regions",
+    None,
+    "predict: a JSON file of named polygons in picture pixels "
+    '({"regions": [{"name": "gate", "polygon": [[x, y], ...]}]}), each counted separately.',
 )
 _OUT = flags.DEFINE_string("out", None, "predict: output directory (default: WORKDIR/predictions).")
 _SAVE_DENSITY = flags.DEFINE_bool(
@@ -60,17 +80,31 @@ def _predict(config):
   """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
   without it the run's own `config.json` is used."""
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.predict_mode import predict_files
+  from cfrnet_jax.inference.predict_mode import predict_files, predict_videos
+  from cfrnet_jax.inference.regions import load_regions
 
-  if not _IMAGES.value:
-    raise app.UsageError("--mode predict needs --images (files, directories or globs).")
+  if not _IMAGES.value and not _VIDEO.value:
+    raise app.UsageError(
+        "--mode predict needs --images (files, directories or globs) or --video (files)."
+    )
+  # Bad regions or sampling flags fail now, before a checkpoint is restored.
+  regions = load_regions(_REGIONS.value) if _REGIONS.value else None
+  if _EVERY_FRAMES.value is not None and _EVERY_SECONDS.value is not None:
+    raise app.UsageError("Give --every_frames or --every_seconds, not both.")
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
-  predict_files(
-      counter,
-      _IMAGES.value,
-      _OUT.value or os.path.join(_WORKDIR.value, "predictions"),
-      save_density=_SAVE_DENSITY.value,
-  )
+  out = _OUT.value or os.path.join(_WORKDIR.value, "predictions")
+  if _IMAGES.value:
+    predict_files(counter, _IMAGES.value, out, save_density=_SAVE_DENSITY.value, regions=regions)
+  if _VIDEO.value:
+    predict_videos(
+        counter,
+        _VIDEO.value,
+        out,
+        every_frames=_EVERY_FRAMES.value,
+        every_seconds=_EVERY_SECONDS.value,
+        regions=regions,
+        overlay_video=_VIDEO_OVERLAY.value,
+    )
 
 
 def _initialize_distributed():

@@ -8,7 +8,10 @@ image pixels, so padding never enters it.
 
 Metrics (crowd-counting convention): MAE = mean |pred - true|; MSE = sqrt(mean
 (pred - true)^2) (the field's "MSE" is a root); NAE = mean |pred - true| / true over
-images with true > 0 (NWPU-Crowd's benchmark metric).
+images with true > 0 (NWPU-Crowd's benchmark metric). Localization (`localization`):
+head points read from each density map as `config.predict` says, matched one to one to
+the annotated heads within 4 and 8 pixels of the original picture, giving precision,
+recall and F1 micro-averaged over the split (P2PNet's protocol).
 
 Every host counts its shard of the split; host 0 gathers the rows, writes the table and
 computes the metrics, which `evaluate` then shares with every host.
@@ -28,13 +31,21 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cfrnet_jax import checkpointing, cross_validation
+from cfrnet_jax import checkpointing, cross_validation, localization
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.device_ops import normalize_images, valid_mask
+from cfrnet_jax.data.geometry import ceil_div
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE
 from cfrnet_jax.state import ModelVariables, model_graphdef
 
-METRICS = ("mae", "mse", "nae")
+METRICS = ("mae", "mse", "nae") + tuple(
+    f"{name}_{threshold}"
+    for threshold in localization.LOCALIZATION_THRESHOLDS
+    for name in ("precision", "recall", "f1")
+)
+# predictions.csv: one row per image.
+COLUMNS = ("filename", "true_count", "predicted_count", "abs_error") + localization.ROW_FIELDS
+_COLUMN_TYPES = {"filename": str, "predicted_count": float, "abs_error": float}  # others: int
 
 
 def make_count_fn(graphdef: nnx.GraphDef, data_config: ml_collections.ConfigDict):
@@ -67,36 +78,59 @@ def count_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
   }
 
 
-def predict_counts(count_fn, variables: ModelVariables, batches: Iterable[dict]) -> list[tuple]:
-  """[(filename, true count, predicted count)] over an evaluation loader's batches."""
+def predict_counts(
+    count_fn, variables: ModelVariables, batches: Iterable[dict], point_options: dict
+) -> list[dict]:
+  """One row (`COLUMNS`) per image of an evaluation loader's batches: the true and
+  predicted counts, and the tallies of head points (`localization.locate_heads` with
+  `point_options`) matched to the annotated ones, in the original picture's pixels."""
   rows = []
   for batch in batches:
-    counts, _ = count_fn(variables, batch["image"], batch["valid_size"])
-    rows.append((str(batch["filename"][0]), int(batch["count"][0]), float(counts[0])))
+    counts, density = count_fn(variables, batch["image"], batch["valid_size"])
+    cells = ceil_div(batch["valid_size"][0], DENSITY_STRIDE)
+    density = np.asarray(density[0, : cells[0], : cells[1]])
+    points = localization.locate_heads(density, DENSITY_STRIDE, **point_options)
+    true, predicted = int(batch["count"][0]), float(counts[0])
+    rows.append(
+        {
+            "filename": str(batch["filename"][0]),
+            "true_count": true,
+            "predicted_count": predicted,
+            "abs_error": abs(predicted - true),
+            **localization.localization_row(points / batch["scale"][0], batch["points"][0]),
+        }
+    )
   return rows
 
 
-def write_predictions(path: Path, rows: list[tuple]) -> None:
+def write_predictions(path: Path, rows: list[dict]) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w", newline="") as out:
-    writer = csv.writer(out)
-    writer.writerow(["filename", "true_count", "predicted_count", "abs_error"])
-    for name, true, predicted in rows:
-      writer.writerow([name, true, f"{predicted:.3f}", f"{abs(predicted - true):.3f}"])
+    writer = csv.DictWriter(out, COLUMNS)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow(
+          {
+              **row,
+              "predicted_count": f"{row['predicted_count']:.3f}",
+              "abs_error": f"{row['abs_error']:.3f}",
+          }
+      )
 
 
-def write_submission(path: Path, rows: list[tuple]) -> None:
+def write_submission(path: Path, rows: list[dict]) -> None:
   """NWPU-Crowd's benchmark server format: one `image_id count` line per image."""
   path.parent.mkdir(parents=True, exist_ok=True)
   with open(path, "w") as out:
-    for name, _, predicted in sorted(rows):
-      out.write(f"{Path(name).stem} {predicted:.4f}\n")
+    for row in sorted(rows, key=lambda row: row["filename"]):
+      out.write(f"{Path(row['filename']).stem} {row['predicted_count']:.4f}\n")
 
 
-def read_predictions(path: Path) -> list[tuple]:
+def read_predictions(path: Path) -> list[dict]:
+  """The rows `write_predictions` wrote (counts as written, with 3 decimals)."""
   with open(path, newline="") as source:
     return [
-        (row["filename"], int(row["true_count"]), float(row["predicted_count"]))
+        {key: _COLUMN_TYPES.get(key, int)(value) for key, value in row.items()}
         for row in csv.DictReader(source)
     ]
 
@@ -114,7 +148,7 @@ def evaluate(
   (NWPU's server format)."""
   count_fn = make_count_fn(graphdef, config.data)
   loader = pipeline.create_eval_loader(config, pipeline.open_split(config.data, split))
-  rows = predict_counts(count_fn, variables, loader)
+  rows = predict_counts(count_fn, variables, loader, localization.point_options(config))
   out_dir.mkdir(parents=True, exist_ok=True)
   part = out_dir / f"predictions.host{jax.process_index()}.csv"
   write_predictions(part, rows)
@@ -126,7 +160,7 @@ def evaluate(
       path = out_dir / f"predictions.host{host}.csv"
       rows += read_predictions(path)
       path.unlink()
-    if any(true < 0 for _, true, _ in rows):
+    if any(row["true_count"] < 0 for row in rows):
       write_submission(out_dir / "submission.txt", rows)
       logging.info(
           "%s/%s is unlabeled: wrote %d counts to %s",
@@ -137,7 +171,10 @@ def evaluate(
       )
     else:
       write_predictions(out_dir / "predictions.csv", rows)
-      metrics = count_metrics([r[1] for r in rows], [r[2] for r in rows])
+      metrics = {
+          **count_metrics([r["true_count"] for r in rows], [r["predicted_count"] for r in rows]),
+          **localization.localization_metrics(rows),
+      }
   return _share_metrics(metrics)
 
 
@@ -156,12 +193,18 @@ def _share_metrics(metrics: dict | None) -> dict | None:
 
 
 def log_metrics(step: int, metrics: dict) -> None:
+  localized = "  ".join(
+      f"P/R/F1@{t}px {metrics[f'precision_{t}']:.3f}/{metrics[f'recall_{t}']:.3f}/"
+      f"{metrics[f'f1_{t}']:.3f}"
+      for t in localization.LOCALIZATION_THRESHOLDS
+  )
   logging.info(
-      "eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  (%d images)",
+      "eval at step %d: MAE %.2f  MSE %.2f  NAE %.4f  %s  (%d images)",
       step,
       metrics["mae"],
       metrics["mse"],
       metrics["nae"],
+      localized,
       metrics["images"],
   )
 

@@ -95,6 +95,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict.tile_size = 2048
   config.predict.tile_overlap = 256  # >= 128 px of context on each side of a kept cell.
   config.predict.overlay_max_side = 2048  # longer side of the overlay pictures.
+  config.predict.batch_size = 4  # video frames per forward pass (one compilation).
+  # Head points from the density map (cfrnet_jax/localization.py), also scored at
+  # evaluation: "peaks" (local maxima) or "count" (exactly the rounded count).
+  config.predict.point_method = "peaks"
+  config.predict.point_threshold = 0.05  # people per 4x4 cell for a peak to be a head.
+  config.predict.point_min_distance = 8.0  # pixels between two peaks.
   return config
 
 

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import pytest
+import scipy.io
 from absl import flags
 from filelock import FileLock
 
@@ -147,6 +149,17 @@ def shared_data(name: str) -> Path:
       pytest.fail(f"{path} is missing: CI must run the real-data tests.")
     pytest.skip(f"{path} is absent (real data lives in ../shared/data beside the repo).")
   return path
+
+
+def sht_sample_annotations(k: int) -> tuple[Path, np.ndarray]:
+  """IMG_k of ../shared/data/sht_sample: the photo's path and its (N, 2) head points (x, y)."""
+  from tfds_crowd.matlab import struct_field
+
+  sample = shared_data("sht_sample")
+  truth = sample / "ground-truth" / f"GT_IMG_{k}.mat"
+  mat = scipy.io.loadmat(truth)
+  points = struct_field(mat, ("image_info", "location"), str(truth))
+  return sample / "images" / f"IMG_{k}.jpg", np.asarray(points, np.float64).reshape(-1, 2)
 
 
 def import_torch():

@@ -175,3 +175,35 @@ def test_the_inference_side_does_not_import_the_trainer():
   )
   assert "cfrnet_jax.inference.counter" in loaded
   assert not {m for m in loaded if m.startswith("cfrnet_jax.training")}
+  # The `video` extra is imported only when a video is read or plotted.
+  assert not {m for m in loaded if m.split(".")[0] in ("av", "matplotlib")}
+
+
+def test_points_and_regions_are_in_the_pictures_own_pixels(counter):
+  """With `max_side` halving the picture, the points still lie in the picture (not in its
+  top-left quarter only); a polygon over the whole picture counts everything; two halves
+  split along a slanted line add up; a region outside the picture names the file."""
+  path = shared_data("sht_sample") / "images" / "IMG_5.jpg"  # 1049 x 721
+  config = tiny_train_config(None)
+  config.data.max_side = 524
+  config.predict.point_threshold = 0.0  # a fresh model's density is weak: peaks everywhere
+  halved = CrowdCounter(config, counter._variables)
+  width, height = 1049, 721
+  whole = [[0, 0], [width, 0], [width, height], [0, height]]
+  left = [[0, 0], [600, 0], [400, height], [0, height]]
+  right = [[600, 0], [width, 0], [width, height], [400, height]]
+  prediction = halved.predict(path, regions={"all": whole, "left": left, "right": right})
+  assert prediction.image.shape[:2] == (360, 524)
+  assert prediction.scale == pytest.approx((524 / 1049, 360 / 721))
+  points = prediction.points
+  assert len(points) > 20
+  assert points[:, 0].max() > width / 2 and points[:, 1].max() > height / 2
+  assert (points >= 0).all() and (points[:, 0] <= width).all() and (points[:, 1] <= height).all()
+  np.testing.assert_array_equal(halved.locate(path), points)
+  assert prediction.regions["all"] == pytest.approx(prediction.count, rel=1e-9)
+  assert prediction.regions["left"] + prediction.regions["right"] == pytest.approx(
+      prediction.count, rel=1e-9
+  )
+  assert 0.2 < prediction.regions["left"] / prediction.count < 0.8
+  with pytest.raises(ValueError, match=r"IMG_5\.jpg: region 'far' reaches outside the picture"):
+    halved.predict(path, regions={"far": [[0, 0], [2000, 0], [0, 10]]})

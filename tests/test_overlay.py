@@ -29,3 +29,20 @@ def test_large_pictures_get_an_overlay_of_at_most_max_side():
       np.zeros((900, 3000, 3), np.uint8), np.ones((225, 750)), 3.0, max_side=1000
   )
   assert picture.size == (1000, 300)
+
+
+def test_points_and_regions_are_drawn_where_they_are_at_the_overlays_scale():
+  """A 400x200 image drawn at most 200 wide: a point at (300, 100) lands at (150, 50),
+  a region's outline along its edges, and its label at its first vertex."""
+  image = np.full((200, 400, 3), 128, np.uint8)
+  density = np.zeros((50, 100), np.float32)
+  square = np.array([[40.0, 100.0], [240.0, 100.0], [240.0, 180.0], [40.0, 180.0]])
+  picture = np.asarray(
+      render_overlay(image, density, 1.0, 200, np.array([[300.0, 100.0]]), [("gate", square, 1.0)])
+  ).astype(int)
+  assert picture.shape == (100, 200, 3)
+  assert (picture[50, 150] == 255).all()  # the point's white centre
+  assert (picture[48:53, 140:146] == 128).all()  # nothing else near it
+  assert (picture[70:89, 120] != 128).any(axis=-1).all()  # right edge (x = 240 / 2), drawn
+  assert (picture[70:85, 110] == 128).all()  # inside the square, away from its label: the image
+  assert (picture[51:56, 21:30] == 0).any()  # the label box at the first vertex (20, 50)

@@ -102,7 +102,9 @@ class EvalImage(grain.MapTransform):
   multiples of the model's padding `multiple` (`data.geometry`'s padding rule), so that
   a few shapes cover a dataset and the jitted evaluation compiles once per shape;
   valid_size (2,) int32; count int32, the dataset's true count (resizing and padding
-  never change it); filename.
+  never change it); points (N, 2) float32 (x, y), the annotated heads in the original
+  picture's pixels, and scale (2,) float32, the (x, y) factors from those to the image's
+  pixels (for the localization metrics); filename.
   """
 
   def __init__(self, data_config: ml_collections.ConfigDict, multiple: int):
@@ -111,11 +113,13 @@ class EvalImage(grain.MapTransform):
     self.fill = mean_colour(data_config.mean)
 
   def map(self, element: dict) -> dict:
-    image, _ = decode_image(element["image"], self.max_side, _name(element))
+    image, scale = decode_image(element["image"], self.max_side, _name(element))
     return {
         "image": pad_to_multiple(image, self.multiple, self.fill),
         "valid_size": np.array(image.shape[:2], np.int32),
         "count": np.int32(element["count"]),
+        "points": np.asarray(element["points"], np.float32).reshape(-1, 2),
+        "scale": scale,
         "filename": _name(element),
     }
 

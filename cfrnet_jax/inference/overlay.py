@@ -3,11 +3,15 @@
 The density map (one cell per 4x4 pixels) is resized to the image, scaled by its own
 maximum, coloured from blue (few) through yellow to red (most) and blended over the image
 with an opacity that grows with the density, so empty regions show the photo unchanged.
-The count is written in the top-left corner. Overlays are drawn at most `max_side`
-pixels on the longer side (a 10,000-pixel photo does not need a 10,000-pixel preview).
+The count is written in the top-left corner. Head points, when given, are white dots
+ringed in black (visible on any colour); regions are outlined in white over black with
+their name and count at their first vertex. Overlays are drawn at most `max_side` pixels
+on the longer side (a 10,000-pixel photo does not need a 10,000-pixel preview).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -25,10 +29,16 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(
-    image: np.ndarray, density: np.ndarray, count: float, max_side: int
+    image: np.ndarray,
+    density: np.ndarray,
+    count: float,
+    max_side: int,
+    points: np.ndarray | None = None,
+    regions: Sequence[tuple[str, np.ndarray, float]] = (),
 ) -> Image.Image:
   """(H, W, 3) uint8 image and its density map -> an RGB PIL image whose longer side is
-  at most `max_side` (`config.predict.overlay_max_side`)."""
+  at most `max_side` (`config.predict.overlay_max_side`). `points` (N, 2) and each
+  region's (name, (K, 2) polygon, count) are in the image's pixels."""
   height, width = image.shape[:2]
   scale = min(1.0, max_side / max(height, width))
   size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -45,15 +55,32 @@ def render_overlay(
   alpha = (_MAX_OPACITY * np.sqrt(heat))[..., None]
   blended = np.asarray(base, np.float32) * (1 - alpha) + colorize(heat) * alpha
   picture = Image.fromarray(np.clip(np.round(blended), 0, 255).astype(np.uint8))
-  _write_count(picture, count)
+  factors = np.array([size[0] / width, size[1] / height])
+  draw = ImageDraw.Draw(picture)
+  font = _font(picture)
+  for name, polygon, region_count in regions:
+    outline = [tuple(v) for v in np.asarray(polygon) * factors]
+    draw.polygon(outline, outline=(0, 0, 0), width=3)
+    draw.polygon(outline, outline=(255, 255, 255), width=1)
+    _label(draw, outline[0], f"{name} {region_count:.1f}", font)
+  if points is not None and len(points):
+    radius = max(1.5, min(size) / 300)
+    for x, y in np.asarray(points) * factors:
+      draw.ellipse(
+          (x - radius, y - radius, x + radius, y + radius), fill=(255, 255, 255), outline=(0, 0, 0)
+      )
+  _label(draw, (0, 0), f"count {count:.1f}", font)
   return picture
 
 
-def _write_count(picture: Image.Image, count: float) -> None:
-  text = f"count {count:.1f}"
-  font = ImageFont.load_default(size=max(12, min(picture.size) // 16))
-  draw = ImageDraw.Draw(picture)
+def _font(picture: Image.Image) -> ImageFont.ImageFont:
+  return ImageFont.load_default(size=max(12, min(picture.size) // 16))
+
+
+def _label(draw: ImageDraw.ImageDraw, at: tuple[float, float], text: str, font) -> None:
+  """White text on a black box whose top-left corner is `at`."""
   left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
   margin = max(2, (bottom - top) // 4)
-  draw.rectangle((0, 0, right + 2 * margin, bottom + 2 * margin), fill=(0, 0, 0))
-  draw.text((margin, margin), text, fill=(255, 255, 255), font=font)
+  x, y = at
+  draw.rectangle((x, y, x + right + 2 * margin, y + bottom + 2 * margin), fill=(0, 0, 0))
+  draw.text((x + margin, y + margin), text, fill=(255, 255, 255), font=font)

@@ -1,0 +1,95 @@
+"""Counting videos: CrowdCounter.count_video and predict mode's --video, end to end."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cfrnet_jax.inference import video_io
+from cfrnet_jax.inference.counter import CrowdCounter
+from tests.conftest import shared_data, tiny_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def photo_video(tmp_path_factory) -> Path:
+  """A real encoded video: the five sample photos at 320x240, each held for 3 frames."""
+  folder = shared_data("sht_sample") / "images"
+  photos = [
+      np.asarray(Image.open(folder / f"IMG_{k}.jpg").convert("RGB").resize((320, 240)))
+      for k in range(1, 6)
+  ]
+  path = tmp_path_factory.mktemp("video") / "crowds.mp4"
+  assert video_io.write_video(path, [p for p in photos for _ in range(3)], FPS) == 15
+  return path
+
+
+def test_video_counts_equal_counting_the_same_frames_as_pictures(photo_video):
+  """Every 2nd frame, batched 4 at a time through one compiled function: the counts of
+  counting each decoded frame alone (batch 1), to float32 reassociation (1e-5)."""
+  config = tiny_train_config(None)
+  config.predict.batch_size = 4
+  counter = CrowdCounter.from_config(config)
+  regions = {"left": [[0, 0], [160, 0], [160, 240], [0, 240]]}
+  counts = counter.count_video(photo_video, every_frames=2, regions=regions)
+  assert [c.frame for c in counts] == [0, 2, 4, 6, 8, 10, 12, 14]
+  assert [c.time for c in counts] == pytest.approx([i / FPS for i in range(0, 15, 2)])
+  assert counter.compilations == 1  # 8 frames = 2 batches of 4, one shape
+  alone = CrowdCounter(counter.config, counter._variables)
+  for count, frame in zip(counts, video_io.sample_frames(photo_video, every_frames=2)):
+    expected = alone.predict(frame.pixels, regions)
+    assert count.count == pytest.approx(expected.count, rel=1e-5)
+    assert count.regions["left"] == pytest.approx(expected.regions["left"], rel=1e-5)
+  # The held photos: frames 0 and 2 show IMG_1, frame 6 IMG_3 (different crowds).
+  assert counts[0].count == pytest.approx(counts[1].count, rel=1e-2)
+  assert counts[0].count != pytest.approx(counts[3].count, rel=1e-2)
+
+
+def test_predict_mode_counts_videos_and_reports_a_damaged_one(
+    trained_workdir, photo_video, tmp_path
+):
+  damaged = tmp_path / "damaged.mp4"
+  damaged.write_bytes(photo_video.read_bytes()[: photo_video.stat().st_size * 2 // 3])
+  not_video = tmp_path / "notes.mp4"
+  not_video.write_text("no frames here\n")
+  regions = tmp_path / "regions.json"
+  regions.write_text(
+      json.dumps(
+          {"regions": [{"name": "top", "polygon": [[0, 0], [320, 0], [320, 120], [0, 120]]}]}
+      )
+  )
+  out = tmp_path / "out"
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--mode", "predict", "--workdir", str(trained_workdir),
+       "--video", str(photo_video), "--video", str(damaged), "--video", str(not_video),
+       "--every_seconds", "0.3", "--regions", str(regions), "--video_overlay", "--out", str(out)],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out / "video" / "crowds.csv", newline="") as table:
+    rows = list(csv.DictReader(table))
+  assert list(rows[0]) == ["frame", "time", "count", "points", "region:top"]
+  assert [int(r["frame"]) for r in rows] == [0, 3, 6, 9, 12]  # 0.3 s at 10 fps
+  assert all(float(r["region:top"]) != float(r["count"]) for r in rows)  # half the frame
+  with Image.open(out / "video" / "crowds.png") as plot:
+    assert plot.size[0] >= 600
+  overlay = video_io.video_info(out / "video" / "crowds_overlay.mp4")
+  assert overlay.frames == 5 and (overlay.width, overlay.height) == (320, 240)
+  summary = json.loads((out / "video" / "summary.json").read_text())
+  assert summary[str(photo_video)]["frames"] == 5 and summary[str(photo_video)]["error"] is None
+  assert "truncated or damaged" in summary[str(damaged)]["error"]
+  with open(out / "video" / "damaged.csv", newline="") as table:
+    kept = list(csv.DictReader(table))
+  assert 0 < len(kept) < 5  # the frames before the damage, counted as in the whole video
+  for row, whole in zip(kept, rows):
+    assert row["frame"] == whole["frame"] and row["count"] == whole["count"]
+  assert summary[str(not_video)]["frames"] == 0
+  assert str(not_video) in summary[str(not_video)]["error"]
+  assert not (out / "video" / "notes.png").exists()
