@@ -3,6 +3,8 @@
     python benchmarks/predict.py                                  # paper model, fresh
     python benchmarks/predict.py --workdir runs/quickstart        # a trained run
     python benchmarks/predict.py --workdir runs/quickstart --tile_check_only
+    python benchmarks/predict.py --workdir runs/quickstart --video_only   # needs .[video]
+    python benchmarks/predict.py --workdir runs/quickstart --figure docs/predict_overlay.png
 
 The folder: the five real photos of ../shared/data/sht_sample, each also at 0.5x and
 0.75x, and 10 synthetic_crowd test images (25 images, 19 distinct sizes). It runs
@@ -11,6 +13,12 @@ the first pass compiles, the second is warm. Reports images/s for both, the numb
 compilations (= distinct padded shapes) against the number of distinct image sizes, and
 for a trained run, the whole vs tiled count of a large image (a 3 x 4 mosaic of
 synthetic test images, tiled at 512 px with 256 px overlap).
+
+Video (`--video_only`, or with the rest unless `--no_video`): a 1280x720 H.264 video of
+the five sample photos, each held for 8 frames at 25 fps (40 frames), counted whole by
+`CrowdCounter.count_video` with `predict.batch_size` 1 (one frame per forward pass) and
+the batch sizes of `--video_batch_sizes`; each is run once to compile, then timed over
+all 40 frames. Reports frames/s (decoding, forward pass, points) and the speed-up.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from cfrnet_jax.inference import video_io  # noqa: E402
 from cfrnet_jax.inference.counter import CrowdCounter  # noqa: E402
-from cfrnet_jax.inference.predict_mode import predict_files  # noqa: E402
+from cfrnet_jax.inference.predict_mode import draw_prediction, predict_files  # noqa: E402
 from tfds_crowd.synthetic_crowd import render_crowd_image  # noqa: E402
 
 SHT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sht_sample" / "images"
@@ -81,6 +90,56 @@ def tile_check(counter: CrowdCounter) -> dict:
   }
 
 
+def figure(counter: CrowdCounter, path: str) -> dict:
+  """The README's overlay: synthetic_crowd test image 0 with its head points and a region
+  over its lower half."""
+  data, truth = render_crowd_image(np.random.default_rng([1, 0]))
+  image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+  height, width = image.shape[:2]
+  half = height // 2
+  lower = [[2, half], [width - 2, half], [width - 2, height - 2], [2, height - 2]]
+  prediction = counter.predict(image, regions={"lower half": lower})
+  draw_prediction(prediction, 2048).save(path)
+  return {
+      "people": len(truth),
+      "counted": round(prediction.count, 2),
+      "points": len(prediction.points),
+      "lower half": round(prediction.regions["lower half"], 2),
+      "people in the lower half": int(np.sum(truth[:, 1] >= half)),
+  }
+
+
+def video_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
+  """frames/s of `count_video` on a 1280x720 video, one frame at a time vs batched."""
+  photos = [
+      np.asarray(Image.open(path).convert("RGB").resize((1280, 720), Image.BILINEAR))
+      for path in sorted(SHT_SAMPLE.glob("*.jpg"))
+  ]
+  result = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    path = Path(tmp) / "crowds.mp4"
+    frames = video_io.write_video(path, (p for p in photos for _ in range(8)), 25.0)
+    result["video"] = f"1280x720, {frames} frames, 25 fps, H.264"
+    for batch_size in [1, *batch_sizes]:
+      config = counter.config.copy_and_resolve_references()
+      config.predict.batch_size = batch_size
+      batched = CrowdCounter(config, counter._variables)
+      batched.count_video(path)  # compiles
+      start = time.perf_counter()
+      counts = batched.count_video(path)
+      seconds = time.perf_counter() - start
+      result[f"batch_{batch_size}"] = {
+          "frames_per_second": round(len(counts) / seconds, 3),
+          "seconds": round(seconds, 2),
+      }
+  single = result["batch_1"]["frames_per_second"]
+  for batch_size in batch_sizes:
+    result[f"batch_{batch_size}"]["speedup"] = round(
+        result[f"batch_{batch_size}"]["frames_per_second"] / single, 3
+    )
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -89,6 +148,10 @@ def main():
       "freshly initialised, from configs/base.py)",
   )
   parser.add_argument("--tile_check_only", action="store_true")
+  parser.add_argument("--video_only", action="store_true")
+  parser.add_argument("--no_video", action="store_true")
+  parser.add_argument("--video_batch_sizes", type=int, nargs="+", default=[4, 8])
+  parser.add_argument("--figure", help="only write the README's overlay picture to this path")
   args = parser.parse_args()
   if args.workdir:
     counter = CrowdCounter.from_checkpoint(args.workdir)
@@ -103,7 +166,13 @@ def main():
       "date": time.strftime("%Y-%m-%d"),
       "model": model,
   }
-  if not args.tile_check_only:
+  if args.figure:
+    result["figure"] = figure(counter, args.figure)
+    print(json.dumps(result, indent=2))
+    return
+  if args.video_only or not (args.tile_check_only or args.no_video):
+    result["video"] = video_check(counter, args.video_batch_sizes)
+  if not (args.tile_check_only or args.video_only):
     with tempfile.TemporaryDirectory() as tmp:
       folder = Path(tmp) / "images"
       folder.mkdir()
@@ -112,7 +181,7 @@ def main():
       for name in ("cold", "warm"):
         summary = predict_files(counter, [str(folder)], Path(tmp) / name)
         result[name] = {k: summary[k] for k in ("images_per_second", "seconds", "compilations")}
-  if args.workdir:
+  if args.workdir and not args.video_only:
     result["tiled_vs_whole"] = tile_check(counter)
   print(json.dumps(result, indent=2))
 
