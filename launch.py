@@ -79,6 +79,7 @@ _STEP = flags.DEFINE_integer(
 def _predict(config):
   """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
   without it the run's own `config.json` is used."""
+  from cfrnet_jax.inference import video_io
   from cfrnet_jax.inference.counter import CrowdCounter
   from cfrnet_jax.inference.predict_mode import predict_files, predict_videos
   from cfrnet_jax.inference.regions import load_regions
@@ -87,10 +88,18 @@ def _predict(config):
     raise app.UsageError(
         "--mode predict needs --images (files, directories or globs) or --video (files)."
     )
-  # Bad regions or sampling flags fail now, before a checkpoint is restored.
+  # Bad regions, sampling flags or a missing `video` extra fail now, before a checkpoint
+  # is restored and the pictures are counted.
   regions = load_regions(_REGIONS.value) if _REGIONS.value else None
-  if _EVERY_FRAMES.value is not None and _EVERY_SECONDS.value is not None:
-    raise app.UsageError("Give --every_frames or --every_seconds, not both.")
+  video_flags = (_EVERY_FRAMES.value, _EVERY_SECONDS.value, _VIDEO_OVERLAY.value)
+  if _VIDEO.value:
+    try:
+      video_io.check_sampling(_EVERY_FRAMES.value, _EVERY_SECONDS.value)
+    except ValueError as error:
+      raise app.UsageError(f"--every_frames / --every_seconds: {error}") from error
+    video_io.require_video_extra()
+  elif any(flag not in (None, False) for flag in video_flags):
+    raise app.UsageError("--every_frames, --every_seconds and --video_overlay need --video.")
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
   out = _OUT.value or os.path.join(_WORKDIR.value, "predictions")
   if _IMAGES.value:

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.io
 import shapely
 from PIL import Image
 
@@ -22,8 +21,7 @@ from cfrnet_jax.inference.regions import (
     parse_regions,
     region_counts,
 )
-from tests.conftest import shared_data
-from tfds_crowd.matlab import struct_field
+from tests.conftest import sht_sample_annotations
 
 SIGMA = 4.0  # the project's density kernel (config.targets.sigma)
 
@@ -139,18 +137,10 @@ def test_a_triangle_matches_a_supersampled_reference(scale):
     assert abs(count - expected) <= tolerance * density[edge_cells].sum()
 
 
-def sht_sample_heads(k):
-  """IMG_k of ../shared/data/sht_sample: its (H, W) and (N, 2) annotated heads (x, y)."""
-  sample = shared_data("sht_sample")
-  truth = sample / "ground-truth" / f"GT_IMG_{k}.mat"
-  heads = struct_field(scipy.io.loadmat(truth), ("image_info", "location"), str(truth))
-  with Image.open(sample / "images" / f"IMG_{k}.jpg") as image:
-    width, height = image.size
-  return (height, width), np.asarray(heads, np.float64).reshape(-1, 2)
-
-
 def test_regions_on_a_real_annotated_photo_count_its_heads():
-  image_size, heads = sht_sample_heads(3)
+  path, heads = sht_sample_annotations(3)
+  with Image.open(path) as image:
+    image_size = image.size[::-1]
   assert image_size == (768, 1024) and len(heads) == 11
   # Jitted: one compilation instead of one per operation (about 1 s rather than 6).
   targets = jax.jit(

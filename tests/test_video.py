@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cfrnet_jax.inference import video_io
-from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.counter import CrowdCounter, DamagedVideoError
 from tests.conftest import shared_data, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,25 +31,71 @@ def photo_video(tmp_path_factory) -> Path:
   return path
 
 
-def test_video_counts_equal_counting_the_same_frames_as_pictures(photo_video):
-  """Every 2nd frame, batched 4 at a time through one compiled function: the counts of
-  counting each decoded frame alone (batch 1), to float32 reassociation (1e-5)."""
+@pytest.fixture(scope="module")
+def counter():
+  """A fresh tiny model running video frames 4 at a time."""
   config = tiny_train_config(None)
   config.predict.batch_size = 4
-  counter = CrowdCounter.from_config(config)
+  return CrowdCounter.from_config(config)
+
+
+def test_video_counts_equal_counting_the_same_frames_as_pictures(counter, photo_video):
+  """Every 3rd frame (5 frames: a batch of 4, then one filled up with copies) through
+  one compiled function: the counts of counting each decoded frame alone (batch 1), to
+  float32 reassociation (1e-5)."""
   regions = {"left": [[0, 0], [160, 0], [160, 240], [0, 240]]}
-  counts = counter.count_video(photo_video, every_frames=2, regions=regions)
-  assert [c.frame for c in counts] == [0, 2, 4, 6, 8, 10, 12, 14]
-  assert [c.time for c in counts] == pytest.approx([i / FPS for i in range(0, 15, 2)])
-  assert counter.compilations == 1  # 8 frames = 2 batches of 4, one shape
+  before = counter.compilations
+  counts = counter.count_video(photo_video, every_frames=3, regions=regions)
+  assert [c.frame for c in counts] == [0, 3, 6, 9, 12]
+  assert [c.time for c in counts] == pytest.approx([i / FPS for i in range(0, 15, 3)])
+  assert counter.compilations - before == 1  # one shape, one batch size
   alone = CrowdCounter(counter.config, counter._variables)
-  for count, frame in zip(counts, video_io.sample_frames(photo_video, every_frames=2)):
+  frames = list(video_io.sample_frames(photo_video, every_frames=3))
+  for count, frame in zip(counts, frames, strict=True):
     expected = alone.predict(frame.pixels, regions)
     assert count.count == pytest.approx(expected.count, rel=1e-5)
     assert count.regions["left"] == pytest.approx(expected.regions["left"], rel=1e-5)
-  # The held photos: frames 0 and 2 show IMG_1, frame 6 IMG_3 (different crowds).
-  assert counts[0].count == pytest.approx(counts[1].count, rel=1e-2)
-  assert counts[0].count != pytest.approx(counts[3].count, rel=1e-2)
+  # Each frame shows another photo: the counts differ.
+  assert len({round(c.count, 3) for c in counts}) == 5
+
+
+def test_a_stream_that_changes_size_starts_a_new_batch(counter, monkeypatch):
+  """Frames of two sizes, interleaved as a resized stream would deliver them: each is
+  counted at its own size (as a picture would be), and regions are checked per size."""
+  rng = np.random.default_rng(3)
+  shapes = [(96, 128), (96, 128), (64, 80), (96, 128), (96, 128), (96, 128), (96, 128)]
+  frames = [
+      video_io.VideoFrame(i, i / FPS, rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+      for i, shape in enumerate(shapes)
+  ]
+  monkeypatch.setattr(video_io, "sample_frames", lambda *args: iter(frames))
+  counts = counter.count_video("stream.mp4")
+  alone = CrowdCounter(counter.config, counter._variables)
+  assert [c.frame for c in counts] == list(range(7))
+  for count, frame in zip(counts, frames, strict=True):
+    assert count.count == pytest.approx(alone.count(frame.pixels), rel=1e-5)
+  with pytest.raises(ValueError, match="stream.mp4: region 'wide' reaches outside"):
+    counter.count_video("stream.mp4", regions={"wide": [[0, 0], [100, 0], [100, 90]]})
+
+
+def test_a_damaged_video_keeps_the_counts_before_the_damage(counter, photo_video, tmp_path):
+  damaged = tmp_path / "damaged.mp4"
+  damaged.write_bytes(photo_video.read_bytes()[: photo_video.stat().st_size * 2 // 3])
+  with pytest.raises(DamagedVideoError, match="truncated or damaged") as error:
+    counter.count_video(damaged)
+  whole = counter.count_video(photo_video)
+  assert 0 < len(error.value.counts) < len(whole)
+  assert error.value.counts == whole[: len(error.value.counts)]
+
+
+def test_bad_sampling_flags_stop_before_any_work(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--mode", "predict", "--workdir", str(tmp_path / "none"),
+       "--video", "clip.mp4", "--every_seconds", "0"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode != 0
+  assert "every_seconds must be a finite number > 0, got 0.0" in result.stderr
 
 
 def test_predict_mode_counts_videos_and_reports_a_damaged_one(
@@ -90,6 +136,7 @@ def test_predict_mode_counts_videos_and_reports_a_damaged_one(
   assert 0 < len(kept) < 5  # the frames before the damage, counted as in the whole video
   for row, whole in zip(kept, rows):
     assert row["frame"] == whole["frame"] and row["count"] == whole["count"]
+  assert video_io.video_info(out / "video" / "damaged_overlay.mp4").frames == len(kept)
   assert summary[str(not_video)]["frames"] == 0
   assert str(not_video) in summary[str(not_video)]["error"]
   assert not (out / "video" / "notes.png").exists()

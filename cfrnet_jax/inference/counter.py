@@ -79,6 +79,14 @@ class VideoCount:
   regions: dict[str, float]
 
 
+class DamagedVideoError(ValueError):
+  """A video that broke off after some frames; `counts` are those frames' counts."""
+
+  def __init__(self, message: str, counts: list[VideoCount]):
+    super().__init__(message)
+    self.counts = counts
+
+
 def as_regions(regions: RegionSource) -> tuple[Region, ...]:
   """`RegionSource` -> parsed regions (none for None)."""
   if regions is None:
@@ -214,23 +222,30 @@ class CrowdCounter:
       regions: RegionSource = None,
   ) -> Iterator[tuple[video_io.VideoFrame, Prediction]]:
     """(frame, prediction) for each sampled frame of the video at `path`
-    (`video_io.sample_frames`), in order; frames of one size run `predict.batch_size` at
-    a time. Raises ValueError naming the file when it cannot be read, and (after the
-    frames decoded before) when it is truncated or damaged."""
+    (`video_io.sample_frames`), in order. Consecutive frames of one size run
+    `predict.batch_size` at a time (a stream that changes size starts a new batch).
+    Raises ValueError naming the file when it cannot be read, and, after the frames
+    decoded before, when it is truncated or damaged."""
     regions = as_regions(regions)
+    frames = video_io.sample_frames(path, every_frames, every_seconds)
     batch = []
-    try:
-      for frame in video_io.sample_frames(path, every_frames, every_seconds):
-        if not batch:
-          check_regions(regions, frame.pixels.shape[1], frame.pixels.shape[0], str(path))
-        batch.append(frame)
-        if len(batch) == self.config.predict.batch_size:
-          yield from self._predict_frames(batch, regions)
-          batch = []
-    except ValueError:  # a damaged file: first the frames decoded before the damage
-      yield from self._predict_frames(batch, regions)
-      raise
-    yield from self._predict_frames(batch, regions)
+    while True:
+      try:
+        frame = next(frames, None)
+      except ValueError:  # damaged: first the frames decoded before the damage
+        yield from self._predict_frames(batch, regions)
+        raise
+      if frame is None or (batch and frame.pixels.shape != batch[0].pixels.shape):
+        yield from self._predict_frames(batch, regions)
+        batch = []
+      if frame is None:
+        return
+      if not batch:
+        check_regions(regions, frame.pixels.shape[1], frame.pixels.shape[0], str(path))
+      batch.append(frame)
+      if len(batch) == self.config.predict.batch_size:
+        yield from self._predict_frames(batch, regions)
+        batch = []
 
   def count_video(
       self,
@@ -240,11 +255,17 @@ class CrowdCounter:
       regions: RegionSource = None,
   ) -> list[VideoCount]:
     """The count (and region counts) of each sampled frame of a video; see
-    `video_predictions`."""
-    return [
-        VideoCount(frame.index, frame.time, prediction.count, prediction.regions)
-        for frame, prediction in self.video_predictions(path, every_frames, every_seconds, regions)
-    ]
+    `video_predictions`. For a truncated or damaged file it raises `DamagedVideoError`,
+    whose `counts` holds the frames counted before the damage."""
+    counts = []
+    try:
+      for frame, prediction in self.video_predictions(path, every_frames, every_seconds, regions):
+        counts.append(VideoCount(frame.index, frame.time, prediction.count, prediction.regions))
+    except ValueError as error:
+      if counts:
+        raise DamagedVideoError(str(error), counts) from error
+      raise
+    return counts
 
   def _predict_frames(
       self, frames: list[video_io.VideoFrame], regions: tuple[Region, ...]

@@ -163,6 +163,7 @@ def predict_videos(
                           for an unreadable (nothing counted) or damaged (counted up to
                           the damage) file.
   Returns the summary."""
+  video_io.check_sampling(every_frames, every_seconds)
   regions = as_regions(regions)
   out_dir = Path(out_dir) / "video"
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,16 +180,20 @@ def predict_videos(
           path.name,
       )
       if overlay_video:
+        # The overlay of a damaged video keeps the frames before the damage too.
+        damage = []
         video_io.write_video(
             out_dir / f"{stem}_overlay.mp4",
-            _overlays(predictions, rows, counter.config.predict.overlay_max_side),
+            _overlays(predictions, rows, counter.config.predict.overlay_max_side, damage),
             _sampled_fps(info, every_frames, every_seconds),
         )
+        if damage:
+          raise damage[0]
       else:
         for frame, prediction in predictions:
           rows.append(_video_row(frame, prediction))
       error = None
-    except ValueError as failure:
+    except (ValueError, OSError) as failure:  # unreadable, damaged, or not writable
       error = str(failure)
       logging.warning("%s %s", "Stopped at the damage:" if rows else "Skipped", failure)
     seconds = time.perf_counter() - start
@@ -212,8 +217,9 @@ def predict_videos(
         "frames_per_second": round(len(rows) / seconds, 4) if rows else 0.0,
         "error": error,
     }
+    # Rewritten after every video: an interrupted run keeps what it finished.
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logging.info("Counted %d frames of %s in %.1f s into %s", len(rows), path, seconds, out_dir)
-  (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
 
 
@@ -227,11 +233,15 @@ def _video_row(frame: video_io.VideoFrame, prediction: Prediction) -> tuple:
   )
 
 
-def _overlays(predictions, rows: list, max_side: int) -> Iterator[np.ndarray]:
-  """Appends each frame's row to `rows` and yields its overlay."""
-  for frame, prediction in predictions:
-    rows.append(_video_row(frame, prediction))
-    yield np.asarray(draw_prediction(prediction, max_side))
+def _overlays(predictions, rows: list, max_side: int, damage: list) -> Iterator[np.ndarray]:
+  """Appends each frame's row to `rows` and yields its overlay; a damaged video's error
+  goes into `damage` and ends the overlays, so that the video written so far is kept."""
+  try:
+    for frame, prediction in predictions:
+      rows.append(_video_row(frame, prediction))
+      yield np.asarray(draw_prediction(prediction, max_side))
+  except ValueError as error:
+    damage.append(error)
 
 
 def _expected_frames(info: video_io.VideoInfo, every_frames, every_seconds) -> int | None:
@@ -243,10 +253,12 @@ def _expected_frames(info: video_io.VideoInfo, every_frames, every_seconds) -> i
 
 
 def _sampled_fps(info: video_io.VideoInfo, every_frames, every_seconds) -> float:
-  """The frame rate at which the sampled frames play in real time."""
+  """The frame rate at which the sampled frames play in real time (25 when the video
+  does not say)."""
+  fps = info.fps or 25.0
   if every_seconds is not None:
-    return 1.0 / every_seconds
-  return (info.fps or 25.0) / (every_frames or 1)
+    return min(1.0 / every_seconds, fps)  # never more frames than the video has
+  return fps / (every_frames or 1)
 
 
 def _progress(items, total: int | None, name: str):

@@ -104,6 +104,28 @@ def _import_av() -> ModuleType:
   return _require("av", "PyAV", "Reading and writing videos")
 
 
+def require_video_extra() -> None:
+  """Raises ImportError (saying how to install them) unless PyAV and matplotlib import:
+  for callers that should fail before hours of work rather than at their first video."""
+  _import_av()
+  _require("matplotlib", "matplotlib", "Plotting counts over time")
+
+
+def check_sampling(every_frames: int | None, every_seconds: float | None) -> None:
+  """Raises ValueError unless at most one of `every_frames` (an integer >= 1) and
+  `every_seconds` (a finite number > 0) is given (`sample_frames`'s arguments)."""
+  if every_frames is not None and every_seconds is not None:
+    raise ValueError("Give every_frames or every_seconds, not both.")
+  if every_frames is not None and (
+      isinstance(every_frames, bool)
+      or not isinstance(every_frames, numbers.Integral)
+      or every_frames < 1
+  ):
+    raise ValueError(f"every_frames must be an integer >= 1, got {every_frames!r}.")
+  if every_seconds is not None and not (every_seconds > 0 and math.isfinite(every_seconds)):
+    raise ValueError(f"every_seconds must be a finite number > 0, got {every_seconds!r}.")
+
+
 def _open_video(path: Path):
   """The opened container of `path` and its first video stream.
 
@@ -197,16 +219,7 @@ def sample_frames(
       frames its header declares. The frames decoded before are yielded first.
     ImportError: when PyAV is not installed.
   """
-  if every_frames is not None and every_seconds is not None:
-    raise ValueError("Give every_frames or every_seconds, not both.")
-  if every_frames is not None and (
-      isinstance(every_frames, bool)
-      or not isinstance(every_frames, numbers.Integral)
-      or every_frames < 1
-  ):
-    raise ValueError(f"every_frames must be an integer >= 1, got {every_frames!r}.")
-  if every_seconds is not None and not (every_seconds > 0 and math.isfinite(every_seconds)):
-    raise ValueError(f"every_seconds must be a finite number > 0, got {every_seconds!r}.")
+  check_sampling(every_frames, every_seconds)
   return _sample(Path(path), every_frames or 1, every_seconds)
 
 
@@ -340,12 +353,20 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
       raise ValueError(f"Cannot write {path}: there are no frames.")
     container.mux(stream.encode())  # Flush the frames the encoder holds back.
     container.close()
+  except av.error.FFmpegError as error:
+    _discard(container, path)
+    raise ValueError(f"Cannot write {path}: the encoder says: {error}") from error
   except BaseException:
-    if container is not None:
-      container.close()
-      path.unlink(missing_ok=True)
+    _discard(container, path)
     raise
   return written
+
+
+def _discard(container, path: Path) -> None:
+  """Closes and removes a half-written video."""
+  if container is not None:
+    container.close()
+    path.unlink(missing_ok=True)
 
 
 def plot_counts(
