@@ -138,6 +138,12 @@ def trained_run_metrics(trained_workdir) -> dict:
   return json.loads((trained_workdir.parent / "trained_run_metrics.json").read_text())
 
 
+def pytest_collection_modifyitems(items):
+  """The slow tests first (a stable sort): a run of everything then ends with short
+  tests that spread over the workers, not with one long trial on one worker."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
