@@ -58,17 +58,19 @@ def render_overlay(
   factors = np.array([size[0] / width, size[1] / height])
   draw = ImageDraw.Draw(picture)
   font = _font(picture)
-  for name, polygon, region_count in regions:
-    outline = [tuple(v) for v in np.asarray(polygon) * factors]
+  outlines = [[tuple(v) for v in np.asarray(polygon) * factors] for _, polygon, _ in regions]
+  for outline in outlines:
     draw.polygon(outline, outline=(0, 0, 0), width=3)
     draw.polygon(outline, outline=(255, 255, 255), width=1)
-    _label(draw, outline[0], f"{name} {region_count:.1f}", font)
   if points is not None and len(points):
-    radius = max(1.5, min(size) / 300)
+    radius = max(2.5, min(size) / 150)
     for x, y in np.asarray(points) * factors:
       draw.ellipse(
           (x - radius, y - radius, x + radius, y + radius), fill=(255, 255, 255), outline=(0, 0, 0)
       )
+  # Labels last, over the points.
+  for outline, (name, _, region_count) in zip(outlines, regions):
+    _label(draw, outline[0], f"{name} {region_count:.1f}", font)
   _label(draw, (0, 0), f"count {count:.1f}", font)
   return picture
 
