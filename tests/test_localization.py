@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.io
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from cfrnet_jax import localization
 from cfrnet_jax.data.targets import density_targets
-from tests.conftest import sht_sample_annotations
+from tests.conftest import shared_data, sht_sample_annotations
 
 _density_targets = jax.jit(
     density_targets, static_argnames=("image_size", "strides", "sigma", "foreground_radius")
@@ -43,6 +44,23 @@ def test_points_of_an_exact_density_recover_the_annotations(image, method):
   metrics = localization.localization_metrics([row])
   assert metrics["f1_8"] > 0.9, (row, metrics)
   assert metrics["f1_4"] <= metrics["f1_8"]
+
+
+@pytest.mark.parametrize("image, merged", [(4, False), (5, True)])  # 96 and 469 heads
+def test_count_method_on_real_dense_crowds(image, merged):
+  """In UCF_CC_50 image 5 heads are a few pixels apart: maxima merge, so "peaks" finds
+  fewer points than people, while "count" places one per person, mostly within 8 px."""
+  folder = shared_data("ucf_cc_50")
+  truth = scipy.io.loadmat(folder / f"{image}_ann.mat")["annPoints"].astype(np.float64)
+  with Image.open(folder / f"{image}.jpg") as picture:
+    width, height = picture.size
+  density = exact_density(truth, height, width)
+  counted = localization.locate_heads(density, 4, method="count")
+  peaks = localization.locate_heads(density, 4, method="peaks")
+  assert len(counted) == len(truth)
+  assert (len(peaks) < len(truth)) == merged
+  metrics = localization.localization_metrics([localization.localization_row(counted, truth)])
+  assert metrics["f1_8"] > 0.8, metrics
 
 
 def test_a_head_on_a_cell_corner_gives_one_point_at_the_head():
