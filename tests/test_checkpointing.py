@@ -1,7 +1,10 @@
 """Checkpoints: what inference restores (parameters and statistics only), run configs."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -121,3 +124,45 @@ def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, t
   relaxed.model.update(dtype="bfloat16", remat="all", attention="xla")
   relaxed.data.update(num_workers=-1, data_dir="/elsewhere", eval_split="test[:2]")
   checkpointing.check_resumable(workdir, relaxed)
+
+
+HOLD_THE_LOCK = """
+import sys, time
+from cfrnet_jax import checkpointing
+with checkpointing.workdir_lock(sys.argv[1]):
+  print("held", flush=True)
+  time.sleep(600)
+"""
+
+
+def test_a_second_run_in_a_live_runs_workdir_is_refused(tmp_path):
+  """The first run (here a process holding the lock) keeps the workdir; a second
+  `train_and_evaluate` stops before writing anything, naming the holder. After the
+  holder is SIGKILLed, which runs no cleanup, the workdir is free again."""
+  from cfrnet_jax.training import trainer
+  from tests.conftest import REPO, tiny_train_config
+
+  holder = subprocess.Popen(
+      [
+          sys.executable,
+          "-c",
+          HOLD_THE_LOCK,
+          str(tmp_path),
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(
+        RuntimeError,
+        match=rf"{tmp_path} is in use by a running training run \(host .+, pid {holder.pid}, ",
+    ):
+      trainer.train_and_evaluate(tiny_train_config(None), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpointing.LOCK_FILE]
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpointing.workdir_lock(tmp_path):
+    assert f"pid {os.getpid()}," in (tmp_path / checkpointing.LOCK_FILE).read_text()

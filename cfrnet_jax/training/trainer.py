@@ -238,9 +238,14 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
   """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
   `workdir`; resumes if it holds a checkpoint. Returns the last evaluation's metrics
-  (the same on every host; None when the evaluation split is unlabeled)."""
+  (the same on every host; None when the evaluation split is unlabeled). Refuses a
+  workdir that another live run is training in (`checkpointing.workdir_lock`)."""
   cross_validation.check_single_run(config)
-  workdir = Path(workdir)
+  with checkpointing.workdir_lock(workdir):
+    return _train_and_evaluate(config, Path(workdir))
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
   if resume_step is not None:
