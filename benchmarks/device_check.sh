@@ -101,7 +101,7 @@ fi
 # One path for both modes; --smoke changes only sizes, steps and which test files run.
 if ((SMOKE)); then
   TESTS=(tests/test_accelerators.py)  # the section runs; CI has run the suite already
-  MEMORY=(--model smoke --batch 2 --size 64 --dtypes bfloat16 --jobs 2)
+  MEMORY=(--model smoke --batch 2 --size 64 --dtypes bfloat16 --remat none --jobs 1)
   SPEED=(--smoke --rows train_4 --backends jax_bf16 torch_bf16 --repeats 1 --warmup 1)
   PIPELINE=(--batch_size 4 --batches 2)
   TRAIN=(--config.num_train_steps=4 --config.log_every_steps=2 --config.batch_size=2
@@ -112,8 +112,8 @@ if ((SMOKE)); then
   BUDGET=600
 else
   TESTS=(-m "slow or not slow" tests/test_torch_twin.py
-    tests/test_model.py::test_paper_size_model_jitted_forward_and_grad_at_256)
-  MEMORY=(--batch 32 --size 256 --jobs 4)
+    tests/test_model.py::test_paper_size_model_gradients)
+  MEMORY=(--batch 32 --size 256 --remat none backbone --jobs 4)
   SPEED=(--rows train_32 train_4 infer_1024x768 infer_2048x1536 --setup_limit_s 120)
   PIPELINE=(--batch_size 32 --batches 10)
   TRAIN=(--config.num_train_steps=300 --config.log_every_steps=25 --config.batch_size=32
@@ -125,7 +125,7 @@ fi
 section tests 80 env NVIDIA_TF32_OVERRIDE=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
   "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider "${TESTS[@]}"
 # The step's memory for float32 and bfloat16, with and without remat (compiled only).
-section step_memory 60 "$PYTHON" benchmarks/step_memory.py "${MEMORY[@]}" --remat none backbone
+section step_memory 60 "$PYTHON" benchmarks/step_memory.py "${MEMORY[@]}"
 # (b) JAX against PyTorch.
 section speed 150 "$PYTHON" benchmarks/speed.py --parallel_setup "${SPEED[@]}" \
   --out "$OUT/speed.json"

@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3  # the latest k, plus the best by MAE.
+  # SIGTERM (a preempted VM): the run ends within this many seconds, saving the step it
+  # finished if that fits (cfrnet_jax/training/preemption.py); clouds allow about 30.
+  config.preemption_grace_s = 20.0
   config.backbone_weights = ""  # converted ImageNet VGG16-BN weights (.msgpack), if any.
 
   # launch.py --mode predict / CrowdCounter (cfrnet_jax/inference).

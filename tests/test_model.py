@@ -209,13 +209,12 @@ def test_paper_model_counts_a_small_picture():
 
 
 @pytest.mark.slow
-def test_paper_size_model_jitted_forward_and_grad_at_256():
-  """The real configuration (c = 256, VGG16-BN widths) runs jitted on CPU."""
+def test_paper_size_model_gradients():
+  """The real configuration (c = 256, VGG16-BN widths) trains, jitted: a finite loss
+  with every term, and a non-zero finite gradient for every parameter, at the smallest
+  input it takes whole (128; its inference is `test_paper_model_counts_a_small_picture`)."""
   model = cfrnet_jax.build_model(get_model_config(), 0)
-  images, points, valid = _random_batch(jax.random.key(3), 1, 256, max_points=64)
-  model.eval()
-  density = nnx.jit(lambda m, x: m(x)["density"])(model, images)
-  assert density.shape == (1, 64, 64, 1) and np.isfinite(density).all()
+  images, points, valid = _random_batch(jax.random.key(3), 1, 128, max_points=64)
   model.train()
   (loss, terms), grads = nnx.jit(_loss_and_grads)(model, images, points, valid)
   assert np.isfinite(loss)

@@ -191,7 +191,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
   flags = (
-      "--config.num_train_steps=40",
+      "--config.num_train_steps=16",
       "--config.checkpoint_every_steps=4",
       "--config.eval_every_steps=1000",
       "--config.log_every_steps=4",
@@ -214,7 +214,7 @@ def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
   kept = sorted(
       int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir() if p.name.isdigit()
   )
-  assert kept and kept[-1] < 40
+  assert kept and kept[-1] < 16
   subprocess.run(
       launch(tmp_path / "killed", synthetic_data_dir, *flags),
       check=True,
@@ -222,8 +222,8 @@ def test_killed_run_resumes_exactly(tmp_path, synthetic_data_dir):
       capture_output=True,
   )
   # Deterministic CPU kernels and the restored data iterator: identical parameters.
-  straight = restore_params(tmp_path / "straight", 40)
-  resumed = restore_params(tmp_path / "killed", 40)
+  straight = restore_params(tmp_path / "straight", 16)
+  resumed = restore_params(tmp_path / "killed", 16)
   assert sorted(straight) == sorted(resumed)
   for key in straight:
     np.testing.assert_array_equal(straight[key], resumed[key], err_msg=key)
@@ -247,8 +247,10 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
   )
   _wait_for(workdir / "checkpoints" / "5", proc)
   proc.send_signal(signal.SIGTERM)
+  sent = time.monotonic()
   output, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, output
+  assert time.monotonic() - sent < 20  # config.preemption_grace_s (20 s)
   # The platform line, and the compiled step's cost before the first step ran.
   assert "on cpu: process 0 of 1, 1 devices (1 x cpu)" in output
   cost_line = output.index("Compiled training step (4 x 128x128, float32, remat none)")
@@ -274,3 +276,36 @@ def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthe
     trainer.train_and_evaluate(config, str(tmp_path))
   checkpoints = tmp_path / "checkpoints"
   assert not checkpoints.exists() or not [p for p in checkpoints.iterdir() if p.name.isdigit()]
+
+
+@pytest.mark.slow
+def test_sigterm_during_compilation_ends_the_run_within_the_grace_time(
+    tmp_path, synthetic_data_dir
+):
+  """A Python handler cannot run while XLA compiles (a native call); the watcher thread
+  still ends the run when the grace time is over: status 143, the reason in the log, no
+  checkpoint. A cold compilation cache makes the compilation outlast the 1 s grace."""
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      launch(workdir, synthetic_data_dir, "--config.preemption_grace_s=1"),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cold_cache")},
+  )
+  lines = []
+  for line in proc.stdout:
+    lines.append(line)
+    if "Compiling the training step." in line:
+      break
+  proc.send_signal(signal.SIGTERM)
+  sent = time.monotonic()
+  output = "".join(lines) + proc.communicate(timeout=120)[0]
+  assert time.monotonic() - sent < 1 + 5, output  # the grace time, and exiting
+  assert proc.returncode == 143, output
+  assert "did not stop within the 1 s grace time after SIGTERM" in output
+  assert "Compiled training step" not in output  # it was still compiling
+  assert not (workdir / "checkpoints").exists() or not any(
+      p.name.isdigit() for p in (workdir / "checkpoints").iterdir()
+  )

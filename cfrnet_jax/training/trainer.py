@@ -8,7 +8,9 @@ Reads top to bottom like big_vision's trainer:
 4. loop: global batch -> jitted `train_step` (donating the old state) -> every
    `log_every_steps` a progress line and TensorBoard scalars; every `eval_every_steps`
    whole-image evaluation (`evaluation.evaluate`; best kept by MAE); every
-   `checkpoint_every_steps` an asynchronous checkpoint; SIGTERM saves and exits cleanly.
+   `checkpoint_every_steps` an asynchronous checkpoint; SIGTERM ends the run within
+   `config.preemption_grace_s`, saving the finished step when that fits
+   (`training.preemption`), even when it arrives during compilation.
 
 `train_step` is a pure function of (state, batch): the model is rebuilt from its static
 graph definition and the state's parameters and BatchNorm statistics, targets are
@@ -20,7 +22,6 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 from __future__ import annotations
 
 import copy
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from cfrnet_jax.models.cfrnet import HEAD_STRIDES
 from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
 from cfrnet_jax.training import sharding, step_cost
 from cfrnet_jax.training.losses import cfrnet_loss
+from cfrnet_jax.training.preemption import PreemptionGuard
 
 
 @flax.struct.dataclass
@@ -193,6 +195,7 @@ def resume_worker_count(config: ml_collections.ConfigDict, saved: int | None):
 def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
   """The step compiled ahead of the first batch (the shapes of `batches`' next one), with
   its memory and FLOPs logged before anything runs (`step_cost.report`)."""
+  logging.info("Compiling the training step.")
   compiled = (
       jit_train_step(config, graphdef, mesh, state_sharding).lower(state, batches.peek()).compile()
   )
@@ -202,21 +205,6 @@ def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
       f"{config.model.dtype}, remat {config.model.remat})",
   )
   return compiled
-
-
-class _Preemption:
-  """Turns SIGTERM (what a preempted VM receives) into a flag the loop checks."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(state: TrainState) -> None:
@@ -241,11 +229,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   (the same on every host; None when the evaluation split is unlabeled). Refuses a
   workdir that another live run is training in (`checkpointing.workdir_lock`)."""
   cross_validation.check_single_run(config)
-  with checkpointing.workdir_lock(workdir):
-    return _train_and_evaluate(config, Path(workdir))
+  with (
+      checkpointing.workdir_lock(workdir),
+      PreemptionGuard(config.preemption_grace_s) as preemption,
+  ):
+    return _train_and_evaluate(config, Path(workdir), preemption)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict | None:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
+) -> dict | None:
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
   if resume_step is not None:
@@ -280,12 +273,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
   batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
   train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
   writer = _metric_writer(workdir)
-  preemption = _Preemption()
   metrics = None
-  step = int(state.step)
+  step = last_saved = int(state.step)
   window, window_start = [], time.perf_counter()
   try:
     while step < config.num_train_steps:
+      if preemption.requested:  # during the restore or the compilation
+        logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
+        break
       state, step_metrics = train_step(state, next(batches))
       step += 1
       window.append(step_metrics)
@@ -304,7 +299,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
         if metrics is not None:
           _log_eval(writer, step, metrics)
       stop = preemption.requested or manager.reached_preemption(step)
-      if evaluate_now or step % config.checkpoint_every_steps == 0 or stop:
+      # On preemption, save only what fits: at least half the grace time must be left.
+      save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
+      if evaluate_now or step % config.checkpoint_every_steps == 0 or save_to_stop:
         _check_finite(state)
         checkpointing.save(
             manager,
@@ -313,12 +310,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dic
             batches,
             metrics={"mae": metrics["mae"]} if evaluate_now and metrics else None,
         )
+        last_saved = step
       if stop:
-        logging.warning("Preempted: saved step %d and stopping.", step)
+        if last_saved == step:
+          logging.warning("Preempted: saved step %d and stopping.", step)
+        else:
+          logging.warning(
+              "Preempted: step %d not saved (%.1f s of the grace time left, less than "
+              "half); the next run resumes from step %d.",
+              step,
+              preemption.remaining(),
+              last_saved,
+          )
         break
   finally:
     manager.wait_until_finished()
-    preemption.restore()
     if writer is not None:
       writer.close()
   return metrics
