@@ -57,6 +57,12 @@ STEP_SCRIPT = textwrap.dedent("""
     rows = len(batch["image"]) // jax.process_count()
     mine = {{k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
             for k, v in batch.items()}}
+    step = step.lower(state, sharding.make_global_batch(mine, mesh)).compile()
+    if jax.process_count() > 1:
+      # Each process compiles in its own time (a loaded CI machine: a minute apart); meet
+      # before the first collective, whose gloo connection waits only 30 s.
+      from jax._src import distributed
+      distributed.global_state.client.wait_at_barrier("compiled", 600_000)
     for _ in range({steps}):
       state, metrics = step(state, sharding.make_global_batch(mine, mesh))
     leaves = jax.tree_util.tree_leaves_with_path(local_copy(

@@ -276,11 +276,11 @@ def _train_and_evaluate(
   metrics = None
   step = last_saved = int(state.step)
   window, window_start = [], time.perf_counter()
+  preempted_before_training = preemption.requested  # during the restore or compilation
+  if preempted_before_training:
+    logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
   try:
-    while step < config.num_train_steps:
-      if preemption.requested:  # during the restore or the compilation
-        logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
-        break
+    while not preempted_before_training and step < config.num_train_steps:
       state, step_metrics = train_step(state, next(batches))
       step += 1
       window.append(step_metrics)
