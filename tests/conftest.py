@@ -35,16 +35,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The test session is the application: grain's worker processes read absl flags.
 flags.FLAGS.mark_as_parsed()
 
-# With one pytest-xdist worker per core, each worker (and every process it starts) keeps
-# to its own core: the XLA thread pools of two workers and their subprocesses then never
-# compete for one core, which on a 2-core machine made the multi-process trials slower
-# than their work.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
-if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
-  _CORES = sorted(os.sched_getaffinity(0))
-  if len(_CORES) == int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
-    os.sched_setaffinity(0, {_CORES[int(_WORKER[2:])]})
-
 
 def modules_imported_by(imports: str) -> set[str]:
   """The modules a fresh Python process has loaded after running `imports`."""
