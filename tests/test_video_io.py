@@ -206,7 +206,11 @@ def test_a_truncated_video_yields_the_frames_before_the_cut_then_fails(videos, t
   assert str(path) in str(error.value)
   assert 0.2 * NUM_FRAMES <= len(frames) <= 0.8 * NUM_FRAMES
   assert [frame.index for frame in frames] == list(range(len(frames)))
-  assert [decoded_index(frame.pixels) for frame in frames] == list(range(len(frames)))
+  # The last frame may be cut inside its data, and the decoder may then conceal it with
+  # the frame before (seen once for .avi): every earlier frame shows its own picture.
+  shown = [decoded_index(frame.pixels) for frame in frames]
+  assert shown[:-1] == list(range(len(frames) - 1))
+  assert shown[-1] in (len(frames) - 2, len(frames) - 1)
 
 
 def test_a_truncated_mp4_with_its_index_at_the_end_cannot_be_opened(tmp_path):
