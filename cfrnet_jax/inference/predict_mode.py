@@ -174,10 +174,11 @@ def predict_videos(
     start, rows = time.perf_counter(), []
     try:
       info = video_io.video_info(path)
-      predictions = _progress(
+      predictions = tqdm(
           counter.video_predictions(path, every_frames, every_seconds, regions),
-          _expected_frames(info, every_frames, every_seconds),
-          path.name,
+          total=_expected_frames(info, every_frames, every_seconds),
+          desc=f"Counting {path.name}",
+          unit="frame",
       )
       if overlay_video:
         # The overlay of a damaged video keeps the frames before the damage too.
@@ -259,7 +260,3 @@ def _sampled_fps(info: video_io.VideoInfo, every_frames, every_seconds) -> float
   if every_seconds is not None:
     return min(1.0 / every_seconds, fps)  # never more frames than the video has
   return fps / (every_frames or 1)
-
-
-def _progress(items, total: int | None, name: str):
-  return tqdm(items, total=total, desc=f"Counting {name}", unit="frame")

@@ -35,6 +35,7 @@ from, the region (by name, or by index when it has none) and what is wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import numbers
@@ -295,10 +296,21 @@ def region_counts(
   density = np.asarray(density, np.float64)
   if density.ndim != 2:
     raise ValueError(f"The density map must be (h, w), got shape {density.shape}.")
-  factors = np.asarray(scale, np.float64)
+  scale = (float(scale[0]), float(scale[1]))
   return {
       region.name: float(
-          np.sum(density * cell_coverage(region.polygon * factors, density.shape, image_size))
+          np.sum(density * _scaled_coverage(region, scale, density.shape, tuple(image_size)))
       )
       for region in regions
   }
+
+
+@functools.lru_cache(maxsize=64)
+def _scaled_coverage(
+    region: Region, scale: tuple[float, float], map_shape: tuple[int, int], image_size: tuple
+) -> np.ndarray:
+  """`cell_coverage` of `region` scaled to the model image, computed once per region and
+  size: the frames of a video share it (regions hash by identity)."""
+  coverage = cell_coverage(region.polygon * np.asarray(scale), map_shape, image_size)
+  coverage.setflags(write=False)
+  return coverage
