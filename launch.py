@@ -13,8 +13,10 @@ JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (or run under SLUR
 a TPU pod slice, where JAX finds them itself) and start it on every host.
 """
 
+import contextlib
 import logging as std_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -154,7 +156,8 @@ def main(argv):
 
   accelerators.report()
   if _MODE.value == "predict":
-    return _predict(_CONFIG.value)
+    with _checkpoint_errors_as_messages():
+      return _predict(_CONFIG.value)
   import jax
 
   from cfrnet_jax import cross_validation, evaluation
@@ -170,17 +173,31 @@ def main(argv):
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices("datasets ready")
-  if _MODE.value == "train":
-    cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
-  else:
-    cross_validation.run_folds(
-        config,
-        _WORKDIR.value,
-        lambda fold_config, workdir: (
-            evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)
-        ),
-        summary_name=f"folds_evaluation_{_SPLIT.value or 'eval_split'}.json",
-    )
+  with _checkpoint_errors_as_messages():
+    if _MODE.value == "train":
+      cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
+    else:
+      cross_validation.run_folds(
+          config,
+          _WORKDIR.value,
+          lambda fold_config, workdir: (
+              evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)
+          ),
+          summary_name=f"folds_evaluation_{_SPLIT.value or 'eval_split'}.json",
+      )
+
+
+@contextlib.contextmanager
+def _checkpoint_errors_as_messages():
+  """A checkpoint that cannot be written or read ends the command with its message
+  (which says what to do) and status 1, not a traceback through Orbax."""
+  from cfrnet_jax import checkpointing
+
+  try:
+    yield
+  except (checkpointing.CheckpointSaveError, checkpointing.DamagedCheckpointError) as error:
+    logging.error("%s", error)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,28 @@ plain Orbax:
 One training run per workdir (`workdir_lock`): a second run started on a workdir that a
 live run is training in stops at once, naming the first, instead of interleaving its
 checkpoints with the other's.
+
+Damaged checkpoints (a file truncated or missing, say after a disk filled up or a copy
+broke off): every reader tries the newest first and falls back to the next older one
+with a warning that names the step, its folder and what failed. Training moves a damaged
+step to `WORKDIR/damaged_checkpoints/` (kept for inspection, out of the manager's way)
+and resumes from the newest intact one; when every checkpoint is damaged it stops rather
+than start from scratch over them. A save that fails (a full disk) stops the run naming
+the step, the folder and the error (`CheckpointSaveError`); the steps saved before are
+untouched, and the same command resumes from them once there is space.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
+import logging
 import os
+import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +52,15 @@ from cfrnet_jax.state import ModelVariables, abstract_variables
 from configs import base
 
 ITEMS = ("state", "data_iter")
+DAMAGED_DIR = "damaged_checkpoints"  # under the workdir: where training moves damaged steps
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No checkpoint that was asked for, or none at all, can be read."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (a full disk, a lost mount, no permission)."""
 
 
 def create_checkpoint_manager(
@@ -71,14 +93,115 @@ def create_checkpoint_manager(
 def save(
     manager: ocp.CheckpointManager, step: int, state, iterator, metrics: dict | None = None
 ) -> None:
-  """Starts an asynchronous save of `state` and the iterator's position at `step`."""
-  manager.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data_iter=grain.PyGrainCheckpointSave(iterator)
-      ),
-      metrics=metrics,
-      force=True,
+  """Starts an asynchronous save of `state` and the iterator's position at `step`.
+
+  Call `wait_for_saves` first: Orbax waits for the previous save here and would raise
+  its failure as this step's. Raises `CheckpointSaveError` when the save cannot start."""
+  try:
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data_iter=grain.PyGrainCheckpointSave(iterator)
+        ),
+        metrics=metrics,
+        force=True,
+    )
+  except Exception as error:
+    raise _save_error(manager, step, error) from error
+
+
+def wait_for_saves(manager: ocp.CheckpointManager, step: int) -> None:
+  """Waits for the asynchronous saves under way; a failed one (a full disk, say) raises
+  `CheckpointSaveError` naming `step`, the last one started, and what is kept."""
+  try:
+    manager.wait_until_finished()
+  except Exception as error:
+    raise _save_error(manager, step, error) from error
+
+
+def _save_error(manager: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointSaveError:
+  kept = _finished_steps(manager.directory)
+  return CheckpointSaveError(
+      f"Could not write the checkpoint of step {step} in {manager.directory}: "
+      f"{_reason(error)}. "
+      + (
+          f"The checkpoints of steps {kept} are intact; free some space (or fix the "
+          "folder) and rerun the same command to resume from the newest of them."
+          if kept
+          else "No earlier checkpoint exists; free some space and rerun the command."
+      )
+  )
+
+
+def _finished_steps(directory: Path) -> list[int]:
+  """Steps whose folders Orbax finalised (a save in progress is a temporary folder)."""
+  if not Path(directory).is_dir():
+    return []
+  return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit())
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an error and of its cause, shortened: Orbax's messages for a bad
+  file carry a whole TensorStore spec after it, and paths of temporary folders."""
+  lines = []
+  while error is not None and len(lines) < 2:
+    text = str(error).strip().splitlines()
+    line = (text[0] if text else type(error).__name__).split(" See full TensorStore")[0]
+    # The start says what failed, the end why (an OS error comes last): keep both.
+    lines.append(line if len(line) <= 300 else f"{line[:150]} ... {line[-150:]}")
+    error = error.__cause__
+  return " <- ".join(dict.fromkeys(lines))
+
+
+def _quiet_abandoned_reads() -> None:
+  """When one array of a checkpoint cannot be read, Orbax abandons the reads of all the
+  others, and Python prints each abandoned coroutine and asyncio task when it is
+  collected, up to the process's exit: thousands of lines that hide the one-line
+  warning. Once a checkpoint failed to read, those reports are dropped (only those:
+  'Event loop is closed' and tasks whose exception was never retrieved)."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not (
+        isinstance(unraisable.exc_value, RuntimeError)
+        and "Event loop is closed" in str(unraisable.exc_value)
+    ) and "_read_array_index" not in repr(unraisable.object):
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "exception was never retrieved" not in record.getMessage()
+  )
+
+
+def _try_steps(steps: list[int], directory: Path, read, fall_back: bool):
+  """(step, read(step)) for the first step of `steps` that reads; each one that fails is
+  logged, and with `fall_back=False` the first failure raises. Raises
+  `DamagedCheckpointError` listing every failure when none reads."""
+  failures = []
+  for step in steps:
+    try:
+      return step, read(step), failures
+    except Exception as error:  # Orbax and TensorStore raise many types for bad files.
+      _quiet_abandoned_reads()
+      gc.collect()
+      failures.append((step, _reason(error)))
+      logging.warning(
+          "The checkpoint of step %d (%s) cannot be read: %s.%s",
+          step,
+          Path(directory) / str(step),
+          failures[-1][1],
+          " Trying the next older one." if fall_back and step != steps[-1] else "",
+      )
+      if not fall_back:
+        break
+  raise DamagedCheckpointError(
+      f"No checkpoint in {directory} can be read: "
+      + "; ".join(f"step {step}: {reason}" for step, reason in failures)
+      + ("." if fall_back else f" (the folder also has steps {[s for s in steps[1:]]}).")
   )
 
 
@@ -89,6 +212,42 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, iterator=
   if iterator is not None:
     items["data_iter"] = grain.PyGrainCheckpointRestore(iterator)
   return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def restore_newest_intact(
+    manager: ocp.CheckpointManager, workdir: str | Path, abstract_state, iterator
+):
+  """The state and data position of the newest checkpoint that reads, for resuming.
+
+  Each newer one that does not read is moved to `WORKDIR/damaged_checkpoints/STEP` (by
+  process 0, once every process has tried it) with a warning, so that the run saves
+  that step again when it gets there. Raises `DamagedCheckpointError` when none reads:
+  a run never starts from scratch over checkpoints it could not read."""
+  steps = sorted(manager.all_steps(), reverse=True)
+  step, state, failures = _try_steps(
+      steps,
+      manager.directory,
+      lambda step: restore(manager, step, abstract_state, iterator),
+      fall_back=True,
+  )
+  if failures:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      multihost_utils.sync_global_devices("tried the damaged checkpoints")
+    if jax.process_index() == 0:
+      for damaged, _ in failures:
+        target = Path(workdir) / DAMAGED_DIR / str(damaged)
+        if target.exists():
+          target = target.with_name(f"{damaged}.{time.strftime('%Y%m%d-%H%M%S')}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(Path(manager.directory) / str(damaged)), target)
+        logging.warning("Moved the damaged checkpoint of step %d to %s.", damaged, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("moved the damaged checkpoints")
+    manager.reload()
+    logging.warning("Resuming from step %d, the newest checkpoint that reads.", step)
+  return state
 
 
 def saved_worker_count(manager: ocp.CheckpointManager, step: int) -> int | None:
@@ -118,26 +277,37 @@ def restore_variables(
     raise FileNotFoundError(f"No checkpoint in {Path(workdir).absolute() / 'checkpoints'}.")
   manager = create_checkpoint_manager(workdir)
   try:
-    step = best_step(manager) if step is None else step
-    if step is None:
+    chosen = best_step(manager) if step is None else step
+    if chosen is None:
       raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
-    if step not in manager.all_steps():
+    steps = sorted(manager.all_steps(), reverse=True)
+    if chosen not in steps:
       raise FileNotFoundError(
-          f"No checkpoint of step {step} in {manager.directory} "
-          f"(it has steps {sorted(manager.all_steps())})."
+          f"No checkpoint of step {chosen} in {manager.directory} "
+          f"(it has steps {sorted(steps)})."
       )
-    directory = manager.directory / str(step) / "state"
+    directory = Path(manager.directory)
   finally:
     manager.close()
   abstract = abstract_variables(model_config)._asdict()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract)
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(
-        directory,
-        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True),
-    )
-  return step, ModelVariables(**restored)
+
+  def read(step: int) -> dict:
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      return checkpointer.restore(
+          directory / str(step) / "state",
+          args=ocp.args.PyTreeRestore(
+              item=abstract, restore_args=restore_args, partial_restore=True
+          ),
+      )
+
+  # The chosen step first; without an explicit --step, the others newest first after it.
+  order = [chosen] + [s for s in steps if s != chosen]
+  found, restored, failures = _try_steps(order, directory, read, fall_back=step is None)
+  if failures:
+    logging.warning("Using the checkpoint of step %d instead of step %d.", found, chosen)
+  return found, ModelVariables(**restored)
 
 
 # Fields a resumed run may change: how it computes, reads or evaluates, not what it trains.

@@ -166,3 +166,116 @@ def test_a_second_run_in_a_live_runs_workdir_is_refused(tmp_path):
     holder.wait()
   with checkpointing.workdir_lock(tmp_path):
     assert f"pid {os.getpid()}," in (tmp_path / checkpointing.LOCK_FILE).read_text()
+
+
+def _data_files(step_dir) -> list:
+  """The array-data files of a checkpoint's state (OCDBT's `d/` folder), largest first."""
+  files = (step_dir / "state").glob("ocdbt.process_*/d/*")
+  return sorted(files, key=lambda p: -p.stat().st_size)
+
+
+def _truncate_all(step_dir):
+  for path in _data_files(step_dir):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+# How a checkpoint gets damaged: a copy broken off, a file lost, a full disk. (Cutting
+# one file is not enough: it may hold only Adam moments, which inference never reads.)
+DAMAGES = {
+    "truncated data files": _truncate_all,
+    "missing data file": lambda step: _data_files(step)[0].unlink(),
+    "emptied data file": lambda step: _data_files(step)[0].write_bytes(b""),
+    "missing manifest": lambda step: (step / "state" / "manifest.ocdbt").unlink(),
+}
+
+
+@pytest.fixture
+def two_step_workdir(trained_workdir, tmp_path):
+  """The trained run with a second, older checkpoint (step 1: a copy of step 2 without
+  an evaluation, so step 2 stays the best)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  shutil.copytree(workdir / "checkpoints" / "2", workdir / "checkpoints" / "1")
+  shutil.rmtree(workdir / "checkpoints" / "1" / "metrics")
+  return workdir
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_predict_falls_back_past_a_damaged_checkpoint_and_says_so(
+    two_step_workdir, trained_workdir, damage, caplog
+):
+  config = checkpointing.load_run_config(two_step_workdir)
+  DAMAGES[damage](two_step_workdir / "checkpoints" / "2")
+  with caplog.at_level("WARNING"):
+    step, variables = checkpointing.restore_variables(two_step_workdir, config.model)
+  assert step == 1
+  warned = caplog.text
+  assert (
+      f"The checkpoint of step 2 ({two_step_workdir / 'checkpoints' / '2'}) cannot be read"
+      in warned
+  )
+  assert "Using the checkpoint of step 1 instead of step 2" in warned
+  assert len(warned) < 3000  # one warning, not Orbax's thousands of abandoned reads
+  _, intact = checkpointing.restore_variables(trained_workdir, config.model)
+  for key, value in _flat(intact.params).items():
+    np.testing.assert_array_equal(_flat(variables.params)[key], value, err_msg=key)
+  # An explicit step is not replaced by another: its damage is the error.
+  with pytest.raises(checkpointing.DamagedCheckpointError, match=r"step 2: .*also has steps \[1\]"):
+    checkpointing.restore_variables(two_step_workdir, config.model, step=2)
+
+
+def test_when_every_checkpoint_is_damaged_the_error_lists_each(two_step_workdir):
+  config = checkpointing.load_run_config(two_step_workdir)
+  for step in ("1", "2"):
+    DAMAGES["truncated data files"](two_step_workdir / "checkpoints" / step)
+  with pytest.raises(
+      checkpointing.DamagedCheckpointError,
+      match=r"No checkpoint in .* can be read: step 2: .*; step 1: ",
+  ):
+    checkpointing.restore_variables(two_step_workdir, config.model)
+
+
+def _checkpoint_listing(workdir) -> list[str]:
+  return sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
+
+
+@pytest.mark.slow  # trains twice
+def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_data_dir, caplog):
+  from cfrnet_jax.training import trainer
+  from tests.conftest import tiny_train_config
+
+  config = tiny_train_config(
+      synthetic_data_dir,
+      num_train_steps=4,
+      checkpoint_every_steps=2,
+      log_every_steps=2,
+      eval_every_steps=1000,
+      keep_checkpoints=2,
+  )
+  config.data.eval_split = "test[:1]"
+  workdir = tmp_path / "run"
+  trainer.train_and_evaluate(config, workdir)
+  uninterrupted = _flat(_plain_orbax_state(workdir, 4))
+  DAMAGES["truncated data files"](workdir / "checkpoints" / "4")
+  with caplog.at_level("WARNING"):
+    trainer.train_and_evaluate(config, workdir)
+  assert "The checkpoint of step 4" in caplog.text and "Trying the next older one" in caplog.text
+  assert "Resuming from step 2, the newest checkpoint that reads" in caplog.text
+  assert (workdir / checkpointing.DAMAGED_DIR / "4" / "state").is_dir()  # kept, moved aside
+  # Steps 3 and 4 trained again from step 2: the same bits as the first time.
+  resumed = _flat(_plain_orbax_state(workdir, 4))
+  assert sorted(resumed) == sorted(uninterrupted)
+  for key, value in uninterrupted.items():
+    np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+  # Every checkpoint damaged: the run stops before anything else; nothing starts from
+  # scratch over them, nothing is moved or written.
+  for step in ("2", "4"):
+    DAMAGES["truncated data files"](workdir / "checkpoints" / step)
+  before = _checkpoint_listing(workdir)
+  with pytest.raises(
+      checkpointing.DamagedCheckpointError,
+      match=r"No checkpoint in .* can be read: step 4: .*step 2",
+  ):
+    trainer.train_and_evaluate(config, workdir)
+  assert _checkpoint_listing(workdir) == before

@@ -21,6 +21,7 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -255,7 +256,7 @@ def _train_and_evaluate(
   )
   if resume_step is not None:
     abstract, state_sharding = abstract_train_state(config, mesh)
-    state = checkpointing.restore(manager, resume_step, abstract, iterator)
+    state = checkpointing.restore_newest_intact(manager, workdir, abstract, iterator)
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
   else:
     state, state_sharding = create_train_state(config, mesh)
@@ -303,6 +304,7 @@ def _train_and_evaluate(
       save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
       if evaluate_now or step % config.checkpoint_every_steps == 0 or save_to_stop:
         _check_finite(state)
+        checkpointing.wait_for_saves(manager, last_saved)
         checkpointing.save(
             manager,
             step,
@@ -323,10 +325,17 @@ def _train_and_evaluate(
               last_saved,
           )
         break
+  except BaseException:
+    with contextlib.suppress(checkpointing.CheckpointSaveError):  # the first error counts
+      checkpointing.wait_for_saves(manager, last_saved)
+    raise
   finally:
-    manager.wait_until_finished()
     if writer is not None:
-      writer.close()
+      try:
+        writer.close()
+      except OSError as error:  # a full disk: the checkpoint's error is the one to report
+        logging.warning("Could not write the TensorBoard log in %s: %s", workdir, error)
+  checkpointing.wait_for_saves(manager, last_saved)
   return metrics
 
 

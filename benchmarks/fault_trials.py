@@ -1,0 +1,293 @@
+"""Kill trials: SIGKILL a training run at random moments, resume it, compare bit for bit.
+
+    python benchmarks/fault_trials.py --trials 20            # the figure in docs/reliability.md
+    python benchmarks/fault_trials.py --trials 3 --steps 8   # what CI runs
+
+Trains the tiny config (`configs/tiny.py`, synthetic_crowd) once without interruption to
+`--steps`, then, per trial, starts the same run in a fresh workdir, kills it with SIGKILL
+and reruns the same command, which resumes from the newest checkpoint and finishes. The
+final checkpoint of every trial is compared with the uninterrupted run's: every array of
+the state (parameters, BatchNorm statistics, Adam moments, step counters) byte for byte,
+and the data position (grain's iterator state) as text. A trial whose final state differs
+in anything is reported as lost, with what differed; the script exits 1 if any is lost.
+
+Where the kill falls alternates:
+  save    while an asynchronous checkpoint is being written (its temporary folder
+          exists), at a randomly chosen save of the run;
+  random  at a uniformly random moment of the training loop (from the end of the step's
+          compilation to the end of the run; the uninterrupted run's loop time).
+A kill that comes after the run ended is drawn again, up to 3 times, then reported.
+
+Runs share one JAX compilation cache, so after the first run each start costs the
+imports, the restore and a cache read. Results: a Markdown table on stdout and, with
+`--out`, JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = "Compiled training step"
+KILL_MODES = ("save", "random")
+
+
+def run_command(workdir: Path, data_dir: Path, steps: int, every: int, workers: int) -> list[str]:
+  return [
+      sys.executable,
+      "launch.py",
+      "--config",
+      "configs/tiny.py",
+      "--workdir",
+      str(workdir),
+      f"--config.data.data_dir={data_dir}",
+      f"--config.num_train_steps={steps}",
+      f"--config.checkpoint_every_steps={every}",
+      f"--config.log_every_steps={every}",
+      "--config.eval_every_steps=1000000",
+      "--config.data.eval_split=test[:1]",
+      f"--config.data.num_workers={workers}",
+      f"--config.keep_checkpoints={steps}",  # every step saved stays, for the report
+  ]
+
+
+def start(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+  return subprocess.Popen(
+      command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True
+  )
+
+
+def wait_for_line(log: Path, proc: subprocess.Popen, text: str, timeout: float) -> float:
+  """Seconds until `text` appears in the run's log."""
+  began = time.monotonic()
+  while text not in log.read_text(errors="replace"):
+    if proc.poll() is not None:
+      raise RuntimeError(
+          f"the run ended (status {proc.returncode}) before '{text}':\n"
+          + log.read_text(errors="replace")[-3000:]
+      )
+    if time.monotonic() - began > timeout:
+      proc.kill()
+      raise RuntimeError(f"no '{text}' in {log} after {timeout:.0f} s")
+    time.sleep(0.01)
+  return time.monotonic() - began
+
+
+def finish(command: list[str], env: dict, log: Path, timeout: float) -> None:
+  proc = start(command, env, log)
+  try:
+    status = proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    raise RuntimeError(f"{' '.join(command)} did not finish in {timeout:.0f} s ({log})") from None
+  if status != 0:
+    raise RuntimeError(
+        f"the run failed (status {status}):\n" + log.read_text(errors="replace")[-3000:]
+    )
+
+
+def saves_in_progress(checkpoints: Path) -> list[str]:
+  try:
+    return [p.name for p in checkpoints.iterdir() if "orbax-checkpoint-tmp" in p.name]
+  except FileNotFoundError:
+    return []
+
+
+def finished_steps(checkpoints: Path) -> list[int]:
+  try:
+    return sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+  except FileNotFoundError:
+    return []
+
+
+def kill_run(command, env, log, mode, rng, loop_s, saves, timeout) -> dict | None:
+  """Starts the run and SIGKILLs it per `mode`; None if it ended before the kill."""
+  proc = start(command, env, log)
+  checkpoints = Path(command[command.index("--workdir") + 1]) / "checkpoints"
+  wait_for_line(log, proc, COMPILED, timeout)
+  began = time.monotonic()
+  if mode == "random":
+    delay = rng.uniform(0.0, loop_s)
+    while time.monotonic() - began < delay and proc.poll() is None:
+      time.sleep(0.002)
+  else:  # the chosen save's temporary folder appears
+    target, seen, previous = rng.randint(1, saves), 0, []
+    while proc.poll() is None:
+      current = saves_in_progress(checkpoints)
+      seen += len(set(current) - set(previous))
+      previous = current
+      if current and seen >= target:
+        break
+      if time.monotonic() - began > timeout:
+        break
+      time.sleep(0.001)
+  writing = saves_in_progress(checkpoints)
+  kept = finished_steps(checkpoints)
+  if proc.poll() is not None:
+    return None
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  return {
+      "killed_after_s": round(time.monotonic() - began, 3),
+      "save_in_progress": writing,
+      "steps_saved_at_kill": kept,
+      "log": log.read_text(errors="replace"),
+  }
+
+
+def read_final(workdir: Path, step: int) -> tuple[dict, str]:
+  import jax
+  import orbax.checkpoint as ocp
+
+  folder = workdir / "checkpoints" / str(step)
+  state = ocp.StandardCheckpointer().restore(folder / "state")
+  arrays = {
+      jax.tree_util.keystr(path): np.asarray(leaf)
+      for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+  }
+  position = "\n".join(p.read_text() for p in sorted((folder / "data_iter").glob("process_*.json")))
+  return arrays, position
+
+
+def differences(reference: tuple[dict, str], trial: tuple[dict, str]) -> list[str]:
+  (ref_arrays, ref_position), (arrays, position) = reference, trial
+  found = [f"missing {k}" for k in sorted(set(ref_arrays) - set(arrays))]
+  found += [f"extra {k}" for k in sorted(set(arrays) - set(ref_arrays))]
+  for key in sorted(set(ref_arrays) & set(arrays)):
+    a, b = ref_arrays[key], arrays[key]
+    if a.shape != b.shape or a.dtype != b.dtype or a.tobytes() != b.tobytes():
+      found.append(key)
+  if position != ref_position:
+    found.append("data position (grain iterator state)")
+  return found
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--trials", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=12, help="training steps of each run")
+  parser.add_argument("--checkpoint_every", type=int, default=2)
+  parser.add_argument("--workers", type=int, default=0, help="grain worker processes")
+  parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
+  parser.add_argument("--folder", help="work folder (default: a temporary one, removed)")
+  parser.add_argument("--data_dir", help="synthetic_crowd's TFDS folder (built if absent)")
+  parser.add_argument("--timeout_s", type=float, default=600, help="per run")
+  parser.add_argument("--out", help="also write the trials as JSON here")
+  args = parser.parse_args(argv)
+  if args.trials < 1 or args.steps < 2 * args.checkpoint_every:
+    parser.error("need --trials >= 1 and --steps >= 2 x --checkpoint_every")
+
+  folder = Path(args.folder or tempfile.mkdtemp(prefix="fault_trials_"))
+  folder.mkdir(parents=True, exist_ok=True)
+  data_dir = Path(args.data_dir or folder / "tfds")
+  env = {
+      **os.environ,
+      "PYTHONUNBUFFERED": "1",
+      "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR")
+      or str(folder / "jax_cache"),
+      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
+  rng = random.Random(args.seed)
+  command = lambda workdir: run_command(
+      workdir, data_dir, args.steps, args.checkpoint_every, args.workers
+  )
+  saves = args.steps // args.checkpoint_every
+  began = time.monotonic()
+
+  print(
+      f"Uninterrupted run: tiny config, {args.steps} steps, a checkpoint every "
+      f"{args.checkpoint_every}, {args.workers} grain workers ({folder}).",
+      flush=True,
+  )
+  straight = folder / "straight"
+  shutil.rmtree(straight, ignore_errors=True)
+  proc = start(command(straight), env, folder / "straight.log")
+  wait_for_line(folder / "straight.log", proc, COMPILED, args.timeout_s)
+  loop_began = time.monotonic()
+  if proc.wait(timeout=args.timeout_s) != 0:
+    raise SystemExit((folder / "straight.log").read_text()[-3000:])
+  loop_s = time.monotonic() - loop_began  # the loop, the final evaluation and the exit
+  reference = read_final(straight, args.steps)
+  print(f"  {loop_s:.1f} s from compiled to exit", flush=True)
+
+  trials = []
+  print(
+      "| trial | kill | killed after (s) | save being written | steps saved | resumed from "
+      "| outcome |\n|---|---|---|---|---|---|---|",
+      flush=True,
+  )
+  for trial in range(1, args.trials + 1):
+    mode = KILL_MODES[(trial - 1) % len(KILL_MODES)]
+    workdir = folder / f"trial_{trial}"
+    kill = None
+    for _ in range(3):
+      shutil.rmtree(workdir, ignore_errors=True)
+      kill = kill_run(
+          command(workdir),
+          env,
+          folder / f"trial_{trial}_killed.log",
+          mode,
+          rng,
+          loop_s,
+          saves,
+          args.timeout_s,
+      )
+      if kill is not None:
+        break
+    row = {"trial": trial, "mode": mode}
+    if kill is None:
+      row["outcome"] = "not killed: the run ended before each of 3 drawn moments"
+    else:
+      resumed_log = folder / f"trial_{trial}_resumed.log"
+      finish(command(workdir), env, resumed_log, args.timeout_s)
+      text = resumed_log.read_text(errors="replace")
+      match = re.search(r"Resumed from the checkpoint of step (\d+)", text)
+      lost = differences(reference, read_final(workdir, args.steps))
+      row.update(
+          killed_after_s=kill["killed_after_s"],
+          save_in_progress=kill["save_in_progress"],
+          steps_saved_at_kill=kill["steps_saved_at_kill"],
+          resumed_from=int(match.group(1)) if match else 0,
+          differences=lost,
+          outcome="bit-identical" if not lost else f"LOST: {len(lost)} differ: {lost[:5]}",
+      )
+    trials.append(row)
+    print(
+        f"| {trial} | {mode} | {row.get('killed_after_s', '-')} | "
+        f"{', '.join(row.get('save_in_progress', [])) or '-'} | "
+        f"{row.get('steps_saved_at_kill', '-')} | {row.get('resumed_from', '-')} | "
+        f"{row['outcome']} |",
+        flush=True,
+    )
+    shutil.rmtree(workdir, ignore_errors=True)
+
+  identical = sum(t["outcome"] == "bit-identical" for t in trials)
+  during_save = sum(bool(t.get("save_in_progress")) for t in trials)
+  print(
+      f"\n{identical} of {len(trials)} trials bit-identical to the uninterrupted run "
+      f"({during_save} killed while a checkpoint was being written); "
+      f"{time.monotonic() - began:.0f} s in all.",
+      flush=True,
+  )
+  if args.out:
+    Path(args.out).write_text(json.dumps({"trials": trials, "identical": identical}, indent=1))
+  if not args.folder:
+    shutil.rmtree(folder, ignore_errors=True)
+  return 0 if identical == len(trials) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
