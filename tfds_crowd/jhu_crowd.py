@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport
+from tfds_crowd.crowd_builder import (
+    INT32_MAX,
+    CrowdBuilder,
+    CrowdDataError,
+    SplitReport,
+    decode_text,
+)
 
 SPLITS = ("train", "val", "test")
 _IMAGE = r"(?:^|/){split}/images/([^/]+)\.jpg$"
 _GROUND_TRUTH = r"(?:^|/){split}/gt/([^/]+)\.txt$"
 _LABELS = r"(?:^|/){split}/image_labels\.txt$"
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def parse_head_lines(text: str, where: str) -> np.ndarray:
-  """`gt/*.txt`: one head per line, `x y w h occlusion blur` -> (N, 6) float array."""
+  """`gt/*.txt`: one head per line, `x y w h occlusion blur` -> (N, 6) float array.
+
+  x and y may be any number (NaN, infinite and out-of-image heads are dropped and
+  counted when the example is made); w and h are stored as float32 as annotated (NaN and
+  infinity included), so a finite value beyond float32 is refused, and so is an occlusion
+  or blur that is not a 32-bit whole number, naming the file and line.
+  """
   rows = []
   for number, line in enumerate(text.splitlines(), start=1):
     if not line.strip():
@@ -27,6 +42,13 @@ def parse_head_lines(text: str, where: str) -> np.ndarray:
     if len(values) != 6:
       raise CrowdDataError(
           f"{where}, line {number}: expected 'x y w h occlusion blur', got {line.strip()!r}."
+      )
+    if any(math.isfinite(v) and abs(v) > _FLOAT32_MAX for v in values[2:4]) or not all(
+        math.isfinite(v) and v == int(v) and abs(v) <= INT32_MAX for v in values[4:]
+    ):
+      raise CrowdDataError(
+          f"{where}, line {number}: w and h must fit float32 and occlusion and blur be "
+          f"32-bit whole numbers, got {line.strip()!r}."
       )
     rows.append(values)
   return np.asarray(rows, np.float64).reshape(-1, 6)
@@ -42,12 +64,20 @@ def parse_image_labels(text: str, where: str) -> dict[str, tuple[int, str, int, 
     fields = [f.strip() for f in line.split(",")]
     try:
       name, count, scene, weather, distractor = fields
-      labels[name] = (int(count), scene, int(weather), int(distractor))
+      count, weather, distractor = int(count), int(weather), int(distractor)
     except ValueError:
       raise CrowdDataError(
           f"{where}, line {number}: expected 'image,count,scene,weather,"
           f"distractor', got {line.strip()!r}."
       ) from None
+    if not (0 <= count <= INT32_MAX and abs(weather) <= INT32_MAX and abs(distractor) <= INT32_MAX):
+      raise CrowdDataError(
+          f"{where}, line {number}: count must be in [0, {INT32_MAX}] and weather and "
+          f"distractor 32-bit integers, got {line.strip()!r}."
+      )
+    if name in labels:
+      raise CrowdDataError(f"{where}, line {number}: a second line for image {name!r}.")
+    labels[name] = (count, scene, weather, distractor)
   return labels
 
 
@@ -94,21 +124,28 @@ class JhuCrowd(CrowdBuilder):
     label_files = [name for name, _ in source.match(_LABELS.format(split=split))]
     if not images:
       raise self._missing(source, f"{split}/images/*.jpg")
+    orphans = sorted(set(truths) - set(images))
+    if orphans:  # an image lost from a damaged archive, say: its heads would vanish
+      raise CrowdDataError(
+          f"{source.describe(truths[orphans[0]])}: no image {split}/images/{orphans[0]}.jpg "
+          f"for this annotation ({len(orphans)} annotations without their image)."
+      )
     if len(label_files) != 1:
       raise self._missing(
           source, f"exactly one {split}/image_labels.txt (found {len(label_files)})"
       )
+    labels_where = source.describe(label_files[0])
     labels = parse_image_labels(
-        source.read_bytes(label_files[0]).decode(), source.describe(label_files[0])
+        decode_text(source.read_bytes(label_files[0]), labels_where), labels_where
     )
     report = SplitReport(self.name, split)
     for stem, image_name in sorted(images.items()):
       if stem not in truths:
         raise CrowdDataError(f"{source.describe(image_name)}: no annotation gt/{stem}.txt.")
       if stem not in labels:
-        raise CrowdDataError(f"{source.describe(label_files[0])}: no line for image {stem}.")
+        raise CrowdDataError(f"{labels_where}: no line for image {stem}.")
       where = source.describe(truths[stem])
-      heads = parse_head_lines(source.read_bytes(truths[stem]).decode(), where)
+      heads = parse_head_lines(decode_text(source.read_bytes(truths[stem]), where), where)
       count, scene, weather, distractor = labels[stem]
       yield self._example(
           report,
@@ -116,6 +153,7 @@ class JhuCrowd(CrowdBuilder):
           source.describe(image_name),
           f"{split}/{stem}.jpg",
           heads[:, :2],
+          annotation=where,
           annotated_count=count,
           per_head={
               "head_size": heads[:, 2:4].astype(np.float32),

@@ -12,12 +12,22 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 
 class MissingDataError(FileNotFoundError):
   """The manual download is absent or incomplete; the message says what to fetch."""
+
+
+class CrowdDataError(ValueError):
+  """A file of the manual download cannot be used; the message names it."""
+
+
+# What zipfile raises for damaged archives and members (a bad CRC, a truncated or
+# corrupt deflate stream, mismatched headers, unsupported compression or encryption).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
 class ManualSource:
@@ -35,10 +45,17 @@ class ManualSource:
       relative = path.relative_to(self.root).as_posix()
       self._files[relative] = (path, None)
       if path.suffix.lower() == ".zip":
-        with zipfile.ZipFile(path) as archive:
-          for member in archive.namelist():
-            if not member.endswith("/"):
-              self._files.setdefault(member, (path, member))
+        try:
+          with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+        except _ZIP_ERRORS as error:
+          raise CrowdDataError(
+              f"{path}: not a readable zip archive ({error}); download it again, or "
+              "extract it if another tool can."
+          ) from error
+        for member in members:
+          if not member.endswith("/"):
+            self._files.setdefault(member, (path, member))
 
   def __len__(self) -> int:
     return len(self._files)
@@ -52,12 +69,16 @@ class ManualSource:
         yield name, found
 
   def read_bytes(self, name: str) -> bytes:
+    """The file's bytes, or a `CrowdDataError` naming it (a member's CRC is checked)."""
     path, member = self._files[name]
-    if member is None:
-      return path.read_bytes()
-    if path not in self._archives:
-      self._archives[path] = zipfile.ZipFile(path)
-    return self._archives[path].read(member)
+    try:
+      if member is None:
+        return path.read_bytes()
+      if path not in self._archives:
+        self._archives[path] = zipfile.ZipFile(path)
+      return self._archives[path].read(member)
+    except _ZIP_ERRORS as error:
+      raise CrowdDataError(f"{self.describe(name)}: cannot read it ({error}).") from error
 
   def describe(self, name: str) -> str:
     """Where a file is, for error messages: a path, or `archive.zip:member`."""

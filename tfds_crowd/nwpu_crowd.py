@@ -8,29 +8,91 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport
+from tfds_crowd.crowd_builder import (
+    INT32_MAX,
+    CrowdBuilder,
+    CrowdDataError,
+    SplitReport,
+    as_count,
+    as_points,
+    decode_text,
+)
 
 SPLITS = ("train", "val", "test")
+SPLIT_SIZES = {"train": 3109, "val": 500, "test": 1500}  # images, as released
+SPLIT_LABELS = 2  # integers after the image id on each line of train.txt etc.
 _IMAGE = r"(?:^|/)images/(\d+)\.jpg$"
 _ANNOTATION = r"(?:^|/)jsons/(\d+)\.json$"
 _SPLIT_LIST = r"(?:^|/){split}\.txt$"
 
 
 def parse_split_list(text: str, where: str) -> dict[str, list[int]]:
-  """`train.txt` etc.: `image_id label label` per line -> {image_id: [labels]}."""
+  """`train.txt` etc.: `image_id label label` per line (NWPU's illumination and
+  scene-density levels) -> {image_id: [labels]}; every image on one line."""
   entries = {}
   for number, line in enumerate(text.splitlines(), start=1):
     fields = line.split()
     if not fields:
       continue
     try:
-      entries[fields[0]] = [int(v) for v in fields[1:]]
+      labels = [int(v) for v in fields[1:]]
     except ValueError:
+      labels = []
+    if len(labels) != SPLIT_LABELS or any(abs(v) > INT32_MAX for v in labels):
       raise CrowdDataError(
-          f"{where}, line {number}: expected an image id followed by "
-          f"integer labels, got {line.strip()!r}."
-      ) from None
+          f"{where}, line {number}: expected an image id followed by {SPLIT_LABELS} "
+          f"32-bit integer labels, got {line.strip()!r}."
+      )
+    if fields[0] in entries:
+      raise CrowdDataError(f"{where}, line {number}: image {fields[0]} is listed twice.")
+    entries[fields[0]] = labels
+  if not entries:
+    raise CrowdDataError(f"{where}: lists no images.")
   return entries
+
+
+def parse_annotation(data: bytes, where: str) -> tuple[np.ndarray, int, np.ndarray]:
+  """`jsons/k.json` -> ((N, 2) `points`, `human_num`, (M, 4) `boxes`), or a
+  `CrowdDataError` naming `where`."""
+  text = decode_text(data, where)
+  try:
+    record = json.loads(text)
+  except (ValueError, RecursionError) as error:
+    raise CrowdDataError(f"{where}: not valid JSON ({error}).") from None
+  if not isinstance(record, dict):
+    raise CrowdDataError(
+        f"{where}: expected a JSON object with 'points' and 'human_num', got a "
+        f"{type(record).__name__}."
+    )
+  missing = [key for key in ("points", "human_num") if key not in record]
+  if missing:
+    raise CrowdDataError(
+        f"{where}: not an NWPU annotation: no {' or '.join(map(repr, missing))} "
+        f"(keys: {sorted(record)[:10]})."
+    )
+  points = as_points(record["points"], where)
+  human_num = as_count(record["human_num"], where, "human_num")
+  return points, human_num, _boxes(record.get("boxes", []), where)
+
+
+def _boxes(values, where: str) -> np.ndarray:
+  """(M, 4) float32 boxes (x1, y1, x2, y2) as annotated (NaN and infinity included), or
+  a `CrowdDataError`."""
+  try:
+    boxes = np.asarray(values)
+  except ValueError as error:  # ragged
+    raise CrowdDataError(f"{where}: 'boxes' is not an (M, 4) array ({error}).") from None
+  if boxes.size == 0 and boxes.ndim <= 2:
+    return np.zeros((0, 4), np.float32)
+  if boxes.dtype.kind not in "iuf" or boxes.ndim != 2 or boxes.shape[1] != 4:
+    raise CrowdDataError(
+        f"{where}: 'boxes' must be an (M, 4) array of numbers, got {boxes.dtype} "
+        f"of shape {boxes.shape}."
+    )
+  boxes = boxes.astype(np.float64)
+  if (np.isfinite(boxes) & (np.abs(boxes) > np.finfo(np.float32).max)).any():
+    raise CrowdDataError(f"{where}: 'boxes' holds values beyond float32.")
+  return boxes.astype(np.float32)
 
 
 class NwpuCrowd(CrowdBuilder):
@@ -76,7 +138,16 @@ class NwpuCrowd(CrowdBuilder):
       lists = [name for name, _ in source.match(_SPLIT_LIST.format(split=split))]
       if len(lists) != 1:
         raise self._missing(source, f"exactly one {split}.txt (found {len(lists)})")
-      entries = parse_split_list(source.read_bytes(lists[0]).decode(), source.describe(lists[0]))
+      where = source.describe(lists[0])
+      entries = parse_split_list(decode_text(source.read_bytes(lists[0]), where), where)
+      if len(entries) != SPLIT_SIZES[split]:
+        logging.warning(
+            "%s lists %d images; NWPU-Crowd's %s split has %d (a truncated or edited list?).",
+            where,
+            len(entries),
+            split,
+            SPLIT_SIZES[split],
+        )
       generators[split] = self._generate_examples(source, split, entries, images, annotations)
     return generators
 
@@ -105,16 +176,15 @@ class NwpuCrowd(CrowdBuilder):
             f"{source.describe(images[image_id])}: no annotation jsons/{image_id}.json."
         )
       where = source.describe(annotations[image_id])
-      try:
-        record = json.loads(source.read_bytes(annotations[image_id]))
-        points, boxes = record["points"], record.get("boxes", [])
-        human_num = int(record["human_num"])
-      except (ValueError, KeyError, TypeError) as error:
-        raise CrowdDataError(
-            f"{where}: not an NWPU annotation with 'points' and 'human_num' ({error!r})."
-        ) from error
-      boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+      points, human_num, boxes = parse_annotation(source.read_bytes(annotations[image_id]), where)
       yield self._example(
-          report, *image, f"{image_id}.jpg", points, annotated_count=human_num, boxes=boxes, **extra
+          report,
+          *image,
+          f"{image_id}.jpg",
+          points,
+          annotation=where,
+          annotated_count=human_num,
+          boxes=boxes,
+          **extra,
       )
     report.log_summary()

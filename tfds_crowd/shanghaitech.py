@@ -5,12 +5,21 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport
+from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport, as_count, as_points
 from tfds_crowd.matlab import load_mat, struct_field
 
 # part_A/train_data/images/IMG_1.jpg, also part_A_final/...; in a folder or a zip.
 _IMAGE = r"(?:^|/)part_{part}(?:_final)?/{split}_data/images/(IMG_\d+)\.jpg$"
 _GROUND_TRUTH = r"(?:^|/)part_{part}(?:_final)?/{split}_data/ground[-_]truth/GT_(IMG_\d+)\.mat$"
+
+
+def parse_ground_truth(data: bytes, where: str) -> tuple[np.ndarray, int]:
+  """`GT_IMG_k.mat` -> ((N, 2) points `image_info{1}.location`, `image_info{1}.number`),
+  or a `CrowdDataError` naming `where`."""
+  mat = load_mat(data, where, ("image_info",))
+  points = as_points(struct_field(mat, ("image_info", "location"), where), where)
+  number = as_count(struct_field(mat, ("image_info", "number"), where), where, "image_info.number")
+  return points, number
 
 
 class Shanghaitech(CrowdBuilder):
@@ -51,6 +60,12 @@ class Shanghaitech(CrowdBuilder):
     truths = {m[1]: name for name, m in source.match(_GROUND_TRUTH.format(part=part, split=split))}
     if not images:
       raise self._missing(source, f"part_{part}/{split}_data/images/IMG_*.jpg")
+    orphans = sorted(set(truths) - set(images))
+    if orphans:  # an image lost from a damaged archive, say: its heads would vanish
+      raise CrowdDataError(
+          f"{source.describe(truths[orphans[0]])}: no image {orphans[0]}.jpg for this ground "
+          f"truth in ../images/ ({len(orphans)} ground truths without their image)."
+      )
     report = SplitReport(f"{self.name}/{self.builder_config.name}", split)
     for stem, image_name in sorted(images.items()):
       if stem not in truths:
@@ -59,15 +74,14 @@ class Shanghaitech(CrowdBuilder):
             f"GT_{stem}.mat next to it in ../ground-truth/."
         )
       where = source.describe(truths[stem])
-      mat = load_mat(source.read_bytes(truths[stem]), where)
-      points = struct_field(mat, ("image_info", "location"), where)
-      number = struct_field(mat, ("image_info", "number"), where)
+      points, number = parse_ground_truth(source.read_bytes(truths[stem]), where)
       yield self._example(
           report,
           source.read_bytes(image_name),
           source.describe(image_name),
           f"{split}_data/{stem}.jpg",
           points,
-          annotated_count=int(np.asarray(number).reshape(-1)[0]),
+          annotation=where,
+          annotated_count=number,
       )
     report.log_summary()

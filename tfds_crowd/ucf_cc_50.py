@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow_datasets as tfds
 
-from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport
+from tfds_crowd.crowd_builder import CrowdBuilder, CrowdDataError, SplitReport, as_points
 from tfds_crowd.matlab import load_mat, struct_field
 
 NUM_IMAGES = 50
@@ -20,6 +21,12 @@ def fold_splits(test_fold: int) -> tuple[str, str]:
     raise ValueError(f"UCF_CC_50 has folds 1..{NUM_FOLDS}, got {test_fold}.")
   train = "+".join(f"fold{k}" for k in range(1, NUM_FOLDS + 1) if k != test_fold)
   return train, f"fold{test_fold}"
+
+
+def parse_annotation(data: bytes, where: str) -> np.ndarray:
+  """`k_ann.mat` -> (N, 2) points `annPoints`, or a `CrowdDataError` naming `where`."""
+  mat = load_mat(data, where, ("annPoints",))
+  return as_points(struct_field(mat, ("annPoints",), where), where)
 
 
 class UcfCc50(CrowdBuilder):
@@ -70,10 +77,13 @@ class UcfCc50(CrowdBuilder):
       if k not in annotations:
         raise CrowdDataError(f"{source.describe(images[k])}: no annotation {k}_ann.mat next to it.")
       where = source.describe(annotations[k])
-      points = struct_field(
-          load_mat(source.read_bytes(annotations[k]), where), ("annPoints",), where
-      )
+      points = parse_annotation(source.read_bytes(annotations[k]), where)
       yield self._example(
-          report, source.read_bytes(images[k]), source.describe(images[k]), f"{k}.jpg", points
+          report,
+          source.read_bytes(images[k]),
+          source.describe(images[k]),
+          f"{k}.jpg",
+          points,
+          annotation=where,
       )
     report.log_summary()
