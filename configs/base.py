@@ -98,6 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.predict.tile_size = 2048
   config.predict.tile_overlap = 256  # >= 128 px of context on each side of a kept cell.
   config.predict.overlay_max_side = 2048  # longer side of the overlay pictures.
+  # Pictures whose header declares more million pixels are refused before decoding
+  # (decompression bombs); 250 admits 12,000 x 9,000 (108 Mpx) and 150 Mpx cameras.
+  # It replaces Pillow's own limit (cfrnet_jax/inference/user_images.py).
+  config.predict.max_megapixels = 250.0
   config.predict.batch_size = 4  # video frames per forward pass (one compilation).
   # Head points from the density map (cfrnet_jax/localization.py), also scored at
   # evaluation: "peaks" (local maxima) or "count" (exactly the rounded count).

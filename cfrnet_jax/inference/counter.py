@@ -111,6 +111,10 @@ class CrowdCounter:
     self._variables = variables
     self._background = mean_colour(config.data.mean)
     self._point_options = localization.point_options(config)
+    if not config.predict.max_megapixels > 0:
+      raise ValueError(
+          f"predict.max_megapixels must be positive, got {config.predict.max_megapixels}."
+      )
     if config.predict.batch_size < 1:
       raise ValueError(f"predict.batch_size must be at least 1, got {config.predict.batch_size}.")
     self._shapes: set[tuple[int, int, int]] = set()
@@ -145,15 +149,19 @@ class CrowdCounter:
     """Counts `image`, locates its heads and counts each of `regions` (polygons in the
     picture's pixels; ValueError when one reaches outside the picture)."""
     regions = as_regions(regions)
-    picture = load_image(image, self._background)
+    picture = load_image(image, self._background, self.config.predict.max_megapixels)
     check_regions(regions, picture.shape[1], picture.shape[0], describe(image))
     pixels = self._model_view(picture)
     density, tiles = self._density(pixels)
     return self._prediction(picture.shape[:2], pixels, density, tiles, regions)
 
   def _model_view(self, picture: np.ndarray) -> np.ndarray:
-    """The picture resized by `data.max_side`, as evaluation sees dataset images."""
-    return np.asarray(fit_max_side(Image.fromarray(picture), self.config.data.max_side))
+    """The picture resized by `data.max_side`, as evaluation sees dataset images (the
+    array itself, not a copy, when it fits)."""
+    max_side = self.config.data.max_side
+    if not max_side or max(picture.shape[:2]) <= max_side:
+      return picture
+    return np.asarray(fit_max_side(Image.fromarray(picture), max_side))
 
   def _density(self, pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """(density of the whole (h, w, 3) image, tiles it took); tiles when a side is
