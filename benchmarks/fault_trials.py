@@ -8,8 +8,10 @@ Trains the tiny config (`configs/tiny.py`, synthetic_crowd) once without interru
 and reruns the same command, which resumes from the newest checkpoint and finishes. The
 final checkpoint of every trial is compared with the uninterrupted run's: every array of
 the state (parameters, BatchNorm statistics, Adam moments, step counters) byte for byte,
-and the data position (grain's iterator state) as text. A trial whose final state differs
-in anything is reported as lost, with what differed; the script exits 1 if any is lost.
+and the data position (grain's iterator state) as text; and the rerun must resume from
+the newest step the killed run finished, with no checkpoint it could not read (else a
+fallback could hide a save that was not atomic). A trial that fails any of these is
+reported as lost, with what differed; the script exits 1 if any is lost.
 
 Where the kill falls alternates:
   save    while an asynchronous checkpoint is being written (its temporary folder
@@ -134,17 +136,14 @@ def kill_run(command, env, log, mode, rng, loop_s, saves, timeout) -> dict | Non
       if time.monotonic() - began > timeout:
         break
       time.sleep(0.001)
-  writing = saves_in_progress(checkpoints)
-  kept = finished_steps(checkpoints)
   if proc.poll() is not None:
     return None
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  return {
+  return {  # what the dead run left: finished steps, and saves it did not finish
       "killed_after_s": round(time.monotonic() - began, 3),
-      "save_in_progress": writing,
-      "steps_saved_at_kill": kept,
-      "log": log.read_text(errors="replace"),
+      "save_in_progress": saves_in_progress(checkpoints),
+      "steps_saved_at_kill": finished_steps(checkpoints),
   }
 
 
@@ -256,11 +255,17 @@ def main(argv=None) -> int:
       text = resumed_log.read_text(errors="replace")
       match = re.search(r"Resumed from the checkpoint of step (\d+)", text)
       lost = differences(reference, read_final(workdir, args.steps))
+      resumed_from = int(match.group(1)) if match else 0
+      newest = max(kill["steps_saved_at_kill"], default=0)
+      if resumed_from != newest:  # a fallback would hide a save that was not atomic
+        lost.append(f"resumed from step {resumed_from}, not the newest saved, {newest}")
+      if "cannot be read" in text:
+        lost.append("a checkpoint the killed run finished could not be read")
       row.update(
           killed_after_s=kill["killed_after_s"],
           save_in_progress=kill["save_in_progress"],
           steps_saved_at_kill=kill["steps_saved_at_kill"],
-          resumed_from=int(match.group(1)) if match else 0,
+          resumed_from=resumed_from,
           differences=lost,
           outcome="bit-identical" if not lost else f"LOST: {len(lost)} differ: {lost[:5]}",
       )

@@ -18,8 +18,9 @@ live run is training in stops at once, naming the first, instead of interleaving
 checkpoints with the other's.
 
 Damaged checkpoints (a file truncated or missing, say after a disk filled up or a copy
-broke off): every reader tries the newest first and falls back to the next older one
-with a warning that names the step, its folder and what failed. Training moves a damaged
+broke off): training tries the newest first, evaluation and prediction the best; each
+falls back to the next one (newest first) with a warning that names the step, its folder
+and what failed. Training moves a damaged
 step to `WORKDIR/damaged_checkpoints/` (kept for inspection, out of the manager's way)
 and resumes from the newest intact one; when every checkpoint is damaged it stops rather
 than start from scratch over them. A save that fails (a full disk) stops the run naming
@@ -35,16 +36,20 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import grain.python as grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -84,10 +89,54 @@ def create_checkpoint_manager(
       best_fn=lambda metrics: metrics["mae"],
       best_mode="min",
       enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,  # what a killed or failed save left takes no space
   )
-  return ocp.CheckpointManager(
-      Path(workdir).absolute() / "checkpoints", options=options, item_names=ITEMS
-  )
+  directory = Path(workdir).absolute() / "checkpoints"
+  damaged = _damaged_metrics(directory)
+  if damaged:  # Orbax reads every step's metrics when it opens the folder, and fails
+    raise DamagedCheckpointError(
+        "; ".join(f"{path} cannot be read ({reason})" for path, reason in damaged)
+        + ". Orbax reads these evaluation metrics to rank checkpoints: move the step "
+        f"folders away (a training run moves them to {Path(workdir) / DAMAGED_DIR} itself)."
+    )
+  return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
+def _damaged_metrics(directory: Path) -> list[tuple[Path, str]]:
+  """(file, reason) for each finished step whose metrics file is not valid JSON."""
+  found = []
+  for step in _finished_steps(directory):
+    path = directory / str(step) / "metrics" / "metrics"
+    if path.exists():
+      try:
+        json.loads(path.read_text())
+      except (ValueError, OSError) as error:
+        found.append((path, _reason(error)))
+  return found
+
+
+def set_aside_damaged_metrics(workdir: str | Path) -> None:
+  """Moves each step whose metrics file is damaged to `WORKDIR/damaged_checkpoints/`
+  (training only; readers get `create_checkpoint_manager`'s error), with a warning."""
+  directory = Path(workdir).absolute() / "checkpoints"
+  if jax.process_index() == 0:
+    for path, reason in _damaged_metrics(directory):
+      step = int(path.parent.parent.name)
+      logging.warning("The checkpoint of step %d (%s) cannot be read: %s.", step, path, reason)
+      _move_aside(directory, workdir, step)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("set aside damaged metrics")
+
+
+def _move_aside(directory: Path, workdir: str | Path, step: int) -> None:
+  target = Path(workdir) / DAMAGED_DIR / str(step)
+  if target.exists():
+    target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(Path(directory) / str(step)), target)
+  logging.warning("Moved the damaged checkpoint of step %d to %s.", step, target)
 
 
 def save(
@@ -144,37 +193,92 @@ def _reason(error: BaseException) -> str:
   """The first line of an error and of its cause, shortened: Orbax's messages for a bad
   file carry a whole TensorStore spec after it, and paths of temporary folders."""
   lines = []
-  while error is not None and len(lines) < 2:
+  while error is not None and len(lines) < 3:
     text = str(error).strip().splitlines()
     line = (text[0] if text else type(error).__name__).split(" See full TensorStore")[0]
     # The start says what failed, the end why (an OS error comes last): keep both.
     lines.append(line if len(line) <= 300 else f"{line[:150]} ... {line[-150:]}")
-    error = error.__cause__
+    error = error.__cause__ or error.__context__
   return " <- ".join(dict.fromkeys(lines))
+
+
+_ABANDONED_READERS = ("orbax", "tensorstore", "_read_array_index")
 
 
 def _quiet_abandoned_reads() -> None:
   """When one array of a checkpoint cannot be read, Orbax abandons the reads of all the
   others, and Python prints each abandoned coroutine and asyncio task when it is
   collected, up to the process's exit: thousands of lines that hide the one-line
-  warning. Once a checkpoint failed to read, those reports are dropped (only those:
-  'Event loop is closed' and tasks whose exception was never retrieved)."""
+  warning. Once a checkpoint failed to read, those reports are dropped: only those whose
+  coroutine or traceback is Orbax's or TensorStore's; every other report goes through."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_abandoned_reads", False):
     return
 
   def hook(unraisable):
-    if not (
-        isinstance(unraisable.exc_value, RuntimeError)
-        and "Event loop is closed" in str(unraisable.exc_value)
-    ) and "_read_array_index" not in repr(unraisable.object):
+    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+    where = repr(unraisable.object) + " ".join(frame.filename for frame in frames)
+    if not any(name in where for name in _ABANDONED_READERS):
       previous(unraisable)
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
   logging.getLogger("asyncio").addFilter(
-      lambda record: "exception was never retrieved" not in record.getMessage()
+      lambda record: not (
+          "exception was never retrieved" in record.getMessage()
+          and any(name in record.getMessage() for name in _ABANDONED_READERS)
+      )
   )
+
+
+def _read_everywhere(read_here: bool) -> bool:
+  """Whether every process read the step: hosts of one run must agree on the step they
+  resume from (and on the steps they move aside), even when one host's read fails."""
+  if jax.process_count() == 1:
+    return read_here
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.int32(read_here))))
+
+
+# The tracebacks TensorStore's native threads print straight to file descriptor 2 when
+# the callbacks of abandoned reads find Orbax's event loop closed (several threads at
+# once: their lines can be spliced into others).
+_LATE_CALLBACK_TRACEBACK = re.compile(
+    r"Traceback \(most recent call last\):"
+    r"|\s*File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
+    r"|\s*self\._check_closed\(\)"
+    r"|\s*raise RuntimeError\('Event loop is closed'\)"
+    r"|RuntimeError: Event loop is closed"
+)
+
+
+@contextlib.contextmanager
+def _without_late_callback_tracebacks(settle_s: float = 0.5) -> Iterator[None]:
+  """Captures file descriptor 2 while a checkpoint is tried (and `settle_s` after a
+  failure, while the abandoned reads finish), then passes on everything except those
+  tracebacks: they come from native threads, past any Python hook."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    failed = False
+    try:
+      yield
+    except BaseException:
+      failed = True
+      raise
+    finally:
+      if failed:
+        time.sleep(settle_s)
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      text = _LATE_CALLBACK_TRACEBACK.sub("", capture.read().decode(errors="replace"))
+      kept = [line for line in text.splitlines() if line.strip(" ^~")]
+      if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
 
 
 def _try_steps(steps: list[int], directory: Path, read, fall_back: bool):
@@ -184,20 +288,24 @@ def _try_steps(steps: list[int], directory: Path, read, fall_back: bool):
   failures = []
   for step in steps:
     try:
-      return step, read(step), failures
+      with _without_late_callback_tracebacks():
+        result, reason = read(step), None
     except Exception as error:  # Orbax and TensorStore raise many types for bad files.
       _quiet_abandoned_reads()
       gc.collect()
-      failures.append((step, _reason(error)))
-      logging.warning(
-          "The checkpoint of step %d (%s) cannot be read: %s.%s",
-          step,
-          Path(directory) / str(step),
-          failures[-1][1],
-          " Trying the next older one." if fall_back and step != steps[-1] else "",
-      )
-      if not fall_back:
-        break
+      result, reason = None, _reason(error)
+    if _read_everywhere(reason is None):
+      return step, result, failures
+    failures.append((step, reason or "another host could not read it"))
+    logging.warning(
+        "The checkpoint of step %d (%s) cannot be read: %s.%s",
+        step,
+        Path(directory) / str(step),
+        failures[-1][1],
+        " Trying the next one." if fall_back and step != steps[-1] else "",
+    )
+    if not fall_back:
+      break
   raise DamagedCheckpointError(
       f"No checkpoint in {directory} can be read: "
       + "; ".join(f"step {step}: {reason}" for step, reason in failures)
@@ -219,8 +327,8 @@ def restore_newest_intact(
 ):
   """The state and data position of the newest checkpoint that reads, for resuming.
 
-  Each newer one that does not read is moved to `WORKDIR/damaged_checkpoints/STEP` (by
-  process 0, once every process has tried it) with a warning, so that the run saves
+  Each newer one that does not read on every host is moved to
+  `WORKDIR/damaged_checkpoints/STEP` (by process 0) with a warning, so that the run saves
   that step again when it gets there. Raises `DamagedCheckpointError` when none reads:
   a run never starts from scratch over checkpoints it could not read."""
   steps = sorted(manager.all_steps(), reverse=True)
@@ -231,19 +339,12 @@ def restore_newest_intact(
       fall_back=True,
   )
   if failures:
+    if jax.process_index() == 0:
+      for damaged, _ in failures:
+        _move_aside(manager.directory, workdir, damaged)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
-      multihost_utils.sync_global_devices("tried the damaged checkpoints")
-    if jax.process_index() == 0:
-      for damaged, _ in failures:
-        target = Path(workdir) / DAMAGED_DIR / str(damaged)
-        if target.exists():
-          target = target.with_name(f"{damaged}.{time.strftime('%Y%m%d-%H%M%S')}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(Path(manager.directory) / str(damaged)), target)
-        logging.warning("Moved the damaged checkpoint of step %d to %s.", damaged, target)
-    if jax.process_count() > 1:
       multihost_utils.sync_global_devices("moved the damaged checkpoints")
     manager.reload()
     logging.warning("Resuming from step %d, the newest checkpoint that reads.", step)

@@ -179,12 +179,12 @@ def _truncate_all(step_dir):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-# How a checkpoint gets damaged: a copy broken off, a file lost, a full disk. (Cutting
-# one file is not enough: it may hold only Adam moments, which inference never reads.)
+# How a checkpoint gets damaged: a copy broken off, files lost, a full disk. (Every data
+# file: one may hold only Adam moments, which inference never reads, and read fine.)
 DAMAGES = {
     "truncated data files": _truncate_all,
-    "missing data file": lambda step: _data_files(step)[0].unlink(),
-    "emptied data file": lambda step: _data_files(step)[0].write_bytes(b""),
+    "missing data files": lambda step: [path.unlink() for path in _data_files(step)],
+    "emptied data files": lambda step: [path.write_bytes(b"") for path in _data_files(step)],
     "missing manifest": lambda step: (step / "state" / "manifest.ocdbt").unlink(),
 }
 
@@ -235,6 +235,42 @@ def test_when_every_checkpoint_is_damaged_the_error_lists_each(two_step_workdir)
     checkpointing.restore_variables(two_step_workdir, config.model)
 
 
+def test_a_damaged_metrics_file_is_named_and_training_sets_its_step_aside(two_step_workdir):
+  """Orbax reads every step's evaluation metrics when it opens the folder; a damaged one
+  would fail there with a bare JSON error, before any fallback."""
+  config = checkpointing.load_run_config(two_step_workdir)
+  metrics = two_step_workdir / "checkpoints" / "2" / "metrics" / "metrics"
+  metrics.write_text(metrics.read_text()[:5])
+  with pytest.raises(checkpointing.DamagedCheckpointError, match=rf"{metrics} cannot be read"):
+    checkpointing.restore_variables(two_step_workdir, config.model)
+  checkpointing.set_aside_damaged_metrics(two_step_workdir)  # what training does first
+  assert (two_step_workdir / checkpointing.DAMAGED_DIR / "2" / "metrics").is_dir()
+  assert checkpointing.restore_variables(two_step_workdir, config.model)[0] == 1
+
+
+def test_launch_turns_a_damaged_checkpoint_into_one_message(two_step_workdir, tmp_path):
+  from PIL import Image
+
+  from tests.conftest import REPO
+
+  DAMAGES["missing manifest"](two_step_workdir / "checkpoints" / "2")
+  picture = tmp_path / "picture.png"
+  Image.new("RGB", (64, 48)).save(picture)
+  command = [sys.executable, "launch.py", "--mode", "predict", "--workdir"]
+  result = subprocess.run(
+      [*command, str(two_step_workdir), "--step", "2", "--images", str(picture)],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert (
+      f"No checkpoint in {two_step_workdir / 'checkpoints'} can be read: step 2:" in result.stderr
+  )
+  assert "also has steps [1]" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
 def _checkpoint_listing(workdir) -> list[str]:
   return sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
 
@@ -246,36 +282,36 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
 
   config = tiny_train_config(
       synthetic_data_dir,
-      num_train_steps=4,
-      checkpoint_every_steps=2,
-      log_every_steps=2,
+      num_train_steps=2,
+      checkpoint_every_steps=1,
+      log_every_steps=1,
       eval_every_steps=1000,
       keep_checkpoints=2,
   )
   config.data.eval_split = "test[:1]"
   workdir = tmp_path / "run"
   trainer.train_and_evaluate(config, workdir)
-  uninterrupted = _flat(_plain_orbax_state(workdir, 4))
-  DAMAGES["truncated data files"](workdir / "checkpoints" / "4")
+  uninterrupted = _flat(_plain_orbax_state(workdir, 2))
+  DAMAGES["truncated data files"](workdir / "checkpoints" / "2")
   with caplog.at_level("WARNING"):
     trainer.train_and_evaluate(config, workdir)
-  assert "The checkpoint of step 4" in caplog.text and "Trying the next older one" in caplog.text
-  assert "Resuming from step 2, the newest checkpoint that reads" in caplog.text
-  assert (workdir / checkpointing.DAMAGED_DIR / "4" / "state").is_dir()  # kept, moved aside
-  # Steps 3 and 4 trained again from step 2: the same bits as the first time.
-  resumed = _flat(_plain_orbax_state(workdir, 4))
+  assert "The checkpoint of step 2" in caplog.text and "Trying the next one" in caplog.text
+  assert "Resuming from step 1, the newest checkpoint that reads" in caplog.text
+  assert (workdir / checkpointing.DAMAGED_DIR / "2" / "state").is_dir()  # kept, moved aside
+  # Step 2 trained again from step 1: the same bits as the first time.
+  resumed = _flat(_plain_orbax_state(workdir, 2))
   assert sorted(resumed) == sorted(uninterrupted)
   for key, value in uninterrupted.items():
     np.testing.assert_array_equal(resumed[key], value, err_msg=key)
 
   # Every checkpoint damaged: the run stops before anything else; nothing starts from
   # scratch over them, nothing is moved or written.
-  for step in ("2", "4"):
+  for step in ("1", "2"):
     DAMAGES["truncated data files"](workdir / "checkpoints" / step)
   before = _checkpoint_listing(workdir)
   with pytest.raises(
       checkpointing.DamagedCheckpointError,
-      match=r"No checkpoint in .* can be read: step 4: .*step 2",
+      match=r"No checkpoint in .* can be read: step 2: .*step 1",
   ):
     trainer.train_and_evaluate(config, workdir)
   assert _checkpoint_listing(workdir) == before

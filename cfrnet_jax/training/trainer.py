@@ -21,7 +21,6 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from pathlib import Path
@@ -240,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
 ) -> dict | None:
+  checkpointing.set_aside_damaged_metrics(workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
   if resume_step is not None:
@@ -326,8 +326,10 @@ def _train_and_evaluate(
           )
         break
   except BaseException:
-    with contextlib.suppress(checkpointing.CheckpointSaveError):  # the first error counts
+    try:
       checkpointing.wait_for_saves(manager, last_saved)
+    except checkpointing.CheckpointSaveError as error:  # the first error is the one raised
+      logging.warning("%s", error)
     raise
   finally:
     if writer is not None:
