@@ -1,7 +1,6 @@
 """Predict mode (`launch.py --mode predict`): tables, overlays, maps, skipped files."""
 
 import csv
-import errno
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.predict_mode import predict_files
 from tests.conftest import shared_data, tiny_train_config
-from tests.test_user_images import picture, png_header
+from tests.test_user_images import make_unreadable, picture, png_header
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,19 +130,8 @@ def test_hostile_files_are_skipped_with_their_reason(tmp_path, monkeypatch):
   ]
   picture(folder / "large.png", (200, 100), seed=2)
   reasons["large.png"] = "declares 200x100 pixels (0.0 Mpx), more than the limit of 0.01 Mpx"
-  locked = picture(folder / "locked.jpg", (32, 32), seed=3)
+  make_unreadable(picture(folder / "locked.jpg", (32, 32), seed=3), monkeypatch)
   reasons["locked.jpg"] = "cannot be read (permission denied)"
-  if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
-    real_open = open
-
-    def denied(file, *args, **kwargs):
-      if os.fspath(file) == str(locked):
-        raise PermissionError(errno.EACCES, "Permission denied", str(locked))
-      return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", denied)
-  else:
-    locked.chmod(0)
   out = tmp_path / "out"
   summary = predict_files(counter, [str(folder), str(folder / "*.jpg")], out)
   reasons["photo.jpg"] = "is a directory, not a picture"

@@ -213,19 +213,25 @@ def test_fifo_and_device_named_like_a_picture_are_not_opened(tmp_path):
     finishes(lambda: load_image(device, BACKGROUND))
 
 
+def make_unreadable(path, monkeypatch):
+  """`path`, which opening now fails with permission denied (root reads anything: there
+  the open is made to fail as it would for a user)."""
+  if os.geteuid() != 0:
+    path.chmod(0)
+    return path
+  real_open = open
+
+  def denied(file, *args, **kwargs):
+    if os.fspath(file) == str(path):
+      raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    return real_open(file, *args, **kwargs)
+
+  monkeypatch.setattr("builtins.open", denied)
+  return path
+
+
 def test_unreadable_file(tmp_path, monkeypatch):
-  locked = picture(tmp_path / "locked.jpg")
-  if os.geteuid() == 0:  # root reads anything: make the open fail as it would for a user
-    real_open = open
-
-    def denied(file, *args, **kwargs):
-      if os.fspath(file) == str(locked):
-        raise PermissionError(errno.EACCES, "Permission denied", str(locked))
-      return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", denied)
-  else:
-    locked.chmod(0)
+  locked = make_unreadable(picture(tmp_path / "locked.jpg"), monkeypatch)
   with pytest.raises(ValueError, match=r"locked.jpg: cannot be read \(permission denied\)"):
     load_image(locked, BACKGROUND)
 
