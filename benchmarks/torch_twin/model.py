@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import ml_collections
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,9 +134,8 @@ class GlobalAttention(nn.Module):
   def forward(self, x):
     batch, channels, height, width = x.shape
     tokens = x.flatten(2).transpose(1, 2)
-    tokens = tokens + torch.as_tensor(
-        sincos_position_encoding_2d(height, width, channels), dtype=x.dtype, device=x.device
-    )
+    encoding = np.asarray(sincos_position_encoding_2d(height, width, channels))
+    tokens = tokens + torch.as_tensor(encoding, dtype=x.dtype, device=x.device)
     for block in self.blocks:
       tokens = block(tokens)
     return tokens.transpose(1, 2).reshape(batch, channels, height, width)

@@ -26,13 +26,15 @@ def valid_mask(valid_size: jax.Array, shape: tuple[int, int], stride: int = 1) -
 
 
 def normalize_images(
-    images: jax.Array, valid_size: jax.Array, mean: Sequence[float], std: Sequence[float]
+    images: jax.Array, valid_size: jax.Array | None, mean: Sequence[float], std: Sequence[float]
 ) -> jax.Array:
-  """uint8 (batch, H, W, 3) -> float32 normalised images ((x / 255 - mean) / std, per
-  channel; ImageNet's statistics in the configs) whose padding beyond `valid_size`
-  (batch, 2) is exactly 0."""
+  """uint8 (or 0..255 float) (batch, H, W, 3) -> float32 normalised images
+  ((x / 255 - mean) / std, per channel; ImageNet's statistics in the configs) whose
+  padding beyond `valid_size` (batch, 2) is exactly 0; `valid_size` None: all picture."""
   mean = jnp.asarray(mean, jnp.float32)
   std = jnp.asarray(std, jnp.float32)
   normalised = (images.astype(jnp.float32) / 255.0 - mean) / std
+  if valid_size is None:
+    return normalised
   inside = valid_mask(valid_size, images.shape[1:3])
   return jnp.where(inside[..., None], normalised, 0.0)

@@ -56,6 +56,12 @@ def pad_multiple(config: ml_collections.ConfigDict) -> int:
   return multiple
 
 
+def padded_side(length, multiple: int):
+  """The smallest multiple of `multiple` not below `length` (an int, or a symbolic
+  dimension of `jax.export`, for which only floor division is defined)."""
+  return multiple * ((length + multiple - 1) // multiple)
+
+
 class CFRNet(nnx.Module):
   """(batch, H, W, 3) normalised images -> density maps of every supervised head.
 
@@ -122,8 +128,9 @@ class CFRNet(nnx.Module):
 
   def __call__(self, images: jax.Array) -> dict:
     _, height, width, _ = images.shape
-    pad_h = -height % self.pad_multiple
-    pad_w = -width % self.pad_multiple
+    # Written with floor division only, so that the sizes may be symbolic (`export`).
+    pad_h = padded_side(height, self.pad_multiple) - height
+    pad_w = padded_side(width, self.pad_multiple) - width
     images = jnp.pad(images, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
 
     taps = self.backbone(images)
@@ -144,7 +151,7 @@ class CFRNet(nnx.Module):
     heads = {}
     for name, head in self.heads.items():
       stride = HEAD_STRIDES[name]
-      rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+      rows, cols = (height + stride - 1) // stride, (width + stride - 1) // stride
       heads[name] = {
           key: value[:, :rows, :cols] for key, value in run(head, features[name]).items()
       }

@@ -24,8 +24,11 @@ FUSIONS = ("cfrm", "add", "concat")
 
 
 def upsample_to(low: jax.Array, high: jax.Array) -> jax.Array:
-  """Bilinear upsampling of `low` to the spatial size of `high` (NHWC)."""
-  return jax.image.resize(low, high.shape[:3] + low.shape[3:], "bilinear")
+  """Bilinear upsampling of `low` to the spatial size of `high` (NHWC).
+
+  Antialiasing only changes downsampling, so `antialias=False` gives the same values
+  here, and the form that ONNX's Resize has (`export`)."""
+  return jax.image.resize(low, high.shape[:3] + low.shape[3:], "bilinear", antialias=False)
 
 
 class FusionStep(nnx.Module):

@@ -18,19 +18,23 @@ from flax import nnx
 from cfrnet_jax.models.attention import AttentionBlock
 
 
-def sincos_position_encoding_2d(height: int, width: int, channels: int) -> np.ndarray:
-  """(height*width, channels) encoding: a quarter of the channels each for sin(y), cos(y),
-  sin(x), cos(x) at geometrically spaced frequencies (as in MAE / ViT)."""
+def sincos_position_encoding_2d(height: int, width: int, channels: int) -> jax.Array:
+  """(height*width, channels) float32 encoding: a quarter of the channels each for sin(y),
+  cos(y), sin(x), cos(x) at geometrically spaced frequencies (as in MAE / ViT).
+
+  Computed with jax.numpy so that `height` and `width` may be symbolic (`export`)."""
   if channels % 4:
     raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, got {channels}.")
   quarter = channels // 4
-  frequencies = 1.0 / 10000.0 ** (np.arange(quarter) / quarter)
-  y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+  frequencies = jnp.asarray(1.0 / 10000.0 ** (np.arange(quarter) / quarter), jnp.float32)
+  y, x = jnp.meshgrid(
+      jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+  )
   y_angles = y.reshape(-1, 1) * frequencies
   x_angles = x.reshape(-1, 1) * frequencies
-  return np.concatenate(
-      [np.sin(y_angles), np.cos(y_angles), np.sin(x_angles), np.cos(x_angles)], axis=1
-  ).astype(np.float32)
+  return jnp.concatenate(
+      [jnp.sin(y_angles), jnp.cos(y_angles), jnp.sin(x_angles), jnp.cos(x_angles)], axis=1
+  )
 
 
 class GlobalAttention(nnx.Module):
@@ -44,7 +48,7 @@ class GlobalAttention(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     batch, height, width, channels = x.shape
     tokens = x.reshape(batch, height * width, channels)
-    tokens = tokens + jnp.asarray(sincos_position_encoding_2d(height, width, channels), x.dtype)
+    tokens = tokens + sincos_position_encoding_2d(height, width, channels).astype(x.dtype)
     for block in self.blocks:
       tokens = block(tokens)
     return tokens.reshape(batch, height, width, channels)

@@ -1,0 +1,174 @@
+"""Export (`cfrnet_jax.export`): ONNX and StableHLO files that reproduce the JAX model."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cfrnet_jax import export
+from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.state import init_variables
+from configs import base, tiny
+
+REPO = Path(__file__).resolve().parents[1]
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_counter():
+  return CrowdCounter.from_config(tiny.get_config(), seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory, tiny_counter):
+  """{format: report} of the tiny model: ONNX at 96x160, StableHLO with symbolic sizes."""
+  folder = tmp_path_factory.mktemp("exports")
+  config, variables = tiny_counter.config, tiny_counter._variables
+  return {
+      "onnx": export.export_variables(
+          config, variables, folder / "tiny.onnx", format="onnx", height=96, width=160
+      ),
+      "stablehlo": export.export_variables(
+          config, variables, folder / "tiny.stablehlo", format="stablehlo"
+      ),
+  }
+
+
+def assert_matches_counter(exported, counter, pictures):
+  """The exported density maps and counts equal what `CrowdCounter` (the JAX model, with
+  its own padding) gives for each picture, to 1e-4 of the map's largest value."""
+  density, count = exported(np.stack(pictures))
+  for index, picture in enumerate(pictures):
+    expected = counter.predict(picture)
+    np.testing.assert_array_equal(density[index].shape, expected.density.shape)
+    scale = np.abs(expected.density).max()
+    assert np.abs(density[index] - expected.density).max() <= 1e-4 * scale
+    assert count[index] == pytest.approx(expected.count, rel=1e-4)
+
+
+@pytest.mark.parametrize("format", export.FORMATS)
+def test_export_is_verified_and_reproduces_the_counter(tiny_exports, tiny_counter, format):
+  report = tiny_exports[format]
+  assert report.max_abs_diff <= export.VERIFY_TOLERANCE * report.scale
+  meta = json.loads(export.sidecar_path(report.path).read_text())
+  assert meta["format"] == format and meta["input"]["dtype"] == "uint8"
+  model = export.load_exported(report.path)
+  # Two pictures in one batch: the batch size is symbolic in both formats.
+  pictures = [export.sample_picture(96, 160, seed) for seed in (1, 2)]
+  assert_matches_counter(model, tiny_counter, pictures)
+
+
+def test_onnx_input_is_fixed_size_with_a_symbolic_batch(tiny_exports):
+  import onnx
+
+  graph = onnx.load(str(tiny_exports["onnx"].path)).graph
+  dims = graph.input[0].type.tensor_type.shape.dim
+  assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [96, 160, 3]
+  assert [output.name for output in graph.output] == ["density", "count"]
+
+
+def test_stablehlo_export_runs_at_two_picture_sizes(tiny_exports, tiny_counter):
+  model = export.load_exported(tiny_exports["stablehlo"].path)
+  assert model.signature.height is None and model.signature.width is None
+  for size in ((70, 90), (200, 131)):
+    assert_matches_counter(model, tiny_counter, [export.sample_picture(*size, seed=4)])
+
+
+def test_wrong_inputs_get_clear_errors(tiny_exports):
+  model = export.load_exported(tiny_exports["onnx"].path)
+  with pytest.raises(ValueError, match="exported for pictures of height 96; got 100"):
+    model(np.zeros((1, 100, 160, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"RGB pictures of shape \['batch', 96, 160, 3\]"):
+    model(np.zeros((1, 96, 160, 4), np.uint8))
+  with pytest.raises(ValueError, match="takes uint8 pictures; got float32"):
+    model(np.zeros((1, 96, 160, 3), np.float32))
+  density, count = model(np.zeros((96, 160, 3), np.uint8))  # one picture: batch of 1
+  assert density.shape == (1, 24, 40) and count.shape == (1,)
+
+
+def test_float_input_export_takes_0_to_255_floats(tmp_path, tiny_counter):
+  report = export.export_variables(
+      tiny_counter.config,
+      tiny_counter._variables,
+      tmp_path / "float.stablehlo",
+      format="stablehlo",
+      height=64,
+      width=64,
+      input_dtype="float32",
+  )
+  picture = export.sample_picture(64, 64, seed=5)
+  density, _ = export.load_exported(report.path)(picture.astype(np.float64))
+  expected = tiny_counter.predict(picture).density
+  assert np.abs(density[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("format", export.FORMATS)
+def test_a_changed_or_incomplete_export_is_refused(tmp_path, tiny_exports, format):
+  source = tiny_exports[format].path
+  path = tmp_path / source.name
+  data = bytearray(source.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+  with pytest.raises(export.ExportedFileError, match="sidecar|is missing"):
+    export.load_exported(path)
+  export.sidecar_path(path).write_text(export.sidecar_path(source).read_text())
+  with pytest.raises(export.ExportedFileError, match="has changed since it was exported"):
+    export.load_exported(path)
+  export.sidecar_path(path).write_text("{not json")
+  with pytest.raises(export.ExportedFileError, match="is damaged"):
+    export.load_exported(path)
+
+
+def test_an_export_that_does_not_reproduce_the_model_fails_and_is_removed(
+    tmp_path, tiny_counter, monkeypatch
+):
+  # onnxruntime's float32 arithmetic differs from XLA's by ~1e-7 of the scale: with no
+  # tolerance at all the verification must fail, say by how much, and leave no file.
+  monkeypatch.setattr(export, "VERIFY_TOLERANCE", 0.0)
+  out = tmp_path / "strict.onnx"
+  with pytest.raises(export.ExportVerificationError, match=r"differs by up to \d"):
+    export.export_variables(tiny_counter.config, tiny_counter._variables, out, height=64, width=64)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_export_arguments_are_refused(tmp_path, tiny_counter):
+  args = (tiny_counter.config, tiny_counter._variables, tmp_path / "x")
+  with pytest.raises(ValueError, match="format must be one of"):
+    export.export_variables(*args, format="tflite")
+  with pytest.raises(ValueError, match="both height and width"):
+    export.export_variables(*args, height=64)
+
+
+def test_export_command_on_a_trained_run(tmp_path, trained_workdir):
+  out = tmp_path / "run.stablehlo"
+  result = subprocess.run(
+      [sys.executable, "-m", "cfrnet_jax.export", f"--workdir={trained_workdir}",
+       "--format=stablehlo", f"--out={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "verified on a 300x420 picture" in result.stderr
+  counter = CrowdCounter.from_checkpoint(trained_workdir)
+  assert_matches_counter(export.load_exported(out), counter, [export.sample_picture(120, 200)])
+  missing = subprocess.run(
+      [sys.executable, "-m", "cfrnet_jax.export", f"--workdir={tmp_path / 'none'}",
+       f"--out={tmp_path / 'x.onnx'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert missing.returncode == 1 and "config.json does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", export.FORMATS)
+def test_paper_size_model_exports(tmp_path, format):
+  """The paper's model (VGG16-BN widths, 256 channels) at one small size."""
+  config = base.get_config()
+  variables = init_variables(config.model, 0)
+  report = export.export_variables(
+      config, variables, tmp_path / f"paper.{format}", format=format, height=128, width=128
+  )
+  assert report.max_abs_diff <= export.VERIFY_TOLERANCE * report.scale
+  assert report.files[0].stat().st_size > 100e6  # the weights are in the file
