@@ -6,6 +6,7 @@
     python launch.py --mode predict --workdir runs/shha --images "photos/*.jpg" --out results
     python launch.py --mode predict --workdir runs/shha --video clip.mp4 --every_seconds 1 \
         --regions regions.json --out results
+    python launch.py --mode serve --workdir runs/shha --port 8000
 
 The same command runs on one CPU, one GPU, a multi-GPU host or several hosts: it uses
 every device it sees, along the mesh's `data` axis. On several hosts, set
@@ -30,10 +31,11 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "evaluate", "predict"],
+    ["train", "evaluate", "predict", "serve"],
     "train (resumes from the workdir's checkpoint if there is one), "
-    "evaluate (the best checkpoint on the evaluation split) or "
-    "predict (the best checkpoint on --images and --video).",
+    "evaluate (the best checkpoint on the evaluation split), "
+    "predict (the best checkpoint on --images and --video) or "
+    "serve (a web page that counts the pictures dropped on it).",
 )
 _SPLIT = flags.DEFINE_string(
     "split",
@@ -74,8 +76,13 @@ _SAVE_DENSITY = flags.DEFINE_bool(
 _STEP = flags.DEFINE_integer(
     "step",
     None,
-    "predict: the checkpoint step (default: the best by evaluation MAE, else the latest).",
+    "predict, serve: the checkpoint step (default: the best by evaluation MAE, else the latest).",
 )
+_HOST = flags.DEFINE_string(
+    "host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every network interface)."
+)
+_PORT = flags.DEFINE_integer("port", 8000, "serve: port (0: any free one; the log says which).")
+_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", 50.0, "serve: largest picture file taken.")
 
 
 def _predict(config):
@@ -118,6 +125,15 @@ def _predict(config):
     )
 
 
+def _serve(config):
+  """Serves the counting page with the workdir's checkpoint (`inference/serve.py`)."""
+  from cfrnet_jax.inference.counter import CrowdCounter
+  from cfrnet_jax.inference.serve import serve
+
+  counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
+  serve(counter, _HOST.value, _PORT.value, _MAX_UPLOAD_MB.value)
+
+
 def _initialize_distributed():
   """Joins the other hosts when the environment describes a multi-host job."""
   import jax
@@ -150,14 +166,14 @@ class _LogFilter:
 def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_LogFilter())
-  if _MODE.value != "predict":
+  if _MODE.value not in ("predict", "serve"):
     _initialize_distributed()
   from cfrnet_jax import accelerators
 
   accelerators.report()
-  if _MODE.value == "predict":
+  if _MODE.value in ("predict", "serve"):
     with _checkpoint_errors_as_messages():
-      return _predict(_CONFIG.value)
+      return (_predict if _MODE.value == "predict" else _serve)(_CONFIG.value)
   import jax
 
   from cfrnet_jax import cross_validation, evaluation
