@@ -10,8 +10,9 @@ backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of it
 Backends: JAX float32 and bfloat16 (our `trainer.jit_train_step` / `make_count_fn`, the code
 users run; `jax_bf16_cudnn` with cuDNN's fused attention, NVIDIA GPUs only), the PyTorch
 twin (benchmarks/torch_twin) eager in float32 and under bfloat16 autocast, and under
-`torch.compile` (float32). `--smoke` runs a small model at small sizes, to check the
-script quickly on a CPU.
+`torch.compile` (float32); for inference rows also the model exported to ONNX
+(`cfrnet_jax.export`) in ONNX Runtime's CPU provider (float32; `benchmarks/export.py`).
+`--smoke` runs a small model at small sizes, to check the script quickly on a CPU.
 
 Each backend of a row runs in its own process (in one process, PyTorch slows XLA's CPU
 step; docs/performance.md), is built and warmed up (compilation excluded), then the
@@ -39,6 +40,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,7 +60,12 @@ from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
 from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
 from cfrnet_jax.models.backbone import VGG16BN  # noqa: E402
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
-from cfrnet_jax.state import ModelVariables, local_copy, model_graphdef  # noqa: E402
+from cfrnet_jax.state import (  # noqa: E402
+    ModelVariables,
+    init_variables,
+    local_copy,
+    model_graphdef,
+)
 from cfrnet_jax.training import sharding, step_cost, trainer  # noqa: E402
 from configs import tiny  # noqa: E402
 from configs.base import get_config  # noqa: E402
@@ -70,8 +77,18 @@ ROWS = {  # name: (kind, batch, height, width)
     "infer_2048x1536": ("infer", 1, 1536, 2048),
     "backbone_train_4": ("backbone", 4, 256, 256),
 }
-BACKENDS = ("jax_fp32", "jax_bf16", "jax_bf16_cudnn", "torch_eager", "torch_bf16", "torch_compile")
+BACKENDS = (
+    "jax_fp32",
+    "jax_bf16",
+    "jax_bf16_cudnn",
+    "torch_eager",
+    "torch_bf16",
+    "torch_compile",
+    "onnxruntime",
+)
 GPU_ONLY = ("jax_bf16_cudnn",)
+# The model exported by cfrnet_jax.export and run by ONNX Runtime's CPU provider.
+INFER_ONLY = ("onnxruntime",)
 # --smoke: (batch, height, width) of every row for the tiny model.
 SMOKE_SIZES = {"train": (2, 64, 64), "infer": (1, 96, 128), "backbone": (2, 64, 64)}
 # Dense peak FLOP/s by GPU name fragment: (TF32, BF16), NVIDIA's SXM datasheets.
@@ -264,6 +281,28 @@ def torch_runner(
   return run
 
 
+def onnx_runner(height: int, width: int, model: str = "paper"):
+  """(run, info) for one picture through the model exported to ONNX (float32, uint8 input,
+  `cfrnet_jax.export`, verified against JAX there) in ONNX Runtime on the CPU."""
+  import onnxruntime
+
+  from cfrnet_jax import export
+
+  config = model_config(model)
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "model.onnx")
+    report = export.export_variables(
+        config, init_variables(config.model, 0), path, height=height, width=width
+    )
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  image = make_batch(1, height, width)["image"]
+
+  def run():
+    session.run(["density", "count"], {"pictures": image})
+
+  return run, {"export_max_abs_diff": report.max_abs_diff, "onnxruntime": onnxruntime.__version__}
+
+
 def available_memory_gb() -> float:
   return step_cost.device_memory_bytes(jax.devices()[0]) / 1e9
 
@@ -301,6 +340,8 @@ def _worker(
         info["skipped"] = (
             f"needs {memory:.1f} GB (XLA), the machine has {available_memory_gb():.0f} GB"
         )
+    elif backend == "onnxruntime":
+      run, info = onnx_runner(height, width, model)
     else:
       run, info = torch_runner(kind, backend, batch_size, height, width, model), {}
     connection.send(info)
@@ -350,7 +391,9 @@ def bench_row(
   chosen = [
       b
       for b in backends
-      if (kind != "backbone" or b in ("jax_fp32", "torch_eager")) and (on_gpu or b not in GPU_ONLY)
+      if (kind != "backbone" or b in ("jax_fp32", "torch_eager"))
+      and (on_gpu or b not in GPU_ONLY)
+      and (kind == "infer" or b not in INFER_ONLY)
   ]
   # JAX first: a JAX step that cannot fit means PyTorch's will not either (it keeps the
   # same activations for backward), so those are not started in sequential setup.

@@ -134,7 +134,7 @@ class GlobalAttention(nn.Module):
   def forward(self, x):
     batch, channels, height, width = x.shape
     tokens = x.flatten(2).transpose(1, 2)
-    encoding = np.asarray(sincos_position_encoding_2d(height, width, channels))
+    encoding = sincos_position_encoding_2d(height, width, channels, xp=np)
     tokens = tokens + torch.as_tensor(encoding, dtype=x.dtype, device=x.device)
     for block in self.blocks:
       tokens = block(tokens)

@@ -18,22 +18,23 @@ from flax import nnx
 from cfrnet_jax.models.attention import AttentionBlock
 
 
-def sincos_position_encoding_2d(height: int, width: int, channels: int) -> jax.Array:
+def sincos_position_encoding_2d(height: int, width: int, channels: int, xp=jnp):
   """(height*width, channels) float32 encoding: a quarter of the channels each for sin(y),
   cos(y), sin(x), cos(x) at geometrically spaced frequencies (as in MAE / ViT).
 
-  Computed with jax.numpy so that `height` and `width` may be symbolic (`export`)."""
+  `xp` is jax.numpy (the model: `height` and `width` may then be symbolic, for `export`)
+  or numpy (the PyTorch twin, whose compiler traces numpy but not JAX)."""
   if channels % 4:
     raise ValueError(f"2-D sine-cosine encoding needs channels divisible by 4, got {channels}.")
   quarter = channels // 4
-  frequencies = jnp.asarray(1.0 / 10000.0 ** (np.arange(quarter) / quarter), jnp.float32)
-  y, x = jnp.meshgrid(
-      jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+  frequencies = xp.asarray(1.0 / 10000.0 ** (np.arange(quarter) / quarter), xp.float32)
+  y, x = xp.meshgrid(
+      xp.arange(height, dtype=xp.float32), xp.arange(width, dtype=xp.float32), indexing="ij"
   )
   y_angles = y.reshape(-1, 1) * frequencies
   x_angles = x.reshape(-1, 1) * frequencies
-  return jnp.concatenate(
-      [jnp.sin(y_angles), jnp.cos(y_angles), jnp.sin(x_angles), jnp.cos(x_angles)], axis=1
+  return xp.concatenate(
+      [xp.sin(y_angles), xp.cos(y_angles), xp.sin(x_angles), xp.cos(x_angles)], axis=1
   )
 
 
