@@ -89,7 +89,7 @@ def test_wrong_inputs_get_clear_errors(tiny_exports):
   assert density.shape == (1, 24, 40) and count.shape == (1,)
 
 
-def test_float_input_export_takes_0_to_255_floats(tmp_path, tiny_counter):
+def test_float_input_export_for_two_platforms_takes_0_to_255_floats(tmp_path, tiny_counter):
   report = export.export_variables(
       tiny_counter.config,
       tiny_counter._variables,
@@ -98,7 +98,11 @@ def test_float_input_export_takes_0_to_255_floats(tmp_path, tiny_counter):
       height=64,
       width=64,
       input_dtype="float32",
+      platforms=("cuda",),
   )
+  import jax
+
+  assert jax.export.deserialize(bytearray(report.path.read_bytes())).platforms == ("cpu", "cuda")
   picture = export.sample_picture(64, 64, seed=5)
   density, _ = export.load_exported(report.path)(picture.astype(np.float64))
   expected = tiny_counter.predict(picture).density
