@@ -131,7 +131,11 @@ def _serve(config):
   from cfrnet_jax.inference.serve import serve
 
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
-  serve(counter, _HOST.value, _PORT.value, _MAX_UPLOAD_MB.value)
+  try:
+    serve(counter, _HOST.value, _PORT.value, _MAX_UPLOAD_MB.value)
+  except OSError as error:
+    logging.error("%s", error)
+    sys.exit(1)
 
 
 def _initialize_distributed():

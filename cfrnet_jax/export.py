@@ -30,7 +30,8 @@ Shapes each format accepts:
 Verification: at the end of every export the file is loaded back (onnxruntime for ONNX,
 `jax.export.deserialize` for StableHLO) and run on a test picture; its density map must
 agree with the JAX model's to `VERIFY_TOLERANCE` of the output scale (the largest density
-value), else `ExportVerificationError` says by how much and the files are removed. A
+value), and its counts to as much per cell, else `ExportVerificationError` says by how
+much and nothing is written (an earlier export at FILE stays as it was). A
 sidecar `FILE.json` records the signature, the checkpoint, the verification and the
 sha256 of every file written; `load_exported` refuses a file whose bytes changed since.
 """
@@ -41,6 +42,9 @@ import dataclasses
 import hashlib
 import json
 import logging as std_logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +70,7 @@ DEFAULT_ONNX_SIZE = (768, 1024)
 # Test picture of a symbolic-size export (not a multiple of 128, so padding is exercised).
 DEFAULT_VERIFY_SIZE = (300, 420)
 ONNX_OPSET = 21
+TINY = 1e-30  # the output scale of an all-zero density map, for relative figures
 # The jax2onnx release this exporter is tested with.
 JAX2ONNX_VERSION = "0.17.1"
 # Weights above this go to FILE.data (a protobuf file cannot exceed 2 GB).
@@ -199,23 +204,57 @@ def export_variables(
   logging.info(
       "Exporting %s to %s: input %s %s ...", format, out, signature.input_shape(), input_dtype
   )
-  if format == "onnx":
-    files = _export_onnx(infer, signature, out)
-  else:
-    files = _export_stablehlo(infer, signature, out, platforms)
-  picture = _verify_picture(signature, verify_picture)
+  # Written and verified under their final names in a staging folder beside `out`, then
+  # moved into place: a failed export leaves an earlier one at `out` as it was.
+  staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".export-tmp", dir=out.parent))
   try:
-    max_abs_diff, scale = _verify(infer, out, signature, picture)
-  except Exception:
-    for path in files:
-      path.unlink(missing_ok=True)
-    raise
-  sidecar = sidecar_path(out)
+    staged = staging / out.name
+    if format == "onnx":
+      files = _export_onnx(infer, signature, staged)
+    else:
+      files = _export_stablehlo(infer, signature, staged, platforms)
+    picture = _verify_picture(signature, verify_picture)
+    max_abs_diff, scale = _verify(infer, staged, signature, picture)
+    files.append(
+        _write_sidecar(staged, files, signature, config, step, picture, max_abs_diff, scale)
+    )
+    for old in (out, out.with_name(out.name + ".data"), sidecar_path(out)):
+      old.unlink(missing_ok=True)
+    final = [out.with_name(path.name) for path in files]
+    for path, target in zip(files, final):
+      os.replace(path, target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  report = ExportReport(
+      out, tuple(final), signature, step, max_abs_diff, scale, time.perf_counter() - start
+  )
+  logging.info(
+      "Exported %s (%.1f MB) in %.0f s; verified on a %dx%d picture: max |difference| %.2e "
+      "(%.1e of the output scale %.3g).",
+      out,
+      sum(path.stat().st_size for path in final[:-1]) / 1e6,
+      report.seconds,
+      *picture.shape[:2],
+      max_abs_diff,
+      max_abs_diff / max(scale, TINY),
+      scale,
+  )
+  return report
+
+
+def _write_sidecar(
+    path: Path, files, signature: Signature, config, step, picture, max_abs_diff, scale
+) -> Path:
+  sidecar = sidecar_path(path)
   sidecar.write_text(
       json.dumps(
           {
-              "format": format,
-              "input": {"name": "pictures", "shape": signature.input_shape(), "dtype": input_dtype},
+              "format": signature.format,
+              "input": {
+                  "name": "pictures",
+                  "shape": signature.input_shape(),
+                  "dtype": signature.input_dtype,
+              },
               "outputs": {
                   "density": ["batch", "ceil(height/4)", "ceil(width/4)"],
                   "count": ["batch"],
@@ -230,26 +269,12 @@ def export_variables(
                   "scale": scale,
                   "tolerance": VERIFY_TOLERANCE,
               },
-              "files": {path.name: _sha256(path) for path in files},
+              "files": {file.name: _sha256(file) for file in files},
           },
           indent=2,
       )
   )
-  report = ExportReport(
-      out, (*files, sidecar), signature, step, max_abs_diff, scale, time.perf_counter() - start
-  )
-  logging.info(
-      "Exported %s (%.1f MB) in %.0f s; verified on a %dx%d picture: max |difference| %.2e "
-      "(%.1e of the output scale %.3g).",
-      out,
-      sum(path.stat().st_size for path in files) / 1e6,
-      report.seconds,
-      *picture.shape[:2],
-      max_abs_diff,
-      max_abs_diff / scale,
-      scale,
-  )
-  return report
+  return sidecar
 
 
 def _signature(format: str, input_dtype: str, height, width) -> Signature:  # noqa: A002
@@ -352,12 +377,20 @@ def _verify(infer, out: Path, signature: Signature, picture: np.ndarray) -> tupl
     )
   scale = float(np.max(np.abs(expected)))
   max_abs_diff = float(np.max(np.abs(density.astype(np.float64) - expected)))
-  if not np.isfinite(max_abs_diff) or max_abs_diff > VERIFY_TOLERANCE * max(scale, 1e-30):
+  where = f"on a {picture.shape[0]}x{picture.shape[1]} test picture"
+  if not np.isfinite(max_abs_diff) or max_abs_diff > VERIFY_TOLERANCE * max(scale, TINY):
     raise ExportVerificationError(
-        f"The exported {out} does not reproduce the JAX model on a "
-        f"{picture.shape[0]}x{picture.shape[1]} test picture: its density differs by up to "
-        f"{max_abs_diff:.3g}, {max_abs_diff / max(scale, 1e-30):.3g} of the output scale "
-        f"{scale:.3g} (allowed: {VERIFY_TOLERANCE:g}). The files were removed."
+        f"The exported {out.name} does not reproduce the JAX model {where}: its density "
+        f"differs by up to {max_abs_diff:.3g}, {max_abs_diff / max(scale, TINY):.3g} of the "
+        f"output scale {scale:.3g} (allowed: {VERIFY_TOLERANCE:g}). Nothing was written."
+    )
+  # The count: each cell may differ by the tolerance, so the sum by that much per cell.
+  count_diff = float(np.max(np.abs(count.astype(np.float64) - expected_count)))
+  allowed = VERIFY_TOLERANCE * max(float(np.abs(expected).sum()), TINY)
+  if not np.isfinite(count_diff) or count_diff > allowed:
+    raise ExportVerificationError(
+        f"The exported {out.name} returns a count {count_diff:.3g} away from the JAX model's "
+        f"{where} (allowed: {allowed:.3g}). Nothing was written."
     )
   return max_abs_diff, scale
 
@@ -408,13 +441,19 @@ class ExportedModel:
           meta["input"]["dtype"],
           *(size if isinstance(size, int) else None for size in shape[:3]),
       )
+      if signature.format not in FORMATS or signature.input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"format {signature.format!r}, dtype {signature.input_dtype!r}")
+      if not isinstance(files, dict) or self.path.name not in files:
+        raise ValueError(f"its file list does not name {self.path.name}")
     except FileNotFoundError as error:
       raise ExportedFileError(
           f"{sidecar} is missing: it is written by cfrnet_jax.export beside {self.path.name} "
           f"and says what the file accepts."
       ) from error
-    except (ValueError, KeyError, TypeError) as error:
-      raise ExportedFileError(f"{sidecar} is damaged ({error!r}).") from error
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+      raise ExportedFileError(
+          f"{sidecar} is damaged or belongs to another file ({error})."
+      ) from error
     for name, digest in files.items():
       path = self.path.with_name(name)
       if not path.is_file():
@@ -433,6 +472,9 @@ class ExportedModel:
       session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
     except Exception as error:
       raise ExportedFileError(f"onnxruntime cannot load {self.path}: {error}") from error
+    (given,) = session.get_inputs()
+    onnx_type = given.type.removeprefix("tensor(").rstrip(")")  # "uint8", "float"
+    self._check_model_input(given.shape, {"float": "float32"}.get(onnx_type, onnx_type))
     return lambda pictures: tuple(session.run(["density", "count"], {"pictures": pictures}))
 
   def _load_stablehlo(self):
@@ -442,7 +484,19 @@ class ExportedModel:
       raise ExportedFileError(
           f"{self.path} is not a serialized jax.export module: {error}"
       ) from error
+    (given,) = exported.in_avals
+    self._check_model_input(given.shape, str(given.dtype))
     return lambda pictures: tuple(np.asarray(x) for x in jax.device_get(exported.call(pictures)))
+
+  def _check_model_input(self, shape, dtype: str) -> None:
+    """The file's own input agrees with the signature (a sidecar of another export)."""
+    fixed = [size if isinstance(size, int) else None for size in shape]
+    expected = [None, self.signature.height, self.signature.width, 3]
+    if fixed != expected or dtype != self.signature.input_dtype:
+      raise ExportedFileError(
+          f"{self.path} takes {list(shape)} {dtype}, not what {sidecar_path(self.path).name} "
+          f"says ({self.signature.input_shape()} {self.signature.input_dtype})."
+      )
 
   def check_input(self, pictures: np.ndarray) -> np.ndarray:
     """(b, H, W, 3) pictures in the signature's dtype; ValueError naming what differs."""
@@ -455,6 +509,8 @@ class ExportedModel:
           f"{self.path.name} takes RGB pictures of shape {expected} (or one of "
           f"{expected[1:]}); got an array of shape {pictures.shape}."
       )
+    if 0 in pictures.shape:
+      raise ValueError(f"{self.path.name} got an empty array of shape {pictures.shape}.")
     for axis, size in zip(("height", "width"), (self.signature.height, self.signature.width)):
       given = pictures.shape[1 if axis == "height" else 2]
       if size is not None and given != size:
@@ -486,10 +542,10 @@ def main(argv):
   del argv
   from cfrnet_jax.inference.user_images import load_image
 
-  picture = None
-  if FLAGS.verify_picture:
-    picture = load_image(FLAGS.verify_picture, np.zeros(3, np.uint8), 250.0)
   try:
+    picture = None
+    if FLAGS.verify_picture:
+      picture = load_image(FLAGS.verify_picture, np.zeros(3, np.uint8), 250.0)
     export(
         FLAGS.workdir,
         FLAGS.out,

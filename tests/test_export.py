@@ -104,9 +104,14 @@ def test_float_input_export_for_two_platforms_takes_0_to_255_floats(tmp_path, ti
 
   assert jax.export.deserialize(bytearray(report.path.read_bytes())).platforms == ("cpu", "cuda")
   picture = export.sample_picture(64, 64, seed=5)
-  density, _ = export.load_exported(report.path)(picture.astype(np.float64))
+  model = export.load_exported(report.path)
+  density, _ = model(picture.astype(np.float64))
   expected = tiny_counter.predict(picture).density
   assert np.abs(density[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+  with pytest.raises(ValueError, match="exported for pictures of width 64; got 65"):
+    model(np.zeros((2, 64, 65, 3), np.float32))
+  with pytest.raises(ValueError, match="got an empty array"):
+    model(np.zeros((0, 64, 64, 3), np.float32))
 
 
 @pytest.mark.parametrize("format", export.FORMATS)
@@ -124,18 +129,29 @@ def test_a_changed_or_incomplete_export_is_refused(tmp_path, tiny_exports, forma
   export.sidecar_path(path).write_text("{not json")
   with pytest.raises(export.ExportedFileError, match="is damaged"):
     export.load_exported(path)
+  # An intact pair under new names: the sidecar lists the old name, so it is refused.
+  renamed = tmp_path / f"renamed.{format}"
+  renamed.write_bytes(source.read_bytes())
+  export.sidecar_path(renamed).write_text(export.sidecar_path(source).read_text())
+  with pytest.raises(export.ExportedFileError, match=f"does not name renamed.{format}"):
+    export.load_exported(renamed)
 
 
-def test_an_export_that_does_not_reproduce_the_model_fails_and_is_removed(
-    tmp_path, tiny_counter, monkeypatch
+def test_an_export_that_does_not_reproduce_the_model_fails_and_writes_nothing(
+    tmp_path, tiny_counter, tiny_exports, monkeypatch
 ):
-  # onnxruntime's float32 arithmetic differs from XLA's by ~1e-7 of the scale: with no
-  # tolerance at all the verification must fail, say by how much, and leave no file.
-  monkeypatch.setattr(export, "VERIFY_TOLERANCE", 0.0)
+  # An earlier good export at the same path stays as it was.
+  source = tiny_exports["onnx"].path
   out = tmp_path / "strict.onnx"
+  out.write_bytes(source.read_bytes())
+  export.sidecar_path(out).write_text(export.sidecar_path(source).read_text())
+  before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+  # onnxruntime's float32 arithmetic differs from XLA's by ~1e-7 of the scale: with no
+  # tolerance at all the verification must fail, say by how much, and write nothing.
+  monkeypatch.setattr(export, "VERIFY_TOLERANCE", 0.0)
   with pytest.raises(export.ExportVerificationError, match=r"differs by up to \d"):
     export.export_variables(tiny_counter.config, tiny_counter._variables, out, height=64, width=64)
-  assert list(tmp_path.iterdir()) == []
+  assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 def test_bad_export_arguments_are_refused(tmp_path, tiny_counter):

@@ -61,7 +61,7 @@ class CountingService:
       raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}.")
     self.counter = counter
     self.max_upload_bytes = int(max_upload_mb * 1e6)
-    self._lock = threading.Lock()  # one picture at a time: bounded memory, one model.
+    self._lock = threading.Lock()  # one picture counted at a time, by the one model.
 
   def info(self) -> dict:
     predict = self.counter.config.predict
@@ -138,6 +138,7 @@ def _parse_regions(text: str | None):
 class _Handler(http.server.BaseHTTPRequestHandler):
   service: CountingService  # set on the subclass `make_server` builds
   server_version = "cfrnet-jax"
+  timeout = 60  # seconds a client may stall mid-request before its connection is dropped
 
   def do_GET(self):  # noqa: N802 - http.server's name
     path = urllib.parse.urlparse(self.path).path
@@ -158,6 +159,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     try:
       length = int(self.headers.get("Content-Length", ""))
     except ValueError:
+      length = -1
+    if length < 0:
+      self.close_connection = True
       self._send_json(411, {"error": "The upload has no valid Content-Length."})
       return
     if length > self.service.max_upload_bytes:
@@ -210,8 +214,16 @@ def serve(
     port: int = 8000,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> None:
-  """Serves the page until interrupted (Ctrl-C)."""
-  server = make_server(CountingService(counter, max_upload_mb), host, port)
+  """Serves the page until interrupted (Ctrl-C). OSError with what to do when the
+  address cannot be taken."""
+  service = CountingService(counter, max_upload_mb)
+  try:
+    server = make_server(service, host, port)
+  except OSError as error:
+    raise OSError(
+        f"Cannot listen on {host}:{port} ({error.strerror or error}); pick another --port "
+        f"(0: any free one) or --host."
+    ) from error
   host, port = server.server_address[:2]
   logging.info("Serving the counting page on http://%s:%d/ (Ctrl-C stops it).", host, port)
   try:
