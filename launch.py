@@ -209,13 +209,20 @@ def main(argv):
 
 @contextlib.contextmanager
 def _checkpoint_errors_as_messages():
-  """A checkpoint that cannot be written or read ends the command with its message
-  (which says what to do) and status 1, not a traceback through Orbax."""
+  """A checkpoint that cannot be written or read, or backbone weights that cannot be
+  fetched or read, end the command with the message (which says what to do) and status
+  1, not a traceback."""
   from cfrnet_jax import checkpointing
+  from cfrnet_jax.models import pretrained
 
   try:
     yield
-  except (checkpointing.CheckpointSaveError, checkpointing.DamagedCheckpointError) as error:
+  except (
+      checkpointing.CheckpointSaveError,
+      checkpointing.DamagedCheckpointError,
+      pretrained.DownloadError,
+      pretrained.WeightsError,
+  ) as error:
     logging.error("%s", error)
     sys.exit(1)
 

@@ -89,7 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
   # SIGTERM (a preempted VM): the run ends within this many seconds, saving the step it
   # finished if that fits (cfrnet_jax/training/preemption.py); clouds allow about 30.
   config.preemption_grace_s = 20.0
-  config.backbone_weights = ""  # converted ImageNet VGG16-BN weights (.msgpack), if any.
+  # The backbone's start (cfrnet_jax/models/pretrained.py, resolve_backbone_weights):
+  # "imagenet" (downloaded, checked, converted and cached once, as the paper starts), a
+  # path or URL of a .msgpack / .pth / .safetensors file, or "none" (random weights).
+  config.backbone_weights = "imagenet"
 
   # launch.py --mode predict / CrowdCounter (cfrnet_jax/inference).
   config.predict = ml_collections.ConfigDict()

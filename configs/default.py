@@ -20,6 +20,7 @@ def get_config():
       head_hidden_channels=16,
       density_scale=10.0,
   )
+  config.backbone_weights = "none"  # the quick start needs no download
   config.data.name = "synthetic_crowd"
   config.data.crop_size = 128
   config.data.max_points = 128

@@ -6,7 +6,11 @@
     python -m cfrnet_jax.models.pretrained --source ~/Downloads/model.safetensors \
         --out vgg16_bn.msgpack
 
-then train with `--config.backbone_weights=vgg16_bn.msgpack`.
+then train with `--config.backbone_weights=vgg16_bn.msgpack`. Training resolves
+`config.backbone_weights` itself (`resolve_backbone_weights`): `imagenet` (the dataset
+configs' default) downloads, checks, converts and caches these weights once; a path or
+URL of a converted `.msgpack`, a `.pth` or a `.safetensors` file is converted as needed;
+`none` (the quick start's) trains the backbone from scratch.
 
 Sources: torchvision's `vgg16_bn-6c64b313.pth` (read with PyTorch, which must then be
 installed) or the same weights as timm's `vgg16_bn.tv_in1k` `model.safetensors` (read
@@ -19,14 +23,16 @@ and `head.*` in timm) and BatchNorm's `num_batches_tracked` are not needed and a
 skipped; anything else, a missing tensor or a wrong shape is refused by name.
 
 The output is a msgpack file of the 78 backbone arrays under flat keys
-`params/backbone/layers/<k>/conv/kernel`, ... (`load_backbone` applies it). Nothing is
-downloaded at training time: only this command downloads, and only when asked to.
+`params/backbone/layers/<k>/conv/kernel`, ... (`load_backbone` applies it).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
+import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -34,13 +40,20 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from absl import logging
 from flax import serialization
 
 from cfrnet_jax.models.backbone import TORCHVISION_CONV_INDEX, VGG16_BLOCK_DEPTHS, VGG16_WIDTHS
 
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
+# The same weights as timm's safetensors on the Hugging Face hub (read without PyTorch).
+TIMM_URL = "https://huggingface.co/timm/vgg16_bn.tv_in1k/resolve/main/model.safetensors"
 # torchvision publishes the first 8 hex digits of the file's sha256 in its name.
 TORCHVISION_SHA256_PREFIX = "6c64b313"
+IMAGENET = "imagenet"
+# The converted ImageNet weights in the cache folder.
+IMAGENET_FILE = "vgg16_bn_imagenet.msgpack"
+NO_WEIGHTS = ("", "none")
 SKIPPED_PREFIXES = ("classifier.", "pre_logits.", "head.")
 DOWNLOAD_TIMEOUT_S = 20
 
@@ -166,29 +179,134 @@ def load_backbone(params: dict, batch_stats: dict, path: str | Path) -> tuple[di
   return params, batch_stats, len(loaded)
 
 
-def download(url: str, cache_dir: Path) -> Path:
-  """Fetches `url` into `cache_dir` (once), checking torchvision's sha256 prefix."""
+class DownloadError(ConnectionError):
+  """Weights that could not be fetched; the message names the URL and the ways out."""
+
+
+def default_cache_dir() -> Path:
+  """`$CFRNET_JAX_CACHE`, else ~/.cache/cfrnet_jax."""
+  return Path(os.environ.get("CFRNET_JAX_CACHE", Path.home() / ".cache" / "cfrnet_jax"))
+
+
+def _expected_sha256(url: str, headers) -> tuple[str, str] | None:
+  """(how the file's sha256 is known, the digest or its prefix) for `url`: torchvision's
+  name carries a prefix; the Hugging Face hub reports a stored file's sha256 as its
+  X-Linked-ETag (large files) or ETag. None when nothing says what the file should be."""
+  name = url.rsplit("/", 1)[-1]
+  match = re.search(r"-([0-9a-f]{8,64})\.pth$", name)
+  if match:
+    return "the hash in its name", match.group(1)
+  for header in ("X-Linked-ETag", "ETag"):
+    value = (headers.get(header) or "").strip('W/"')
+    if re.fullmatch(r"[0-9a-f]{64}", value):
+      return f"its {header} header", value
+  return None
+
+
+def download(url: str, cache_dir: Path, ways_out: str = "") -> Path:
+  """Fetches `url` into `cache_dir` (once) and checks its sha256 against what the name or
+  the server says (`_expected_sha256`); a file that does not match is not kept."""
   target = cache_dir / url.rsplit("/", 1)[-1]
-  if not target.exists():
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    print(f"Downloading {url} ...")
-    try:
-      with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-        data = response.read()
-    except (urllib.error.URLError, OSError) as error:
-      raise ConnectionError(
-          f"Cannot download {url} ({error}). Fetch it on a machine with network access "
-          f"and pass the file: --source /path/to/{target.name} (or timm's "
-          f"vgg16_bn.tv_in1k model.safetensors)."
-      ) from error
-    digest = hashlib.sha256(data).hexdigest()
-    if url == TORCHVISION_URL and not digest.startswith(TORCHVISION_SHA256_PREFIX):
-      raise WeightsError(
-          f"{url}: sha256 {digest} does not start with "
-          f"{TORCHVISION_SHA256_PREFIX}; the download is corrupt."
-      )
-    target.write_bytes(data)
+  if target.exists():
+    return target
+  cache_dir.mkdir(parents=True, exist_ok=True)
+  logging.info("Downloading %s ...", url)
+  try:
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+      data, headers = response.read(), response.headers
+  except (urllib.error.URLError, OSError) as error:
+    raise DownloadError(
+        f"Cannot download {url} ({getattr(error, 'reason', error)}). "
+        + (ways_out or "Fetch it where there is network access and pass the file instead.")
+    ) from error
+  digest = hashlib.sha256(data).hexdigest()
+  expected = _expected_sha256(url, headers)
+  if expected is None:
+    logging.warning("%s: nothing says what its sha256 should be; it is %s.", url, digest)
+  elif not digest.startswith(expected[1]):
+    raise WeightsError(
+        f"{url}: the download's sha256 is {digest}, but {expected[0]} says {expected[1]}: "
+        f"the download is corrupt or not the expected file; nothing was kept."
+    )
+  partial = target.with_name(target.name + ".partial")
+  partial.write_bytes(data)
+  partial.replace(target)
   return target
+
+
+def _torch_available() -> bool:
+  return importlib.util.find_spec("torch") is not None
+
+
+def resolve_backbone_weights(
+    spec: str, widths=VGG16_WIDTHS, cache_dir: Path | None = None
+) -> Path | None:
+  """The converted (.msgpack) file that `config.backbone_weights = spec` means, or None
+  for a backbone trained from scratch ("" or "none"):
+
+    imagenet     the cached converted ImageNet weights, made once from torchvision's
+                 file (when PyTorch is installed) or timm's safetensors (otherwise);
+    URL          downloaded into the cache and converted there;
+    path         a converted .msgpack as it is, a .pth / .safetensors converted into the
+                 cache.
+
+  Raises DownloadError (no network, a server error) naming the URL and the ways out,
+  WeightsError for a missing file or one that is not VGG16-BN.
+  Runs before anything is compiled, so that a run without weights fails in seconds."""
+  spec = str(spec).strip()
+  if spec.lower() in NO_WEIGHTS:
+    return None
+  cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+  if spec.lower() == IMAGENET:
+    cached = cache_dir / IMAGENET_FILE
+    if cached.exists():
+      logging.info("ImageNet VGG16-BN weights: %s (cached).", cached)
+      return cached
+    url = TORCHVISION_URL if _torch_available() else TIMM_URL
+    ways_out = (
+        f"Download it where there is network access and pass it with "
+        f"--config.backbone_weights=/path/to/{url.rsplit('/', 1)[-1]} (or a file converted by "
+        f"`python -m cfrnet_jax.models.pretrained`), or train the backbone from scratch "
+        f"with --config.backbone_weights=none (the paper starts from ImageNet)."
+    )
+    _convert_into(download(url, cache_dir, ways_out), cached, widths)
+    logging.info("ImageNet VGG16-BN weights from %s converted into %s.", url, cached)
+    return cached
+  if spec.startswith(("http://", "https://")):
+    ways_out = (
+        "Download it where there is network access and pass the file with "
+        "--config.backbone_weights=/path/to/file, or use --config.backbone_weights=none."
+    )
+    source = download(spec, cache_dir / "downloads", ways_out)
+  else:
+    source = Path(spec).expanduser()
+    if not source.is_file():
+      raise WeightsError(
+          f"backbone_weights: {source} is not a file (give a converted .msgpack, a .pth or "
+          f".safetensors file, a URL, 'imagenet' or 'none')."
+      )
+  if source.suffix == ".msgpack":
+    return source
+  converted = (
+      cache_dir
+      / "converted"
+      / (hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16] + ".msgpack")
+  )
+  if not converted.exists() or converted.stat().st_mtime < source.stat().st_mtime:
+    _convert_into(source, converted, widths)
+  logging.info("Backbone weights: %s, converted into %s.", source, converted)
+  return converted
+
+
+def _convert_into(source: Path, target: Path, widths) -> None:
+  try:
+    flat = convert(read_tensors(source), widths)
+  except WeightsError as error:
+    raise WeightsError(f"{source}: {error}") from error
+  target.parent.mkdir(parents=True, exist_ok=True)
+  partial = target.with_name(target.name + ".partial")
+  save(flat, partial)
+  partial.replace(target)
 
 
 def main(argv=None):
@@ -202,11 +320,17 @@ def main(argv=None):
       help=f"a local .pth/.safetensors file, a URL, or 'torchvision' ({TORCHVISION_URL})",
   )
   parser.add_argument("--out", required=True, help="output .msgpack file")
-  parser.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "cfrnet_jax"))
+  parser.add_argument("--cache_dir", default=str(default_cache_dir()))
   args = parser.parse_args(argv)
   source = TORCHVISION_URL if args.source == "torchvision" else args.source
   if source.startswith(("http://", "https://")):
-    source = download(source, Path(args.cache_dir))
+    name = source.rsplit("/", 1)[-1]
+    source = download(
+        source,
+        Path(args.cache_dir) / "downloads",
+        f"Fetch it where there is network access and pass the file: --source /path/to/{name} "
+        f"(or timm's vgg16_bn.tv_in1k model.safetensors).",
+    )
   flat = convert(read_tensors(source))
   save(flat, args.out)
   print(

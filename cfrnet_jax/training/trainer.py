@@ -244,6 +244,16 @@ def _train_and_evaluate(
   resume_step = manager.latest_step()
   if resume_step is not None:
     checkpointing.check_resumable(workdir, config)
+  else:  # before anything compiles: missing weights end the run in seconds.
+    backbone_weights = pretrained.resolve_backbone_weights(
+        config.backbone_weights, tuple(config.model.vgg_widths)
+    )
+    if backbone_weights is None:
+      logging.info(
+          "backbone_weights=%r: the backbone starts from random weights (the paper starts "
+          "from ImageNet: --config.backbone_weights=imagenet).",
+          config.backbone_weights,
+      )
   _write_config(config, workdir)
   if resume_step is not None:
     config = resume_worker_count(config, checkpointing.saved_worker_count(manager, resume_step))
@@ -260,15 +270,15 @@ def _train_and_evaluate(
     logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
   else:
     state, state_sharding = create_train_state(config, mesh)
-    if config.backbone_weights:
+    if backbone_weights is not None:
       params, batch_stats, loaded = pretrained.load_backbone(
-          state.params, state.batch_stats, config.backbone_weights
+          state.params, state.batch_stats, backbone_weights
       )
       state = state.replace(params=params, batch_stats=batch_stats)
       logging.info(
           "Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
           "BatchNorm layers of the backbone; the rest is freshly initialised.",
-          config.backbone_weights,
+          backbone_weights,
           loaded,
       )
   batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
