@@ -119,7 +119,7 @@ def main():
   seconds = median_seconds(lambda: preprocess(on_device), 5)
   print(
       f"\nnormalise + targets (strides 4, 8, 16) for 32 crops, {int(heads.min())}-"
-      f"{int(heads.max())} heads each (max_points {config.data.max_points}), jitted on "
+      f"{int(heads.max())} heads each (max_points {batch['valid'].shape[1]}), jitted on "
       f"{jax.devices()[0].platform}: {seconds * 1e3:.1f} ms = "
       f"{32 / seconds:.0f} crops/s"
   )

@@ -51,7 +51,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.flip_prob = 0.5
   data.grayscale_prob = 0.1
   data.max_side = 0  # resize so that the longer side is at most this; 0 = never.
-  data.max_points = 256  # head points shipped per crop; more raises a clear error.
+  # Head points shipped per crop; 0: the training split's largest image count, rounded up
+  # to 256 (cfrnet_jax/data/pipeline.py, max_points_per_crop), so no crop can overflow.
+  data.max_points = 0
   data.mean = (0.485, 0.456, 0.406)  # ImageNet, as the VGG16-BN weights expect.
   data.std = (0.229, 0.224, 0.225)
   # grain worker processes for decoding and cropping; 0 = inline; -1 = one per CPU core

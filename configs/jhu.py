@@ -8,5 +8,4 @@ def get_config():
   config.data.name = "jhu_crowd"
   config.data.eval_split = "test"
   config.data.max_side = 1024
-  config.data.max_points = 8192  # up to 25,791 heads in one image
   return config

@@ -10,5 +10,4 @@ def get_config():
   config.data.name = "nwpu_crowd"
   config.data.eval_split = "val"
   config.data.max_side = 2048
-  config.data.max_points = 4096  # up to 20,033 heads in one image
   return config

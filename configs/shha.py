@@ -6,5 +6,4 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.data.name = "shanghaitech/part_a"
-  config.data.max_points = 1024  # up to 3139 heads per image
   return config

@@ -6,5 +6,4 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.data.name = "shanghaitech/part_b"
-  config.data.max_points = 512  # at most 578 heads per image
   return config

@@ -9,5 +9,4 @@ def get_config():
   config.data.name = "ucf_cc_50"
   config.data.fold = 0  # 0: all five folds in turn (and a summary); k: only fold k
   config.data.max_side = 1024
-  config.data.max_points = 2048  # up to 4,633 heads in one image
   return config

@@ -164,6 +164,35 @@ def test_too_many_heads_for_max_points_is_a_clear_error():
     crop(example, max_points=8)
 
 
+def test_points_per_crop_come_from_the_densest_image_of_the_split():
+  examples = dataset()
+  assert pipeline.max_points_per_crop(small_config(max_points=0).data, examples) == 256
+  assert pipeline.max_points_per_crop(small_config(max_points=50).data, examples) == 50
+  examples.append(marked_example(64, 64, [[i % 64 + 0.5, i // 64 + 0.5] for i in range(300)]))
+  assert pipeline.max_points_per_crop(small_config(max_points=0).data, examples) == 512
+
+
+def test_a_crop_of_20000_heads_passes_through_and_its_targets_keep_the_count():
+  """NWPU-Crowd has an image of 20,033 heads: a crop holding 20,000 goes through the
+  loader with the points per crop taken from the data, and its targets sum to 20,000."""
+  rng = np.random.default_rng(5)
+  heads = np.floor(rng.uniform(0, 256, (20_000, 2))) + 0.5
+  config = small_config(max_points=0, crop_size=256, flip_prob=0.0)
+  loader = pipeline.create_train_loader(config, [marked_example(256, 256, heads, "nwpu.jpg")])
+  batch = next(iter(loader))
+  assert batch["points"].shape == (4, 20_224, 2)
+  assert batch["count"].tolist() == [20_000] * 4
+  targets = density_targets(
+      jnp.asarray(batch["points"][0]),
+      jnp.asarray(batch["valid"][0]),
+      (256, 256),
+      strides=(4, 8, 16),
+      **TARGET_ARGS,
+  )
+  for stride in (4, 8, 16):
+    assert float(targets["density"][stride].sum()) == pytest.approx(20_000, rel=1e-4)
+
+
 def test_max_side_resizes_images_and_points_together():
   example = marked_example(1000, 2000, [[1999.0, 999.0], [1000.0, 500.0]])
   image, scale = decode_image(example["image"], 1024, "x")
