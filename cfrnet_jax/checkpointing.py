@@ -362,6 +362,12 @@ def saved_worker_count(manager: ocp.CheckpointManager, step: int) -> int | None:
     return None
 
 
+def saved_metrics(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The evaluation metrics saved with `step`'s checkpoint (those it is ranked by)."""
+  path = Path(manager.directory) / str(step) / "metrics" / "metrics"
+  return json.loads(path.read_text())
+
+
 def best_step(manager: ocp.CheckpointManager) -> int | None:
   """The kept step with the lowest MAE, or the latest when none was evaluated."""
   best = manager.best_step()

@@ -86,6 +86,10 @@ def run_folds(
       "mae": float(np.mean([r["mae"] for r in results.values()])),
       "mse": float(np.mean([r["mse"] for r in results.values()])),
   }
+  # Which checkpoint of each fold (trainer._final_result): "last" unless best_on_test.
+  selections = {r.get("selection") for r in results.values()} - {None}
+  if selections:
+    summary["selection"] = ", ".join(sorted(selections))
   if jax.process_index() == 0:
     (workdir / summary_name).write_text(json.dumps(summary, indent=2))
   logging.info(

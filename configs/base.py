@@ -46,7 +46,14 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.name = "synthetic_crowd"  # a tfds_crowd dataset (with /config where needed).
   data.data_dir = ml_collections.FieldReference(None, field_type=str)  # ~/tensorflow_datasets
   data.train_split = "train"
-  data.eval_split = "test"
+  data.eval_split = "test"  # evaluated every eval_every_steps during training
+  # Model selection (cfrnet_jax/training/trainer.py): with `validation`, eval_split is a
+  # validation split, the best checkpoint by its MAE is the run's result, and
+  # `test_split` (if labeled) is evaluated once with it at the end. Without (ShanghaiTech,
+  # UCF_CC_50: no validation split), eval_split is the test split and the result is the
+  # last checkpoint; ranking checkpoints on it needs `best_on_test` (configs/base.py).
+  data.validation = False
+  data.test_split = ""
   data.crop_size = 256
   data.flip_prob = 0.5
   data.grayscale_prob = 0.1
@@ -95,6 +102,10 @@ def get_config() -> ml_collections.ConfigDict:
   # "imagenet" (downloaded, checked, converted and cached once, as the paper starts), a
   # path or URL of a .msgpack / .pth / .safetensors file, or "none" (random weights).
   config.backbone_weights = "imagenet"
+  # Without a validation split: also rank checkpoints by their test MAE, so that the best
+  # on test is restored by evaluate / predict. Optimistic (chosen on the test data
+  # itself); results say so ("selection": "best_on_test").
+  config.best_on_test = False
 
   # launch.py --mode predict / CrowdCounter (cfrnet_jax/inference).
   config.predict = ml_collections.ConfigDict()

@@ -6,6 +6,8 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.data.name = "jhu_crowd"
-  config.data.eval_split = "test"
+  config.data.eval_split = "val"  # the best checkpoint is chosen on val ...
+  config.data.validation = True
+  config.data.test_split = "test"  # ... and evaluated once on test at the end
   config.data.max_side = 1024
   return config

@@ -9,5 +9,6 @@ def get_config():
   config = base.get_config()
   config.data.name = "nwpu_crowd"
   config.data.eval_split = "val"
+  config.data.validation = True  # the best on val; test is unlabeled (--split test)
   config.data.max_side = 2048
   return config

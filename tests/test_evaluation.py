@@ -57,7 +57,10 @@ def test_training_evaluates_and_evaluate_mode_agrees(
   true = np.array([r["true_count"] for r in rows])
   predicted = np.array([r["predicted_count"] for r in rows])  # written with 3 decimals
   assert len(rows) == 4 and trained_run_metrics["images"] == 4
-  assert set(trained_run_metrics) == {*evaluation.METRICS, "images"}
+  assert set(trained_run_metrics) == {*evaluation.METRICS, "images", "selection", "step", "split"}
+  # No validation split: the last checkpoint's test figures, and no checkpoint ranked.
+  assert trained_run_metrics["selection"] == "last" and trained_run_metrics["step"] == 2
+  assert not list((trained_workdir / "checkpoints").glob("*/metrics/metrics"))
   # Localization: every annotated head is tallied, and the F1 follows from the tallies.
   assert [r["true_points"] for r in rows] == list(true)
   assert trained_run_metrics["f1_8"] == pytest.approx(
@@ -71,7 +74,7 @@ def test_training_evaluates_and_evaluate_mode_agrees(
       "test[:4]"
   )
   assert list((trained_workdir / "tensorboard").iterdir())
-  # launch.py --mode evaluate: the best checkpoint (step 2) counts the same.
+  # launch.py --mode evaluate: the same checkpoint (the last, step 2) counts the same.
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
   result = subprocess.run(
@@ -83,6 +86,40 @@ def test_training_evaluates_and_evaluate_mode_agrees(
   assert f"eval at step 2: MAE {trained_run_metrics['mae']:.2f}" in result.stderr
   again = evaluation.read_predictions(workdir / "eval" / "test[:4]_step_2" / "predictions.csv")
   assert again == rows
+
+
+def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labelled(
+    synthetic_data_dir, tmp_path
+):
+  """With a validation split the run reports the test figures of the checkpoint with the
+  lowest validation MAE; `best_on_test` reports the best test figures, labelled."""
+  from cfrnet_jax import checkpointing
+  from cfrnet_jax.training import trainer
+
+  config = tiny_train_config(
+      synthetic_data_dir, num_train_steps=2, eval_every_steps=1, log_every_steps=1,
+      checkpoint_every_steps=1, keep_checkpoints=2,
+  )  # fmt: skip
+  # synthetic_crowd has no validation split: 4 training images stand in for one.
+  config.data.update(eval_split="train[:4]", validation=True, test_split="test[:4]")
+  result = trainer.train_and_evaluate(config, tmp_path)
+  manager = checkpointing.create_checkpoint_manager(tmp_path)
+  validation = {step: checkpointing.saved_metrics(manager, step)["mae"] for step in (1, 2)}
+  best = min(validation, key=validation.get)
+  assert result["selection"] == "best_on_validation" and result["step"] == best
+  assert result["split"] == "test[:4]"
+  rows = evaluation.read_predictions(tmp_path / "eval" / f"test_step_{best}" / "predictions.csv")
+  true = np.array([r["true_count"] for r in rows])
+  predicted = np.array([r["predicted_count"] for r in rows])
+  assert result["mae"] == pytest.approx(np.abs(predicted - true).mean(), abs=1e-3)
+  assert sorted((tmp_path / "eval").iterdir()) == sorted(
+      [tmp_path / "eval" / f"step_{s}" for s in (1, 2, 3)]
+      + [tmp_path / "eval" / f"test_step_{best}"]
+  )  # the test split was evaluated once
+  config.data.validation, config.best_on_test = False, True
+  labelled = trainer._final_result(config, None, manager, tmp_path, result)
+  assert labelled["selection"] == "best_on_test" and labelled["mae"] == validation[best]
+  manager.close()
 
 
 def test_unlabeled_split_writes_a_submission_file(tmp_path):

@@ -281,6 +281,9 @@ def _train_and_evaluate(
           backbone_weights,
           loaded,
       )
+  # Checkpoints are ranked by their evaluation MAE only where that is honest: on a
+  # validation split, or on the test split when asked (`best_on_test`).
+  ranked = config.data.validation or config.best_on_test
   batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
   train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
   writer = _metric_writer(workdir)
@@ -320,7 +323,11 @@ def _train_and_evaluate(
             step,
             state,
             batches,
-            metrics={"mae": metrics["mae"]} if evaluate_now and metrics else None,
+            metrics=(
+                {"mae": metrics["mae"], "mse": metrics["mse"]}
+                if evaluate_now and metrics and ranked
+                else None
+            ),
         )
         last_saved = step
       if stop:
@@ -348,7 +355,55 @@ def _train_and_evaluate(
       except OSError as error:  # a full disk: the checkpoint's error is the one to report
         logging.warning("Could not write the TensorBoard log in %s: %s", workdir, error)
   checkpointing.wait_for_saves(manager, last_saved)
-  return metrics
+  if metrics is None or step < config.num_train_steps:
+    return metrics
+  return _final_result(config, graphdef, manager, workdir, metrics)
+
+
+def _final_result(config, graphdef, manager, workdir: Path, last: dict) -> dict:
+  """The run's reported metrics, by the model-selection rule of `configs/base.py`:
+
+  * validation split: the best checkpoint by validation MAE, evaluated once on
+    `data.test_split` (when the config names one) - the test figures of a checkpoint
+    chosen without the test data;
+  * no validation split: the last checkpoint's test figures ("last"), or, with
+    `best_on_test`, the best checkpoint's, labelled "best_on_test" (optimistic).
+
+  `selection`, `step` and `split` say which."""
+  best = checkpointing.best_step(manager)
+  if not (config.data.validation or config.best_on_test):
+    return {**last, "selection": "last", "step": int(manager.latest_step()),
+            "split": config.data.eval_split}  # fmt: skip
+  if config.best_on_test:
+    metrics = checkpointing.saved_metrics(manager, best)
+    logging.warning(
+        "Reporting the best checkpoint on the test split (step %d, MAE %.2f): chosen on the "
+        "test data itself, so optimistic (best_on_test).",
+        best,
+        metrics["mae"],
+    )
+    return {**last, **metrics, "selection": "best_on_test", "step": best,
+            "split": config.data.eval_split}  # fmt: skip
+  if not config.data.test_split:
+    return {**last, "selection": "best_on_validation", "step": best,
+            "split": config.data.eval_split}  # fmt: skip
+  _, variables = checkpointing.restore_variables(workdir, config.model, best)
+  metrics = evaluation.evaluate(
+      config, graphdef, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
+  )
+  if metrics is None:  # an unlabeled test split: its submission file is written
+    return {**last, "selection": "best_on_validation", "step": best,
+            "split": config.data.eval_split}  # fmt: skip
+  logging.info(
+      "%s, the checkpoint of step %d (best on %s): MAE %.2f, MSE %.2f.",
+      config.data.test_split,
+      best,
+      config.data.eval_split,
+      metrics["mae"],
+      metrics["mse"],
+  )
+  return {**metrics, "selection": "best_on_validation", "step": best,
+          "split": config.data.test_split}  # fmt: skip
 
 
 def _metric_writer(workdir: Path):
