@@ -31,6 +31,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   model.axial_windows = (16, 8, 8)  # relocating F4, F3, F2 into F1.
   # The heads regress density x density_scale; 1 = the paper's plain densities.
   model.density_scale = 1.0
+  # Initial kernel of each head's last (linear) density conv: "lecun_normal" (Flax's
+  # default) or "zeros" (every head starts at density 0: with a linear output, random
+  # initial values per cell far exceed the targets). models/heads.py.
+  model.density_init = "lecun_normal"
   model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters.
   # Recomputed in the backward pass instead of stored: "none", "backbone" (the VGG blocks,
   # most of the activation memory) or "all" (also GAM, decoders, heads). Same results.
@@ -85,6 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gamma = 1.0  # weight of the segmentation cross-entropy (Eq. 12).
+  # Balance of the heads' density terms (cfrnet_jax/training/losses.py): "sum" is Eq. 11
+  # as written (a level's term grows with its stride squared), "area" weighs every level
+  # alike; level_weights multiplies each head's term.
+  config.loss.level_balance = "sum"
+  config.loss.level_weights = ml_collections.ConfigDict(
+      {"f1": 1.0, "f2": 1.0, "f3": 1.0, "f5": 1.0}
+  )
 
   # Training (section 4.1: Adam, learning rate 1e-5, 4 crops per step). The paper gives
   # no step count or schedule; 100k steps at a constant rate is our choice.

@@ -113,8 +113,7 @@ def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labell
   predicted = np.array([r["predicted_count"] for r in rows])
   assert result["mae"] == pytest.approx(np.abs(predicted - true).mean(), abs=1e-3)
   assert sorted((tmp_path / "eval").iterdir()) == sorted(
-      [tmp_path / "eval" / f"step_{s}" for s in (1, 2)]
-      + [tmp_path / "eval" / f"test_step_{best}"]
+      [tmp_path / "eval" / f"step_{s}" for s in (1, 2)] + [tmp_path / "eval" / f"test_step_{best}"]
   )  # the test split was evaluated once
   config.data.validation, config.best_on_test = False, True
   labelled = trainer._final_result(config, None, manager, tmp_path, result)

@@ -54,3 +54,25 @@ def test_density_scale_scales_the_squared_error():
   loss10, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=10.0)
   np.testing.assert_allclose(loss10, 100 * loss1, rtol=1e-5)
   assert not any(key.startswith("ce/") for key in terms)  # plain heads: no CE term.
+
+
+def test_area_balance_weighs_every_level_alike_and_sum_grows_with_the_stride():
+  """A uniform density of 1 person per 4x4 cell, predicted 10% high at every level: with
+  sum-pooled targets Eq. 11's term grows with the stride squared; "area" evens it out."""
+  heads, targets = {}, {"density": {}, "foreground": {}}
+  for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
+    target = jnp.full((2, 64 // stride, 64 // stride), (stride / 4) ** 2)
+    targets["density"][stride] = target
+    heads[name] = {"density": 1.1 * target[..., None]}
+  outputs = {"heads": heads}
+  _, summed = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0)
+  _, area = cfrnet_loss(outputs, targets, 1.0, 1.0, level_balance="area")
+  for name, stride in (("f2", 8), ("f3", 16)):
+    np.testing.assert_allclose(
+        summed[f"mse/{name}"] / summed["mse/f1"], (stride / 4) ** 2, rtol=1e-6
+    )
+    np.testing.assert_allclose(area[f"mse/{name}"], area["mse/f1"], rtol=1e-6)
+  weights = {"f1": 1.0, "f2": 0.0, "f3": 2.0, "f5": 1.0}
+  loss, terms = cfrnet_loss(outputs, targets, 1.0, 1.0, "area", weights)
+  expected = sum(weights[n] * terms[f"mse/{n}"] for n in weights)
+  np.testing.assert_allclose(loss, expected, rtol=1e-6)

@@ -120,6 +120,7 @@ class CFRNet(nnx.Module):
                 config.head_hidden_channels,
                 config.use_dhp,
                 config.density_scale,
+                density_init=config.density_init,
                 rngs=rngs,
             )
             for name in head_names

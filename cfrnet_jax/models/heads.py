@@ -7,7 +7,8 @@ DHP, following Modolo et al. (WACV 2021):
 with s = `head_channels` (256) and d = `head_hidden_channels` (128).
 With `use_dhp` off (the "w/o DHP" ablation of Table 2) only the density branch exists.
 
-The density branch's 1x1 conv is linear, as in the paper. Its output is divided by
+The density branch's 1x1 conv is linear, as in the paper; `density_init = "zeros"`
+starts its kernel at zero (not in the paper; config.model.density_init). Its output is divided by
 `density_scale`, so that the network regresses densities multiplied by that constant
 (a common trick for the tiny per-pixel values) while `density` stays in people per cell.
 """
@@ -18,6 +19,11 @@ import jax
 from flax import nnx
 
 from cfrnet_jax.models.layers import ConvBNReLU
+
+DENSITY_INITS = {
+    "lecun_normal": nnx.initializers.lecun_normal(),
+    "zeros": nnx.initializers.zeros_init(),
+}
 
 
 class DensityHead(nnx.Module):
@@ -31,13 +37,18 @@ class DensityHead(nnx.Module):
       use_dhp: bool,
       density_scale: float,
       *,
+      density_init: str = "lecun_normal",
       rngs: nnx.Rngs,
   ):
+    if density_init not in DENSITY_INITS:
+      raise ValueError(
+          f"model.density_init must be one of {tuple(DENSITY_INITS)}, got {density_init!r}."
+      )
     self.density_scale = density_scale
     self.density_branch = nnx.Sequential(
         ConvBNReLU(channels, head_channels, rngs=rngs),
         ConvBNReLU(head_channels, hidden_channels, rngs=rngs),
-        nnx.Conv(hidden_channels, 1, (1, 1), rngs=rngs),
+        nnx.Conv(hidden_channels, 1, (1, 1), kernel_init=DENSITY_INITS[density_init], rngs=rngs),
     )
     self.segmentation_branch = (
         nnx.Sequential(

@@ -9,6 +9,15 @@
   foreground target, averaged over images *and pixels* (the usual per-pixel mean; a sum
   over pixels would outweigh the density term by the pixel count). Heads without a
   segmentation branch (`use_dhp` off) contribute only L_mse^i.
+
+Balance of the levels (not in the paper; `config.loss.level_balance`). Targets are
+sum-pooled (a stride-s cell holds the people of s x s pixels), so with squared error
+summed over cells a level's term grows with the square of its stride: for the same
+relative error everywhere, the stride-16 head's term is 16x the stride-4 head's.
+* "sum": Eq. 11 as written (the default);
+* "area": each level's term divided by (s / 4)^2, i.e. the squared error of densities per
+  4x4-pixel area integrated over the picture, so that every level weighs alike.
+`config.loss.level_weights` then multiplies each head's density term.
 """
 
 from __future__ import annotations
@@ -17,11 +26,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES
+from cfrnet_jax.models.cfrnet import DENSITY_STRIDE, HEAD_STRIDES
+
+LEVEL_BALANCES = ("sum", "area")
 
 
 def cfrnet_loss(
-    outputs: dict, targets: dict, gamma: float, density_scale: float
+    outputs: dict,
+    targets: dict,
+    gamma: float,
+    density_scale: float,
+    level_balance: str = "sum",
+    level_weights: dict | None = None,
 ) -> tuple[jax.Array, dict]:
   """Total loss and per-head terms.
 
@@ -31,17 +47,23 @@ def cfrnet_loss(
       model has: 'density'[s] (batch, H_s, W_s) and 'foreground'[s] (batch, H_s, W_s).
     gamma: weight of the cross-entropy terms.
     density_scale: the factor the heads regress densities in.
+    level_balance: "sum" or "area" (module docstring).
+    level_weights: optional {head name: factor} on the density terms (default 1).
 
   Returns:
     (loss, {'mse/<head>': ..., 'ce/<head>': ...}).
   """
+  if level_balance not in LEVEL_BALANCES:
+    raise ValueError(f"loss.level_balance must be one of {LEVEL_BALANCES}, got {level_balance!r}.")
   total, terms = 0.0, {}
   for name, head in outputs["heads"].items():
     stride = HEAD_STRIDES[name]
     error = density_scale * (head["density"][..., 0] - targets["density"][stride])
     mse = jnp.mean(jnp.sum(jnp.square(error), axis=(1, 2)))
+    if level_balance == "area":
+      mse = mse / (stride / DENSITY_STRIDE) ** 2
     terms[f"mse/{name}"] = mse
-    total = total + mse
+    total = total + (1.0 if level_weights is None else level_weights[name]) * mse
     if "seg_logits" in head:
       ce = jnp.mean(
           optax.softmax_cross_entropy_with_integer_labels(

@@ -132,7 +132,14 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
       model = nnx.merge(graphdef, params, state.batch_stats)
       model.train()
       outputs = model(images)
-      loss, terms = cfrnet_loss(outputs, targets, config.loss.gamma, config.model.density_scale)
+      loss, terms = cfrnet_loss(
+          outputs,
+          targets,
+          config.loss.gamma,
+          config.model.density_scale,
+          config.loss.level_balance,
+          config.loss.level_weights.to_dict(),
+      )
       counts = outputs["density"].astype(jnp.float32).sum(axis=(1, 2, 3))
       return loss, (terms, split_model(model)[1].batch_stats, counts)
 
