@@ -58,9 +58,8 @@ def test_training_evaluates_and_evaluate_mode_agrees(
   predicted = np.array([r["predicted_count"] for r in rows])  # written with 3 decimals
   assert len(rows) == 4 and trained_run_metrics["images"] == 4
   assert set(trained_run_metrics) == {*evaluation.METRICS, "images", "selection", "step", "split"}
-  # No validation split: the last checkpoint's test figures, and no checkpoint ranked.
-  assert trained_run_metrics["selection"] == "last" and trained_run_metrics["step"] == 2
-  assert not list((trained_workdir / "checkpoints").glob("*/metrics/metrics"))
+  # Ranked on test when asked (best_on_test): labelled so; step 2 is the only evaluation.
+  assert trained_run_metrics["selection"] == "best_on_test" and trained_run_metrics["step"] == 2
   # Localization: every annotated head is tallied, and the F1 follows from the tallies.
   assert [r["true_points"] for r in rows] == list(true)
   assert trained_run_metrics["f1_8"] == pytest.approx(
@@ -118,6 +117,10 @@ def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labell
   config.data.validation, config.best_on_test = False, True
   labelled = trainer._final_result(config, None, manager, tmp_path, result)
   assert labelled["selection"] == "best_on_test" and labelled["mae"] == validation[best]
+  # No validation split and not asked: the last checkpoint's figures, as evaluated.
+  config.best_on_test = False
+  last = trainer._final_result(config, None, manager, tmp_path, result)
+  assert (last["selection"], last["step"], last["mae"]) == ("last", 2, result["mae"])
   manager.close()
 
 
