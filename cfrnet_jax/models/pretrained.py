@@ -48,8 +48,6 @@ from cfrnet_jax.models.backbone import TORCHVISION_CONV_INDEX, VGG16_BLOCK_DEPTH
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth"
 # The same weights as timm's safetensors on the Hugging Face hub (read without PyTorch).
 TIMM_URL = "https://huggingface.co/timm/vgg16_bn.tv_in1k/resolve/main/model.safetensors"
-# torchvision publishes the first 8 hex digits of the file's sha256 in its name.
-TORCHVISION_SHA256_PREFIX = "6c64b313"
 IMAGENET = "imagenet"
 # The converted ImageNet weights in the cache folder.
 IMAGENET_FILE = "vgg16_bn_imagenet.msgpack"
@@ -190,8 +188,9 @@ def default_cache_dir() -> Path:
 
 def _expected_sha256(url: str, headers) -> tuple[str, str] | None:
   """(how the file's sha256 is known, the digest or its prefix) for `url`: torchvision's
-  name carries a prefix; the Hugging Face hub reports a stored file's sha256 as its
-  X-Linked-ETag (large files) or ETag. None when nothing says what the file should be."""
+  name carries its first 8 hex digits (`vgg16_bn-6c64b313.pth`); the Hugging Face hub
+  reports a stored file's sha256 as its X-Linked-ETag (large files) or ETag. None when
+  nothing says what the file should be."""
   name = url.rsplit("/", 1)[-1]
   match = re.search(r"-([0-9a-f]{8,64})\.pth$", name)
   if match:

@@ -288,9 +288,7 @@ def _train_and_evaluate(
           backbone_weights,
           loaded,
       )
-  # Checkpoints are ranked by their evaluation MAE only where that is honest: on a
-  # validation split, or on the test split when asked (`best_on_test`).
-  ranked = config.data.validation or config.best_on_test
+  ranked = ranks_checkpoints(config)
   batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
   train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
   writer = _metric_writer(workdir)
@@ -330,11 +328,7 @@ def _train_and_evaluate(
             step,
             state,
             batches,
-            metrics=(
-                {"mae": metrics["mae"], "mse": metrics["mse"]}
-                if evaluate_now and metrics and ranked
-                else None
-            ),
+            metrics=metrics if evaluate_now and metrics and ranked else None,
         )
         last_saved = step
       if stop:
@@ -367,50 +361,57 @@ def _train_and_evaluate(
   return _final_result(config, graphdef, manager, workdir, metrics)
 
 
+def ranks_checkpoints(config: ml_collections.ConfigDict) -> bool:
+  """Whether checkpoints are ranked by their evaluation MAE: only where that is honest,
+  on a validation split, or on the test split when asked (`best_on_test`)."""
+  return config.data.validation or config.best_on_test
+
+
 def _final_result(config, graphdef, manager, workdir: Path, last: dict) -> dict:
   """The run's reported metrics, by the model-selection rule of `configs/base.py`:
 
   * validation split: the best checkpoint by validation MAE, evaluated once on
-    `data.test_split` (when the config names one) - the test figures of a checkpoint
-    chosen without the test data;
+    `data.test_split` (when the config names a labeled one), else its validation figures;
   * no validation split: the last checkpoint's test figures ("last"), or, with
     `best_on_test`, the best checkpoint's, labelled "best_on_test" (optimistic).
 
-  `selection`, `step` and `split` say which."""
+  `last` is the final evaluation's metrics; `selection`, `step` and `split` say which
+  checkpoint and split the returned figures are of."""
+  labelled = lambda metrics, selection, step, split: {
+      **metrics,
+      "selection": selection,
+      "step": int(step),
+      "split": split,
+  }
+  if not ranks_checkpoints(config):
+    return labelled(last, "last", manager.latest_step(), config.data.eval_split)
   best = checkpointing.best_step(manager)
-  if not (config.data.validation or config.best_on_test):
-    return {**last, "selection": "last", "step": int(manager.latest_step()),
-            "split": config.data.eval_split}  # fmt: skip
+  best_metrics = checkpointing.saved_metrics(manager, best)
   if config.best_on_test:
-    metrics = checkpointing.saved_metrics(manager, best)
     logging.warning(
         "Reporting the best checkpoint on the test split (step %d, MAE %.2f): chosen on the "
         "test data itself, so optimistic (best_on_test).",
         best,
-        metrics["mae"],
+        best_metrics["mae"],
     )
-    return {**last, **metrics, "selection": "best_on_test", "step": best,
-            "split": config.data.eval_split}  # fmt: skip
-  if not config.data.test_split:
-    return {**last, "selection": "best_on_validation", "step": best,
-            "split": config.data.eval_split}  # fmt: skip
-  _, variables = checkpointing.restore_variables(workdir, config.model, best)
-  metrics = evaluation.evaluate(
-      config, graphdef, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
-  )
-  if metrics is None:  # an unlabeled test split: its submission file is written
-    return {**last, "selection": "best_on_validation", "step": best,
-            "split": config.data.eval_split}  # fmt: skip
+    return labelled(best_metrics, "best_on_test", best, config.data.eval_split)
+  tested = None
+  if config.data.test_split:
+    _, variables = checkpointing.restore_variables(workdir, config.model, best)
+    tested = evaluation.evaluate(
+        config, graphdef, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
+    )  # None for an unlabeled test split, whose submission file is written
+  if tested is None:
+    return labelled(best_metrics, "best_on_validation", best, config.data.eval_split)
   logging.info(
       "%s, the checkpoint of step %d (best on %s): MAE %.2f, MSE %.2f.",
       config.data.test_split,
       best,
       config.data.eval_split,
-      metrics["mae"],
-      metrics["mse"],
+      tested["mae"],
+      tested["mse"],
   )
-  return {**metrics, "selection": "best_on_validation", "step": best,
-          "split": config.data.test_split}  # fmt: skip
+  return labelled(tested, "best_on_validation", best, config.data.test_split)
 
 
 def _metric_writer(workdir: Path):
