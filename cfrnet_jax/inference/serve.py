@@ -72,16 +72,20 @@ class CountingService:
         "max_upload_mb": self.max_upload_bytes / 1e6,
     }
 
+  def check_size(self, name: str, size: int) -> None:
+    """RequestError (413) for an upload of `size` bytes over the limit."""
+    if size > self.max_upload_bytes:
+      raise RequestError(
+          f"{name} is {size / 1e6:.1f} MB; this server takes pictures of at most "
+          f"{self.max_upload_bytes / 1e6:g} MB.",
+          status=413,
+      )
+
   def count(self, name: str, data: bytes, regions: str | None = None) -> dict:
     """The JSON answer for picture file bytes `data` named `name` and optional regions
     (JSON text: a {name: polygon} dict or a list of {"name", "polygon"}, picture
     pixels). Raises RequestError with the reason when it cannot be counted."""
-    if len(data) > self.max_upload_bytes:
-      raise RequestError(
-          f"{name} is {len(data) / 1e6:.1f} MB; this server takes pictures of at most "
-          f"{self.max_upload_bytes / 1e6:g} MB.",
-          status=413,
-      )
+    self.check_size(name, len(data))
     if not data:
       raise RequestError(f"{name} is empty (0 bytes).")
     parsed = _parse_regions(regions)
@@ -164,16 +168,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
       self.close_connection = True
       self._send_json(411, {"error": "The upload has no valid Content-Length."})
       return
-    if length > self.service.max_upload_bytes:
+    try:
+      self.service.check_size(name, length)
+    except RequestError as error:
       # Refused before it is read; the connection closes instead of draining the body.
       self.close_connection = True
-      self._send_json(
-          413,
-          {
-              "error": f"{name} is {length / 1e6:.1f} MB; this server takes pictures of "
-              f"at most {self.service.max_upload_bytes / 1e6:g} MB."
-          },
-      )
+      self._send_json(error.status, {"error": str(error)})
       return
     try:
       data = self.rfile.read(length)
