@@ -89,7 +89,11 @@ def create_checkpoint_manager(
       best_fn=lambda metrics: metrics["mae"],
       best_mode="min",
       enable_async_checkpointing=True,
-      cleanup_tmp_directories=True,  # what a killed or failed save left takes no space
+      # Orbax's own cleanup runs in a background thread that a run stopping early
+      # (a bad config, missing weights) leaves running at exit, and in a reader it would
+      # delete a save that a live training run is writing: `prepare_for_training`
+      # removes what a killed or failed save left instead, in training only.
+      cleanup_tmp_directories=False,
   )
   directory = Path(workdir).absolute() / "checkpoints"
   damaged = _damaged_metrics(directory)
@@ -115,19 +119,31 @@ def _damaged_metrics(directory: Path) -> list[tuple[Path, str]]:
   return found
 
 
-def set_aside_damaged_metrics(workdir: str | Path) -> None:
-  """Moves each step whose metrics file is damaged to `WORKDIR/damaged_checkpoints/`
-  (training only; readers get `create_checkpoint_manager`'s error), with a warning."""
+def prepare_for_training(workdir: str | Path) -> None:
+  """Makes `WORKDIR/checkpoints` openable and tidy before a training run opens it, on
+  the first host (the others wait): each step whose metrics file is damaged moves to
+  `WORKDIR/damaged_checkpoints/` (readers get `create_checkpoint_manager`'s error
+  instead), and the temporary folders of saves that a killed or failed run left are
+  deleted (they never become checkpoints); each is logged."""
   directory = Path(workdir).absolute() / "checkpoints"
   if jax.process_index() == 0:
     for path, reason in _damaged_metrics(directory):
       step = int(path.parent.parent.name)
       logging.warning("The checkpoint of step %d (%s) cannot be read: %s.", step, path, reason)
       _move_aside(directory, workdir, step)
+    unfinished = [p for p in sorted(directory.glob("*")) if ocp.path.step.is_tmp_checkpoint(p)]
+    for path in unfinished:
+      shutil.rmtree(path)
+    if unfinished:
+      logging.warning(
+          "Deleted %d unfinished save(s) that an interrupted run left: %s.",
+          len(unfinished),
+          ", ".join(p.name for p in unfinished),
+      )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
-    multihost_utils.sync_global_devices("set aside damaged metrics")
+    multihost_utils.sync_global_devices("prepare the checkpoint folder")
 
 
 def _move_aside(directory: Path, workdir: str | Path, step: int) -> None:

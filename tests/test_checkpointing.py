@@ -1,6 +1,7 @@
 """Checkpoints: what inference restores (parameters and statistics only), run configs."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -243,9 +244,24 @@ def test_a_damaged_metrics_file_is_named_and_training_sets_its_step_aside(two_st
   metrics.write_text(metrics.read_text()[:5])
   with pytest.raises(checkpointing.DamagedCheckpointError, match=rf"{metrics} cannot be read"):
     checkpointing.restore_variables(two_step_workdir, config.model)
-  checkpointing.set_aside_damaged_metrics(two_step_workdir)  # what training does first
+  checkpointing.prepare_for_training(two_step_workdir)  # what training does first
   assert (two_step_workdir / checkpointing.DAMAGED_DIR / "2" / "metrics").is_dir()
   assert checkpointing.restore_variables(two_step_workdir, config.model)[0] == 1
+
+
+def test_only_training_deletes_what_an_interrupted_save_left(two_step_workdir, caplog):
+  """A reader (evaluate, predict) must not touch a save that a live run may be writing;
+  training deletes such folders before it opens the checkpoints, and says so."""
+  config = checkpointing.load_run_config(two_step_workdir)
+  unfinished = two_step_workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1764000000"
+  (unfinished / "state").mkdir(parents=True)
+  step = checkpointing.restore_variables(two_step_workdir, config.model)[0]
+  assert unfinished.is_dir()
+  with caplog.at_level(logging.WARNING):
+    checkpointing.prepare_for_training(two_step_workdir)
+  assert not unfinished.exists()
+  assert "Deleted 1 unfinished save(s) that an interrupted run left: 4.orbax" in caplog.text
+  assert checkpointing.restore_variables(two_step_workdir, config.model)[0] == step
 
 
 def test_launch_turns_a_damaged_checkpoint_into_one_message(two_step_workdir, tmp_path):

@@ -246,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
 ) -> dict | None:
-  checkpointing.set_aside_damaged_metrics(workdir)
+  checkpointing.prepare_for_training(workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
   if resume_step is not None:
