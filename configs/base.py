@@ -35,6 +35,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   # default) or "zeros" (every head starts at density 0: with a linear output, random
   # initial values per cell far exceed the targets). models/heads.py.
   model.density_init = "lecun_normal"
+  # At inference only: zero the density where a head's foreground probability is below
+  # this (0 = off, the paper's soft product alone). models/heads.py.
+  model.foreground_gate = 0.0
   model.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 parameters.
   # Recomputed in the backward pass instead of stored: "none", "backbone" (the VGG blocks,
   # most of the activation memory) or "all" (also GAM, decoders, heads). Same results.

@@ -237,3 +237,28 @@ def test_zero_density_init_starts_every_head_at_zero_and_still_learns():
     assert np.any(np.asarray(grads["density_branch"]["layers"][2]["kernel"].get_value())), name
   with pytest.raises(ValueError, match="density_init must be one of"):
     cfrnet_jax.build_model(tiny_model_config(density_init="ones"), 0)
+
+
+def test_foreground_gate_zeroes_background_cells_at_inference_only():
+  """With the gate at t, eval mode keeps a cell's density where the segmentation branch's
+  foreground probability is >= t and zeroes it elsewhere; training mode never gates."""
+  gate = 0.5
+  model = cfrnet_jax.build_model(tiny_model_config(foreground_gate=gate), 0)
+  features = jax.random.normal(jax.random.key(1), (1, 8, 8, 16))
+  head = model.heads["f1"]
+  ungated = head(features)["density"]  # a freshly built model is in training mode
+  model.eval()
+  out = head(features)
+  foreground = jax.nn.softmax(out["seg_logits"], axis=-1)[..., 1:]
+  assert 0 < np.mean(np.asarray(foreground) >= gate) < 1  # some cells on each side
+  model.train()
+  np.testing.assert_array_equal(head(features)["density"], ungated)
+  model.eval()
+  model.set_attributes(foreground_gate=0.0)
+  soft = head(features)["density"]
+  np.testing.assert_array_equal(out["density"], np.where(foreground >= gate, soft, 0.0))
+  for bad in (-0.1, 1.0):
+    with pytest.raises(ValueError, match="foreground_gate must be in"):
+      cfrnet_jax.build_model(tiny_model_config(foreground_gate=bad), 0)
+  with pytest.raises(ValueError, match="needs the segmentation branch"):
+    cfrnet_jax.build_model(tiny_model_config(foreground_gate=gate, use_dhp=False), 0)

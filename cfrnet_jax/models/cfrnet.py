@@ -121,6 +121,7 @@ class CFRNet(nnx.Module):
                 config.use_dhp,
                 config.density_scale,
                 density_init=config.density_init,
+                foreground_gate=config.foreground_gate,
                 rngs=rngs,
             )
             for name in head_names

@@ -11,11 +11,17 @@ The density branch's 1x1 conv is linear, as in the paper; `density_init = "zeros
 starts its kernel at zero (not in the paper; config.model.density_init). Its output is divided by
 `density_scale`, so that the network regresses densities multiplied by that constant
 (a common trick for the tiny per-pixel values) while `density` stays in people per cell.
+
+`foreground_gate` (not in the paper; config.model.foreground_gate) zeroes, at inference
+only, the density of cells whose foreground probability is below it: the soft product
+above leaves a little density on every background cell, which adds up over a large
+picture. NNX's `eval()` sets `deterministic`, so training never sees the gate.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cfrnet_jax.models.layers import ConvBNReLU
@@ -38,13 +44,20 @@ class DensityHead(nnx.Module):
       density_scale: float,
       *,
       density_init: str = "lecun_normal",
+      foreground_gate: float = 0.0,
       rngs: nnx.Rngs,
   ):
     if density_init not in DENSITY_INITS:
       raise ValueError(
           f"model.density_init must be one of {tuple(DENSITY_INITS)}, got {density_init!r}."
       )
+    if not 0.0 <= foreground_gate < 1.0:
+      raise ValueError(f"model.foreground_gate must be in [0, 1), got {foreground_gate!r}.")
+    if foreground_gate and not use_dhp:
+      raise ValueError("model.foreground_gate needs the segmentation branch (use_dhp).")
     self.density_scale = density_scale
+    self.foreground_gate = foreground_gate
+    self.deterministic = False  # True after `eval()`: inference, where the gate acts
     self.density_branch = nnx.Sequential(
         ConvBNReLU(channels, head_channels, rngs=rngs),
         ConvBNReLU(head_channels, hidden_channels, rngs=rngs),
@@ -65,4 +78,7 @@ class DensityHead(nnx.Module):
       return {"density": density}
     seg_logits = self.segmentation_branch(x)
     foreground = jax.nn.softmax(seg_logits, axis=-1)[..., 1:]
-    return {"density": density * foreground, "seg_logits": seg_logits}
+    density = density * foreground
+    if self.deterministic and self.foreground_gate:
+      density = jnp.where(foreground >= self.foreground_gate, density, 0.0)
+    return {"density": density, "seg_logits": seg_logits}
