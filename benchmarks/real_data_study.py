@@ -11,9 +11,9 @@ other 40 images, tested on its 10), once per variant and seed, for a fixed numbe
 steps, through the product's own path (`trainer.train_and_evaluate`, random backbone
 weights: the narrow backbone has no ImageNet weights). A variant is `+`-joined words:
 
-  fusion:        cfrm (default), add, concat   (Table 1's question)
-  loss balance:  sum (default, Eq. 11 as written), area   (config.loss.level_balance)
-  density init:  lecun (default), zeros   (config.model.density_init)
+  fusion:        cfrm (when not named), add, concat   (Table 1's question)
+  loss balance:  sum (when not named: Eq. 11 as written), area   (config.loss.level_balance)
+  density init:  lecun (when not named), zeros   (config.model.density_init)
   steps:         x2 (twice --steps, the "longer training" remedy)
 
 Each run's last checkpoint is then analysed on the 10 test images, whole (as
@@ -25,7 +25,8 @@ forward pass (density x [foreground probability >= t], what the gated model retu
 The baseline predicts the 40 training images' mean count for every test image.
 
 Runs are kept in `--folder/VARIANT/seed_S`; one whose `study.json` exists is not run
-again, so an interrupted study resumes. Prints a Markdown table (mean over seeds and
+again, so an interrupted study resumes; `--report_only` tables the finished runs and
+names the missing ones without training them. Prints a Markdown table (mean over seeds and
 each seed's value) and writes every figure to `--out`.
 """
 
@@ -247,6 +248,7 @@ def main(argv=None) -> int:
   parser.add_argument("--gates", type=float, nargs="*", default=[0.5])
   parser.add_argument("--foreground_px", type=float, default=16.0)
   parser.add_argument("--out", type=Path, default=None)
+  parser.add_argument("--report_only", action="store_true")
   args = parser.parse_args(argv)
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   logging.set_verbosity(logging.INFO)
@@ -258,7 +260,17 @@ def main(argv=None) -> int:
         [*command, str(args.ucf_dir), "--data_dir", str(args.folder / "tfds")], check=True
     )
   baseline = mean_count_baseline(variant_config("cfrm", 0, args.steps, args.folder / "tfds"))
-  results = [run_one(v, s, args) for v in args.variants for s in args.seeds]
+  runs = [(v, s) for v in args.variants for s in args.seeds]
+  if args.report_only:
+    missing = [
+        (v, s) for v, s in runs if not (args.folder / v / f"seed_{s}" / "study.json").exists()
+    ]
+    print(
+        "Not run (left out of the table): "
+        + (", ".join(f"{v} seed {s}" for v, s in missing) or "none")
+    )
+    runs = [run for run in runs if run not in missing]
+  results = [run_one(v, s, args) for v, s in runs]
   report = table(results, baseline, args.gates)
   print(report)
   if args.out:

@@ -92,10 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.loss = ml_collections.ConfigDict()
   config.loss.gamma = 1.0  # weight of the segmentation cross-entropy (Eq. 12).
-  # Balance of the heads' density terms (cfrnet_jax/training/losses.py): "sum" is Eq. 11
-  # as written (a level's term grows with its stride squared), "area" weighs every level
-  # alike; level_weights multiplies each head's term.
-  config.loss.level_balance = "sum"
+  # Balance of the heads' density terms (cfrnet_jax/training/losses.py): "area" weighs
+  # every level alike (chosen by benchmarks/real_data_study.py, README "Training on real
+  # crowds"); "sum" is Eq. 11 as written, where a level's term grows with its stride
+  # squared. level_weights multiplies each head's term.
+  config.loss.level_balance = "area"
   config.loss.level_weights = ml_collections.ConfigDict(
       {"f1": 1.0, "f2": 1.0, "f3": 1.0, "f5": 1.0}
   )

@@ -197,15 +197,15 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
 
 @pytest.mark.slow
 def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path, synthetic_data_dir):
-  """benchmarks/fault_trials.py, 3 trials: SIGKILL while a checkpoint is being written,
-  at a random moment, and while writing again; each resumed run ends with the same
+  """benchmarks/fault_trials.py, 2 trials: SIGKILL while a checkpoint is being written
+  and at a random moment; each resumed run ends with the same
   parameters, statistics, optimizer state and data position as an uninterrupted one."""
   from benchmarks import fault_trials
 
   out = tmp_path / "trials.json"
   status = fault_trials.main(
       [
-          "--trials=3",
+          "--trials=2",
           "--steps=4",
           "--checkpoint_every=2",
           f"--folder={tmp_path / 'trials'}",
@@ -214,9 +214,9 @@ def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path, syntheti
       ]
   )
   trials = json.loads(out.read_text())["trials"]
-  assert [t["outcome"] for t in trials] == ["bit-identical"] * 3, trials
+  assert [t["outcome"] for t in trials] == ["bit-identical"] * 2, trials
   assert status == 0
-  assert [t["mode"] for t in trials] == ["save", "random", "save"]
+  assert [t["mode"] for t in trials] == ["save", "random"]
   for trial in trials:
     assert trial["resumed_from"] == max(trial["steps_saved_at_kill"], default=0)
     if trial["mode"] == "save":  # killed with a save's temporary folder on disk
