@@ -266,7 +266,13 @@ def torch_runner(
     }
 
     def loss_fn(x):
-      return twin.cfrnet_loss(network(x), targets, config.loss.gamma, config.model.density_scale)
+      return twin.cfrnet_loss(
+          network(x),
+          targets,
+          config.loss.gamma,
+          config.model.density_scale,
+          config.loss.level_balance,
+      )
 
   loss_fn = torch.compile(loss_fn) if compiled else loss_fn
 

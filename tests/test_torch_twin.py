@@ -133,8 +133,9 @@ def test_training_mode_losses_match_on_the_same_batch(model_config, size):
   )
   model = flax_model(model_config, params, batch_stats)
   model.train()
+  balance = config.loss.level_balance  # the configs' default, "area"
   expected, _ = cfrnet_loss(
-      model(jnp.asarray(images)), targets, config.loss.gamma, model_config.density_scale
+      model(jnp.asarray(images)), targets, config.loss.gamma, model_config.density_scale, balance
   )
   network = twin(model_config, params, batch_stats).train()
   torch_targets = {
@@ -146,5 +147,6 @@ def test_training_mode_losses_match_on_the_same_batch(model_config, size):
       torch_targets,
       config.loss.gamma,
       model_config.density_scale,
+      balance,
   )
   assert float(got.detach()) == pytest.approx(float(expected), rel=TOLERANCE)

@@ -324,14 +324,18 @@ class CFRNet(nn.Module):
     return {"density": heads[self.final_head]["density"], "heads": heads}
 
 
-def cfrnet_loss(outputs: dict, targets: dict, gamma: float, density_scale: float):
-  """`cfrnet_jax.training.losses.cfrnet_loss` in PyTorch; targets as torch tensors keyed by
-  stride: 'density'[s] (batch, H_s, W_s) float, 'foreground'[s] (batch, H_s, W_s) int."""
+def cfrnet_loss(
+    outputs: dict, targets: dict, gamma: float, density_scale: float, level_balance: str = "sum"
+):
+  """`cfrnet_jax.training.losses.cfrnet_loss` in PyTorch (without `level_weights`); targets
+  as torch tensors keyed by stride: 'density'[s] (batch, H_s, W_s) float, 'foreground'[s]
+  (batch, H_s, W_s) int."""
   total = 0.0
   for name, head in outputs["heads"].items():
     stride = HEAD_STRIDES[name]
     error = density_scale * (head["density"][:, 0] - targets["density"][stride])
-    total = total + error.square().sum((1, 2)).mean()
+    mse = error.square().sum((1, 2)).mean()
+    total = total + (mse / (stride / 4) ** 2 if level_balance == "area" else mse)
     if "seg_logits" in head:
       total = total + gamma * F.cross_entropy(
           head["seg_logits"].float(), targets["foreground"][stride].long()
