@@ -1,8 +1,8 @@
 """Does the quick-start-sized CFRNet learn real crowds, and which choices help? (CPU)
 
     python benchmarks/real_data_study.py --ucf_dir ../shared/data/ucf_cc_50 \\
-        --folder runs/study --steps 500 --seeds 0 1 \\
-        --variants cfrm cfrm+area cfrm+zeros add concat \\
+        --folder runs/study --steps 300 --seeds 0 1 \\
+        --variants cfrm cfrm+area cfrm+zeros add+area concat+area \\
         --out benchmarks/results/cpu_2026-11-26/real_data_study.json
 
 Trains `configs/default.py`'s model (the paper's structure, narrow channels, 128-pixel
@@ -12,7 +12,7 @@ steps, through the product's own path (`trainer.train_and_evaluate`, random back
 weights: the narrow backbone has no ImageNet weights). A variant is `+`-joined words:
 
   fusion:        cfrm (when not named), add, concat   (Table 1's question)
-  loss balance:  sum (when not named: Eq. 11 as written), area   (config.loss.level_balance)
+  loss balance:  sum (when not named: Eq. 11 as written; the configs' default is area), area
   density init:  lecun (when not named), zeros   (config.model.density_init)
   steps:         x2 (twice --steps, the "longer training" remedy)
 

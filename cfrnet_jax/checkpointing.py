@@ -131,7 +131,9 @@ def prepare_for_training(workdir: str | Path) -> None:
       step = int(path.parent.parent.name)
       logging.warning("The checkpoint of step %d (%s) cannot be read: %s.", step, path, reason)
       _move_aside(directory, workdir, step)
-    unfinished = [p for p in sorted(directory.glob("*")) if ocp.path.step.is_tmp_checkpoint(p)]
+    unfinished = [
+        p for p in sorted(directory.glob(f"*{ocp.path.step.TMP_DIR_SUFFIX}*")) if p.is_dir()
+    ]
     for path in unfinished:
       shutil.rmtree(path)
     if unfinished:
@@ -436,6 +438,7 @@ def restore_variables(
 # Fields a resumed run may change: how it computes, reads or evaluates, not what it trains.
 RESUMABLE_CHANGES = (
     "model.dtype",
+    "model.foreground_gate",  # inference only
     "model.remat",
     "model.attention",
     "data.data_dir",

@@ -1,4 +1,5 @@
-"""The paper's settings: CFRNet, its targets, loss, data pipeline and training.
+"""The paper's settings: CFRNet, its targets, loss, data pipeline and training (with the
+choices the paper leaves open; the loss's balance of levels is one, README "Deviations").
 
 Every field can be overridden from the command line, e.g. `--config.model.fusion=add`.
 The dataset configs (`shha.py`, ...) start from `get_config()` and change only what

@@ -1,6 +1,6 @@
 """The CPU quick start: CFRNet's full structure, shrunk, on `synthetic_crowd`.
 
-Same layers, windows, heads and loss as the paper's model, with narrow channels and
+Same layers, windows, heads and loss as `base.py`'s model, with narrow channels and
 128-pixel crops so that it trains to a useful count on two CPU cores in a few minutes,
 and a learning rate raised to match and decayed to zero (cosine) over the short run.
 Not the paper's settings: see `base.py` and the dataset configs for those.

@@ -15,7 +15,9 @@ starts its kernel at zero (not in the paper; config.model.density_init). Its out
 `foreground_gate` (not in the paper; config.model.foreground_gate) zeroes, at inference
 only, the density of cells whose foreground probability is below it: the soft product
 above leaves a little density on every background cell, which adds up over a large
-picture. NNX's `eval()` sets `deterministic`, so training never sees the gate.
+picture. NNX's `eval()` sets `deterministic`, so the gate acts in evaluation (also the
+evaluations during training, which rank checkpoints), prediction and export, never in
+the loss.
 """
 
 from __future__ import annotations
