@@ -52,9 +52,10 @@ from absl import flags, logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from cfrnet_jax import checkpointing, cross_validation  # noqa: E402
+from cfrnet_jax import checkpointing, cross_validation, evaluation  # noqa: E402
 from cfrnet_jax.data import pipeline  # noqa: E402
 from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
+from cfrnet_jax.data.geometry import ceil_div  # noqa: E402
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE  # noqa: E402
 from cfrnet_jax.state import model_graphdef  # noqa: E402
 from cfrnet_jax.training import trainer  # noqa: E402
@@ -134,7 +135,7 @@ def analyse_run(config, workdir: Path, gates: list[float], radius_px: float) -> 
   for batch in loader:
     density, foreground = map(np.asarray, analyse(variables, batch["image"], batch["valid_size"]))
     height, width = batch["valid_size"][0]
-    cells = (-(-height // DENSITY_STRIDE), -(-width // DENSITY_STRIDE))
+    cells = (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE))
     density, foreground = density[0, : cells[0], : cells[1]], foreground[0, : cells[0], : cells[1]]
     inside = foreground_cells(batch["points"][0] * batch["scale"][0], cells, radius_px)
     row = {"filename": str(batch["filename"][0]), "true": int(batch["count"][0])}
@@ -154,10 +155,10 @@ def summarise(analysis: dict, gate: float) -> dict:
   true = np.array([row["true"] for row in analysis["images"]], float)
   predicted = np.array([row[key]["count"] for row in analysis["images"]])
   outside = np.array([row[key]["outside"] for row in analysis["images"]])
-  error = predicted - true
+  metrics = evaluation.count_metrics(true, predicted)
   return {
-      "mae": float(np.abs(error).mean()),
-      "mse": float(np.sqrt(np.square(error).mean())),
+      "mae": metrics["mae"],
+      "mse": metrics["mse"],
       "outside_share": float(outside.sum() / max(predicted.sum(), 1e-9)),
       "predicted_total": float(predicted.sum()),
   }
@@ -169,12 +170,12 @@ def mean_count_baseline(config) -> dict:
       [int(element["count"]) for element in pipeline.open_split(config.data, split)], float
   )
   train, test = read(config.data.train_split), read(config.data.eval_split)
-  error = train.mean() - test
+  metrics = evaluation.count_metrics(test, np.full_like(test, train.mean()))
   return {
       "train_mean_count": float(train.mean()),
       "test_counts": test.tolist(),
-      "mae": float(np.abs(error).mean()),
-      "mse": float(np.sqrt(np.square(error).mean())),
+      "mae": metrics["mae"],
+      "mse": metrics["mse"],
   }
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from cfrnet_jax.models.backbone import VGG16_BLOCK_DEPTHS
 from cfrnet_jax.models.cfrm import relative_position_index
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES, pad_multiple
+from cfrnet_jax.models.cfrnet import DENSITY_STRIDE, HEAD_STRIDES, pad_multiple
 from cfrnet_jax.models.gam import sincos_position_encoding_2d
 
 
@@ -335,7 +335,7 @@ def cfrnet_loss(
     stride = HEAD_STRIDES[name]
     error = density_scale * (head["density"][:, 0] - targets["density"][stride])
     mse = error.square().sum((1, 2)).mean()
-    total = total + (mse / (stride / 4) ** 2 if level_balance == "area" else mse)
+    total = total + (mse / (stride / DENSITY_STRIDE) ** 2 if level_balance == "area" else mse)
     if "seg_logits" in head:
       total = total + gamma * F.cross_entropy(
           head["seg_logits"].float(), targets["foreground"][stride].long()
