@@ -4,8 +4,9 @@ One `CheckpointManager` per run under `WORKDIR/checkpoints`, with two items per 
   state      the `TrainState` pytree (step, params, batch_stats, opt_state, ...);
   data_iter  grain's iterator state, so that a resumed run sees exactly the batches an
              uninterrupted run would have seen.
-Saves are asynchronous. Kept: the latest `config.keep_checkpoints` steps and the best
-step by evaluation MAE.
+Saves are asynchronous. Kept: the latest `config.keep_checkpoints` steps and the
+`BEST_KEPT` (2) best steps by evaluation MAE, so that a ranked run whose best checkpoint
+is damaged still has the next best on the same rule.
 
 Training restores everything (`restore`). Evaluation and prediction restore only the
 parameters and BatchNorm statistics (`restore_variables`, a partial restore: the Adam
@@ -18,9 +19,10 @@ live run is training in stops at once, naming the first, instead of interleaving
 checkpoints with the other's.
 
 Damaged checkpoints (a file truncated or missing, say after a disk filled up or a copy
-broke off): training tries the newest first, evaluation and prediction the best; each
-falls back to the next one (newest first) with a warning that names the step, its folder
-and what failed. Training moves a damaged
+broke off): training tries the newest first and falls back to the next newest;
+evaluation and prediction try the steps in order of their saved MAE (best first), then
+the unranked ones newest first; each fallback is a warning that names the step, its
+folder and what failed. Training moves a damaged
 step to `WORKDIR/damaged_checkpoints/` (kept for inspection, out of the manager's way)
 and resumes from the newest intact one; when every checkpoint is damaged it stops rather
 than start from scratch over them. A save that fails (a full disk) stops the run naming
@@ -58,6 +60,8 @@ from configs import base
 
 ITEMS = ("state", "data_iter")
 DAMAGED_DIR = "damaged_checkpoints"  # under the workdir: where training moves damaged steps
+# Ranked runs keep this many best steps by MAE: a damaged best falls back to the next best.
+BEST_KEPT = 2
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -69,17 +73,21 @@ class CheckpointSaveError(RuntimeError):
 
 
 def create_checkpoint_manager(
-    workdir: str | Path, keep_checkpoints: int = 1
+    workdir: str | Path, keep_checkpoints: int | None = None
 ) -> ocp.CheckpointManager:
-  """The run's manager; `keep_checkpoints` is how many of the latest steps a training
-  run keeps (besides the best by MAE); readers need not set it."""
+  """The run's manager. `keep_checkpoints` (a training run passes its
+  `config.keep_checkpoints`; None: the default of `configs/base.py`) is how many of the
+  latest steps a save keeps, besides the `BEST_KEPT` best by MAE. The policy runs only
+  after a save, so for a reader, which never saves, the count changes nothing."""
+  if keep_checkpoints is None:
+    keep_checkpoints = base.get_config().keep_checkpoints
   policy = checkpoint_managers.AnyPreservationPolicy(
       [
           checkpoint_managers.LatestN(keep_checkpoints),
           checkpoint_managers.BestN(
               get_metric_fn=lambda metrics: metrics["mae"],
               reverse=True,
-              n=1,
+              n=BEST_KEPT,
               keep_checkpoints_without_metrics=False,
           ),
       ]
@@ -380,10 +388,13 @@ def saved_worker_count(manager: ocp.CheckpointManager, step: int) -> int | None:
     return None
 
 
+def _metrics_path(manager: ocp.CheckpointManager, step: int) -> Path:
+  return Path(manager.directory) / str(step) / "metrics" / "metrics"
+
+
 def saved_metrics(manager: ocp.CheckpointManager, step: int) -> dict:
   """The evaluation metrics saved with `step`'s checkpoint (those it is ranked by)."""
-  path = Path(manager.directory) / str(step) / "metrics" / "metrics"
-  return json.loads(path.read_text())
+  return json.loads(_metrics_path(manager, step).read_text())
 
 
 def best_step(manager: ocp.CheckpointManager) -> int | None:
@@ -392,25 +403,45 @@ def best_step(manager: ocp.CheckpointManager) -> int | None:
   return manager.latest_step() if best is None else best
 
 
+def steps_by_rank(manager: ocp.CheckpointManager) -> list[int]:
+  """Every kept step in the order a reader falls back along: the ranked ones by their
+  saved MAE, best first (equal MAEs newest first, as Orbax ranks them), then the unranked
+  ones newest first. A damaged best checkpoint is so replaced by the next best on the
+  same split, not by whatever step is newest."""
+  newest_first = sorted(manager.all_steps(), reverse=True)
+  ranked = [step for step in newest_first if _metrics_path(manager, step).exists()]
+  by_mae = sorted(ranked, key=lambda step: saved_metrics(manager, step)["mae"])  # stable
+  order = by_mae + [step for step in newest_first if step not in ranked]
+  best = manager.best_step()
+  if best in order:  # Orbax's choice, which training reports, always comes first
+    order.remove(best)
+    order.insert(0, best)
+  return order
+
+
 def restore_variables(
     workdir: str | Path, model_config: ml_collections.ConfigDict, step: int | None = None
 ) -> tuple[int, ModelVariables]:
   """(step, parameters and BatchNorm statistics) of `workdir`'s checkpoint at `step`
   (default: the best by evaluation MAE, else the latest), on this host's first device.
-  Nothing else of the checkpoint is read, and nothing is written."""
+  Without `step`, a checkpoint that does not read is replaced by the next one of
+  `steps_by_rank`, with a warning naming the step used; an explicit `step` that does not
+  read is an error. Nothing else of the checkpoint is read, and nothing is written."""
   if not (Path(workdir) / "checkpoints").is_dir():  # the manager would create it
     raise FileNotFoundError(f"No checkpoint in {Path(workdir).absolute() / 'checkpoints'}.")
   manager = create_checkpoint_manager(workdir)
   try:
-    chosen = best_step(manager) if step is None else step
-    if chosen is None:
+    steps = sorted(manager.all_steps())
+    if not steps:
       raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
-    steps = sorted(manager.all_steps(), reverse=True)
-    if chosen not in steps:
+    if step is not None and step not in steps:
       raise FileNotFoundError(
-          f"No checkpoint of step {chosen} in {manager.directory} "
-          f"(it has steps {sorted(steps)})."
+          f"No checkpoint of step {step} in {manager.directory} (it has steps {steps})."
       )
+    # The chosen step first; without an explicit --step, the others by rank after it.
+    order = steps_by_rank(manager)
+    if step is not None:
+      order = [step] + [s for s in order if s != step]
     directory = Path(manager.directory)
   finally:
     manager.close()
@@ -427,11 +458,9 @@ def restore_variables(
           ),
       )
 
-  # The chosen step first; without an explicit --step, the others newest first after it.
-  order = [chosen] + [s for s in steps if s != chosen]
   found, restored, failures = _try_steps(order, directory, read, fall_back=step is None)
   if failures:
-    logging.warning("Using the checkpoint of step %d instead of step %d.", found, chosen)
+    logging.warning("Using the checkpoint of step %d instead of step %d.", found, order[0])
   return found, ModelVariables(**restored)
 
 

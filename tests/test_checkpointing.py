@@ -331,3 +331,61 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
   ):
     trainer.train_and_evaluate(config, workdir)
   assert _checkpoint_listing(workdir) == before
+
+
+def _set_mae(step_dir, mae: float | None):
+  """Gives the checkpoint in `step_dir` an evaluation MAE (None: unranked)."""
+  metrics = step_dir / "metrics" / "metrics"
+  if mae is None:
+    shutil.rmtree(metrics.parent)
+  else:
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "mae": mae}))
+
+
+def test_a_damaged_best_checkpoint_falls_back_to_the_next_best_not_the_newest(
+    trained_workdir, tmp_path, caplog
+):
+  """Step 2 is the best by MAE, step 1 the second best, step 3 ranked worse and step 4
+  unranked (both newer): with step 2 damaged, the rule "best by MAE" gives step 1."""
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  checkpoints = workdir / "checkpoints"
+  for step in (1, 3, 4):
+    shutil.copytree(checkpoints / "2", checkpoints / str(step))
+  for step, mae in {1: 2.0, 2: 1.0, 3: 3.0, 4: None}.items():
+    _set_mae(checkpoints / str(step), mae)
+  manager = checkpointing.create_checkpoint_manager(workdir)
+  try:
+    assert checkpointing.steps_by_rank(manager) == [2, 1, 3, 4]
+  finally:
+    manager.close()
+  config = checkpointing.load_run_config(workdir)
+  DAMAGES["truncated data files"](checkpoints / "2")
+  with caplog.at_level("WARNING"):
+    step, _ = checkpointing.restore_variables(workdir, config.model)
+  assert step == 1
+  assert "Using the checkpoint of step 1 instead of step 2" in caplog.text
+  # Then the third best, then the unranked ones newest first.
+  DAMAGES["truncated data files"](checkpoints / "1")
+  assert checkpointing.restore_variables(workdir, config.model)[0] == 3
+  DAMAGES["truncated data files"](checkpoints / "3")
+  assert checkpointing.restore_variables(workdir, config.model)[0] == 4
+
+
+def test_a_ranked_run_keeps_its_two_best_checkpoints(tmp_path):
+  """Besides the latest `keep_checkpoints`, the 2 best by MAE survive every save, so a
+  damaged best has a next best to fall back to."""
+  manager = checkpointing.create_checkpoint_manager(tmp_path, keep_checkpoints=1)
+  try:
+    for step, mae in [(1, 3.0), (2, 1.0), (3, 2.0), (4, 5.0), (5, None)]:
+      manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.full(3, step)})),
+          metrics=None if mae is None else {"mae": mae},
+          force=True,
+      )
+      manager.wait_until_finished()
+    assert sorted(manager.all_steps()) == [2, 3, 5]  # the 2 best and the latest
+    assert checkpointing.steps_by_rank(manager) == [2, 3, 5]
+  finally:
+    manager.close()
