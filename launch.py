@@ -87,7 +87,8 @@ _MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", 50.0, "serve: largest pictu
 
 def _predict(config):
   """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
-  without it the run's own `config.json` is used."""
+  without it the run's own `config.json` is used; a given one may change the prediction
+  settings but not what changes the counts (`checkpointing.check_counting_config`)."""
   from cfrnet_jax.inference import video_io
   from cfrnet_jax.inference.counter import CrowdCounter
   from cfrnet_jax.inference.predict_mode import predict_files, predict_videos
@@ -209,9 +210,9 @@ def main(argv):
 
 @contextlib.contextmanager
 def _checkpoint_errors_as_messages():
-  """A checkpoint that cannot be written or read, or backbone weights that cannot be
-  fetched or read, end the command with the message (which says what to do) and status
-  1, not a traceback."""
+  """A checkpoint that cannot be written or read, a config that does not match the
+  run's own, or backbone weights that cannot be fetched or read, end the command with
+  the message (which says what to do) and status 1, not a traceback."""
   from cfrnet_jax import checkpointing
   from cfrnet_jax.models import pretrained
 
@@ -219,6 +220,7 @@ def _checkpoint_errors_as_messages():
     yield
   except (
       checkpointing.CheckpointSaveError,
+      checkpointing.ConfigMismatchError,
       checkpointing.DamagedCheckpointError,
       pretrained.DownloadError,
       pretrained.WeightsError,

@@ -213,9 +213,12 @@ def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str | Path, split: str | None = None
 ) -> dict | None:
   """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
-  (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`."""
+  (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`. Refuses a
+  `config` that counts differently from the run's own `config.json`
+  (`checkpointing.check_counting_config`), before anything is restored or written."""
   cross_validation.check_single_run(config)
   workdir = Path(workdir)
+  checkpointing.check_counting_config(workdir, config)
   step, variables = checkpointing.restore_variables(workdir, config.model)
   split = split or config.data.eval_split
   metrics = evaluate(

@@ -143,10 +143,38 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+# Fields added with a default that trains or selects differently from what the code did
+# before they existed: for a saved config without them, `complete` fills in the value that
+# run had, not today's default.
+#   loss.level_balance  runs saved before it trained with Eq. 11 as written ("sum");
+#   best_on_test        runs saved before it (and before data.validation) ranked every
+#                       checkpoint by its evaluation MAE.
+# Every other field added since fills with today's default, which is what the code did
+# before it existed (model.density_init: Flax's lecun_normal; model.foreground_gate: no
+# gate; model.remat, model.attention: none, xla; loss.level_weights: all 1;
+# data.validation, data.test_split: none), or says how to run, not what was trained
+# (predict.*, preemption_grace_s, data.device_prefetch). Fields whose default changed but
+# that every saved config holds (data.max_points, data.num_workers, backbone_weights) keep
+# their saved values.
+DEFAULTS_OF_OLDER_RUNS = {
+    "loss.level_balance": "sum",
+    "best_on_test": True,
+}
+
+
 def complete(saved: dict) -> ml_collections.ConfigDict:
-  """A run's saved `config.json` (as a dict), with today's defaults filled in for the
-  sections and fields it lacks (a run saved before they existed). Saved values win;
-  fields that are no longer used are kept and ignored."""
+  """A run's saved `config.json` (as a dict), with the sections and fields it lacks (a run
+  saved before they existed) filled in: by `DEFAULTS_OF_OLDER_RUNS` where the default
+  changed since, else by today's defaults. Saved values win; fields that are no longer
+  used are kept and ignored. `saved` itself is left as it is."""
+  copied = lambda values: {k: copied(v) if isinstance(v, dict) else v for k, v in values.items()}
+  saved = copied(saved)
+  for path, value in DEFAULTS_OF_OLDER_RUNS.items():
+    *sections, name = path.split(".")
+    values = saved
+    for section in sections:
+      values = values.setdefault(section, {})
+    values.setdefault(name, value)
 
   def fill(values: dict, defaults: dict) -> dict:
     for key, default in defaults.items():

@@ -99,6 +99,48 @@ def test_the_worker_count_of_a_checkpoint_is_read_from_its_data_position(trained
   assert resume_worker_count(config, 2) is config
 
 
+def test_resuming_with_another_loss_is_refused_and_the_saved_config_kept(trained_workdir, tmp_path):
+  """The loss defines the run: a resume with another one would train on with it and
+  record it as the run's in config.json, losing the original."""
+  from cfrnet_jax.training import trainer
+
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_workdir, workdir)
+  saved_text = (workdir / "config.json").read_text()
+  changed = checkpointing.load_run_config(workdir)
+  assert changed.loss.level_balance == "area"
+  changed.loss.level_balance = "sum"
+  changed.loss.level_weights.f5 = 0.5
+  with pytest.raises(checkpointing.ConfigMismatchError) as raised:
+    trainer.train_and_evaluate(changed, workdir)  # refused before anything compiles
+  message = str(raised.value)
+  assert "loss.level_balance: 'area' -> 'sum'" in message
+  assert "loss.level_weights.f5: 1.0 -> 0.5" in message
+  assert (workdir / "config.json").read_text() == saved_text
+
+
+def test_an_old_config_without_level_balance_completes_to_the_sum_it_trained_with(
+    trained_workdir, tmp_path
+):
+  """Runs saved before `loss.level_balance` existed trained with Eq. 11 ("sum"), not
+  today's default: completed so, today's config does not resume them, an explicit
+  `--config.loss.level_balance=sum` does."""
+  saved = json.loads((trained_workdir / "config.json").read_text())
+  del saved["loss"]["level_balance"]
+  del saved["best_on_test"]
+  completed = base.complete(saved)
+  assert completed.loss.level_balance == "sum" != base.get_config().loss.level_balance
+  assert completed.best_on_test  # checkpoints were ranked by every evaluation then
+  assert "level_balance" not in saved["loss"]  # complete leaves its argument alone
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert checkpointing.load_run_config(tmp_path).loss.level_balance == "sum"
+  today = checkpointing.load_run_config(trained_workdir)  # level_balance "area", the default
+  with pytest.raises(checkpointing.ConfigMismatchError, match="level_balance: 'sum' -> 'area'"):
+    checkpointing.check_resumable(tmp_path, today)
+  today.loss.level_balance = "sum"
+  checkpointing.check_resumable(tmp_path, today)
+
+
 def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, tmp_path):
   """A workdir's run resumes only with a config that trains the same thing; how it
   computes (dtype, remat, attention), where it reads and how many steps may change."""

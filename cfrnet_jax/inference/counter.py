@@ -128,8 +128,13 @@ class CrowdCounter:
   ) -> CrowdCounter:
     """The model of `workdir`'s checkpoint at `step` (default: the best by evaluation
     MAE, else the latest), with the config the run saved in `workdir/config.json`
-    unless `config` is given. Reads only parameters and BatchNorm statistics."""
-    config = checkpointing.load_run_config(workdir) if config is None else config
+    unless `config` is given; a given config must count as the run's does
+    (`checkpointing.check_counting_config`: prediction settings may differ, the density
+    scale or image size may not). Reads only parameters and BatchNorm statistics."""
+    if config is None:
+      config = checkpointing.load_run_config(workdir)
+    else:
+      checkpointing.check_counting_config(workdir, config)
     step, variables = checkpointing.restore_variables(workdir, config.model, step)
     logging.info("Restored step %d of %s.", step, workdir)
     return cls(config, variables)
