@@ -28,6 +28,7 @@ from tfds_crowd.folder import (
     FolderBuild,
     build_folder,
 )
+from tfds_crowd.manual_source import CrowdDataError
 
 
 def build(
@@ -118,7 +119,10 @@ def folder_main(argv: list[str]) -> FolderBuild:
 def main(argv: list[str] | None = None):
   argv = sys.argv[1:] if argv is None else argv
   if argv and argv[0] == "folder":
-    folder_main(argv[1:])
+    try:
+      folder_main(argv[1:])
+    except (CrowdDataError, FileNotFoundError, ValueError) as error:  # the folder's fault
+      sys.exit(f"error: {error}")
     return
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(

@@ -148,8 +148,9 @@ def _csv_rows(files: FolderFiles, name: str):
   groups = {}
   for line_number, row in rows[1:] if header else rows:
     at = f"{where}, line {line_number}"
-    expect(len(row) > max(layout.values()), at, f"expected {len(layout)} columns, got {row}.")
-    cells = {key: row[index].strip() for key, index in layout.items()}
+    needed = max(index for key, index in layout.items() if key != "label")
+    expect(len(row) > needed, at, f"expected {len(layout)} columns, got {row}.")
+    cells = {key: row[index].strip() for key, index in layout.items() if index < len(row)}
     expect(bool(cells["image"]), at, "no picture named.")
     points, labels, _ = groups.setdefault(cells["image"], ([], [], at))
     if cells["x"] == cells["y"] == "":  # a picture without objects
