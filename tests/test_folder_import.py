@@ -524,10 +524,8 @@ def dot_map(marked: list[tuple[int, int]], size=(40, 30)) -> bytes:
   return output.getvalue()
 
 
-def hand_fixtures() -> dict:
-  """{format: (files, {filename: [(label, x, y)]})}, the files as each tool documents
-  them, the pictures tiny ones made here."""
-  jpeg, png = picture(), picture(kind="PNG")
+def tool_fixtures(jpeg: bytes, png: bytes) -> dict:
+  """The interactive tools' files, as their documentation shows them."""
   return {
       "labelme": (
           {
@@ -578,6 +576,12 @@ def hand_fixtures() -> dict:
           {"annotations/instances_default.json": COCO_JSON, "images/a.jpg": jpeg},
           {"images/a.jpg": [("person", 12, 13), ("head", 5, 5), ("head", 7, 8)]},
       ),
+  }
+
+
+def file_fixtures(jpeg: bytes, png: bytes) -> dict:
+  """The point files of scripts and research code."""
+  return {
       "points_txt": (
           {"a.jpg": jpeg, "a.txt": "10 5\n20.5,15.25\n\n", "b.png": png, "b.txt": ""},
           {"a.jpg": [("", 10, 5), ("", 20.5, 15.25)], "b.png": []},
@@ -630,6 +634,13 @@ def hand_fixtures() -> dict:
           {"train_data/images/IMG_1.jpg": [("", 10, 5), ("", 20.5, 15.25)]},
       ),
   }
+
+
+def hand_fixtures() -> dict:
+  """{format: (files, {filename: [(label, x, y)]})}, the files as each tool documents
+  them, the pictures tiny ones made here."""
+  jpeg, png = picture(), picture(kind="PNG")
+  return tool_fixtures(jpeg, png) | file_fixtures(jpeg, png)
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -1084,3 +1095,25 @@ def test_real_cclabeler_files(tmp_path):
       "scene_010_1": 20,
       "scene_020_2": 20,
   }
+
+
+def test_duplicates_outside_points_and_count_fields_are_dropped_and_counted(tmp_path):
+  folder = write(
+      tmp_path / "txt", {"a.jpg": picture(), "a.txt": "1 2\n1 2\n500 5\nnan 3\n40.5 30\n3 4\n"}
+  )
+  result = build(folder, tmp_path / "data", "drops")
+  example = examples(result.builder)["a.jpg"]
+  np.testing.assert_allclose(example["points"], [[1, 2], [40, 30], [3, 4]])
+  dropped = example["duplicate_points"], example["dropped_points"], example["clipped_points"]
+  assert dropped == (1, 2, 1)
+  assert result.summary[0].startswith(
+      "drops/train: 1 pictures, 3 points kept (1 moved onto the border); 3 points dropped (1 "
+      "outside their picture, 1 with NaN or infinite coordinates, 1 duplicates, 0 with labels "
+      "not selected); 0 pictures whose count field disagrees with their points"
+  )
+  record = '{"img_id": "1.jpg", "human_num": 5, "points": [{"x": 1, "y": 2}], "boxes": []}'
+  folder = write(tmp_path / "ccl", {"images/1.jpg": picture(), "jsons/1.json": record})
+  result = build(folder, tmp_path / "data", "mismatch")
+  example = examples(result.builder)["images/1.jpg"]
+  assert (example["count"], example["annotated_count"]) == (1, 5)
+  assert "1 pictures whose count field disagrees with their points" in result.summary[0]

@@ -103,6 +103,8 @@ def _shape(record) -> str:
 
 
 def _classify_file(files: FolderFiles, name: str, listed: set[str], found: _Sorted) -> None:
+  """Files into formats by content (JSON, XML) or by name and place (the rest); a
+  `X_dots.png` is a dot map only beside its picture `X`, else a picture itself."""
   lower, where = name.lower(), files.describe(name)
   stem = posixpath.splitext(name)[0]
   dot_map = point_files.DOT_MAP.match(name)

@@ -161,10 +161,12 @@ def file_splits(path: str, found: FolderAnnotations) -> dict:
 
 
 def _tally(counter: collections.Counter) -> str:
+  """'polygon 3, line 1': a counter for messages, most common first."""
   return ", ".join(f"{key} {count}" for key, count in counter.most_common())
 
 
 def _some(names: list[str], limit: int = 3) -> str:
+  """The first few names, for the printed summary (logs and metadata list them all)."""
   return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
@@ -316,6 +318,8 @@ class FolderBuilder(CrowdBuilder, skip_registration=True):
     return key, example
 
   def _picture_bytes(self, annotation: PictureAnnotation) -> tuple[bytes, str]:
+    """The picture's encoded bytes (its file's, or the annotation's embedded copy) and
+    how messages name it."""
     if annotation.embedded is not None:
       return annotation.embedded, f"{annotation.annotation} (its imageData)"
     files = self.plan.found.files
@@ -330,8 +334,8 @@ class FolderBuilder(CrowdBuilder, skip_registration=True):
     dropped = collections.Counter(label or "(no label)" for label, k in zip(labels, keep) if not k)
     if dropped:
       report.unselected.update(dropped)
-      logging.info(
-          "%s: dropped %d points whose labels are not selected (%s).",
+      logging.warning(
+          "%s: dropped %d points whose labels --labels does not select (%s).",
           annotation.annotation,
           sum(dropped.values()),
           _tally(dropped),
@@ -384,6 +388,8 @@ def _wanted_labels(found: FolderAnnotations, labels: list[str] | None) -> frozen
 
 
 def _log_dropped(found: FolderAnnotations) -> None:
+  """One warning per picture or annotation dropped before splitting, and per file
+  ignored, each with its name (the summary only counts them)."""
   for picture, where in found.missing:
     logging.warning("%s: no picture %r in the folder; its annotation is dropped.", where, picture)
   for picture in found.unannotated:
@@ -466,6 +472,8 @@ class FolderBuild:
 
 
 def _written_here(version: Path) -> bool:
+  """Whether a dataset version folder was written by this importer (its metadata says
+  so), and so may be replaced by a rebuild."""
   try:
     return METADATA_KEY in json.loads((version / "metadata.json").read_text())
   except (OSError, ValueError):
@@ -480,6 +488,7 @@ def _versions(dataset: Path) -> list[Path]:
 
 
 def _check_replaceable(dataset: Path) -> None:
+  """Refuses to replace a dataset someone else wrote under the same name."""
   if dataset.exists() and not dataset.is_dir():
     raise CrowdDataError(f"{dataset} is a file, not a dataset folder; choose another --name.")
   foreign = [v.name for v in _versions(dataset) if not _written_here(v)]

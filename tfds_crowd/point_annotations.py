@@ -79,7 +79,12 @@ class FolderFiles:
 
   def __init__(self, source: ManualSource):
     self.source = source
-    self.names = [name for name, _ in source.match(r".") if not is_hidden(name)]
+    # Archives are read through their members (ManualSource lists both).
+    self.names = [
+        name
+        for name, _ in source.match(r".")
+        if not is_hidden(name) and not name.lower().endswith(".zip")
+    ]
     self.pictures = {name for name in self.names if is_picture(name)}
     self._by_basename = collections.defaultdict(list)
     self._by_stem = collections.defaultdict(list)

@@ -41,6 +41,7 @@ _KEYPOINT_RESULTS = ("keypointlabels", "keypoint")
 
 
 def _points(values: list, where: str) -> np.ndarray:
+  """(N, 2) points checked by the builders' rule (`as_points`); none is (0, 2)."""
   return as_points(values, where) if values else np.zeros((0, 2))
 
 
@@ -74,6 +75,7 @@ def read_labelme(files: FolderFiles, names: list[str]) -> ReadResult:
 
 
 def _labelme_points(shapes: list, where: str):
+  """(points, labels, ignored shape kinds) of a LabelMe `shapes` list."""
   points, labels, ignored = [], [], collections.Counter()
   for index, shape in enumerate(shapes):
     at = f"{where}, shape {index}"
@@ -156,6 +158,8 @@ def read_cvat(files: FolderFiles, names: list[str]) -> ReadResult:
 
 
 def _cvat_shapes(image, at: str):
+  """(points, labels, ignored element kinds) of one `<image>`: only its direct
+  `<points>` children are points (a skeleton's `<points>` are one object's parts)."""
   points, labels, ignored = [], [], collections.Counter()
   for shape in image:
     if shape.tag != "points":
@@ -232,6 +236,8 @@ def _label_studio_picture(files: FolderFiles, task: dict, at: str) -> str:
 
 
 def _label_studio_picture_points(picture: str, results: list, at: str) -> PictureAnnotation:
+  """One task's annotation: keypoints from percent to pixels of the size the results
+  declare (the picture as the browser showed it)."""
   points, labels, ignored, sizes, turns = [], [], collections.Counter(), set(), set()
   for result in results:
     expect(isinstance(result, dict), at, "a result must be a JSON object.")
@@ -303,6 +309,7 @@ def read_via(files: FolderFiles, names: list[str]) -> ReadResult:
 
 
 def _via_points(regions: list, at: str):
+  """(points, labels, ignored region kinds) of one VIA entry's regions."""
   points, labels, ignored = [], [], collections.Counter()
   for index, region in enumerate(regions):
     region_at = f"{at}, region {index}"
@@ -318,6 +325,8 @@ def _via_points(regions: list, at: str):
 
 
 def _via_label(attributes, at: str) -> str | None:
+  """A region's label: its `label` attribute, else its only attribute (a dropdown's or
+  radio's string, or a checkbox's one ticked option); None when neither exists."""
   expect(isinstance(attributes, dict), at, "'region_attributes' must be a JSON object.")
   if "label" in attributes:
     value = attributes["label"]
@@ -378,6 +387,7 @@ def read_coco(files: FolderFiles, names: list[str]) -> ReadResult:
 
 
 def _coco_images(images: list, where: str) -> dict:
+  """{image id: (file_name, declared size, where)} of a COCO `images` list."""
   found = {}
   for index, image in enumerate(images):
     at = f"{where}, image {index}"
@@ -394,6 +404,8 @@ def _coco_images(images: list, where: str) -> dict:
 
 
 def _coco_points(annotation: dict, at: str, label, points: list, labels: list, ignored) -> None:
+  """Adds one COCO annotation's points (visible keypoints, else its box centre) to
+  its picture's lists, or counts why it gives none."""
   if annotation.get("iscrowd"):
     ignored["iscrowd region"] += 1
     return
