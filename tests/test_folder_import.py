@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -979,6 +980,10 @@ def test_names_and_rebuilding(tmp_path):
   (folder / "a.txt").write_text("1 2\n3 4\n")
   second = build(folder, tmp_path / "data", "mine")
   assert [int(e["count"]) for e in examples(second.builder).values()] == [2]
+  (folder / "a.jpg").write_bytes(picture()[:100])  # a failed rebuild leaves the dataset
+  with pytest.raises(CrowdDataError, match=r"a\.jpg: cannot decode the image"):
+    build(folder, tmp_path / "data", "mine")
+  assert [int(e["count"]) for e in examples(second.builder).values()] == [2]
   assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine"]
   assert sorted(p.name for p in (tmp_path / "data" / "mine").iterdir()) == ["1.0.0"]
   other = tmp_path / "data" / "theirs" / "1.0.0"
@@ -1117,3 +1122,13 @@ def test_duplicates_outside_points_and_count_fields_are_dropped_and_counted(tmp_
   example = examples(result.builder)["images/1.jpg"]
   assert (example["count"], example["annotated_count"]) == (1, 5)
   assert "1 pictures whose count field disagrees with their points" in result.summary[0]
+
+
+def test_a_zipped_folder(tmp_path):
+  (tmp_path / "folder").mkdir()
+  with zipfile.ZipFile(tmp_path / "folder" / "photos.zip", "w") as archive:
+    archive.writestr("photos/a.jpg", picture())
+    archive.writestr("photos/a.txt", "1 2\n3 4\n")
+  result = build(tmp_path / "folder", tmp_path / "data", "zipped")
+  assert {f: int(e["count"]) for f, e in examples(result.builder).items()} == {"photos/a.jpg": 2}
+  assert "0 files ignored" in result.summary[-1]
