@@ -670,6 +670,13 @@ def test_documented_examples_details(tmp_path):
   studio = build(write(tmp_path / "s", fixtures["label_studio"][0]), tmp_path / "d", "hand_s")
   assert "1 cancelled Label Studio annotations" in studio.summary[-1]
   assert "1 pictures without annotations dropped (pictures/IMG_2.jpg)" in studio.summary[-1]
+  embedded = {
+      "a/x.json": labelme_file("x.jpg", [("head", [1, 2])], png_base64()),
+      "b/x.jpg": picture(),
+  }
+  result = build(write(tmp_path / "e", embedded), tmp_path / "d", "hand_e")  # not b/x.jpg
+  assert examples(result.builder)["a/x.jpg"]["image"] == base64.b64decode(png_base64())
+  assert "1 pictures without annotations dropped (b/x.jpg)" in result.summary[-1]
   coco = build(write(tmp_path / "c", fixtures["coco"][0]), tmp_path / "d", "hand_c")
   assert "iscrowd region 1" in coco.summary[0] and "keypoint with v=0 1" in coco.summary[0]
   cclabeler = build(write(tmp_path / "n", fixtures["cclabeler"][0]), tmp_path / "d", "hand_n")

@@ -300,19 +300,16 @@ class FolderBuilder(CrowdBuilder, skip_registration=True):
         annotation=annotation.annotation,
         per_head={"labels": np.array([label or "" for label in labels], dtype=object)},
     )
-    if annotation.annotated_count is not None and annotation.annotated_count != len(
-        annotation.points
-    ):
+    count = annotation.annotated_count
+    if count is not None and count != len(annotation.points):
       report.count_mismatches += 1
       logging.warning(
           "%s: the annotation's count field says %d but it lists %d objects.",
           annotation.annotation,
-          annotation.annotated_count,
+          count,
           len(annotation.points),
       )
-    example["annotated_count"] = (
-        -1 if annotation.annotated_count is None else annotation.annotated_count
-    )
+    example["annotated_count"] = -1 if count is None else count
     example["duplicate_points"] = duplicates
     example["unselected_points"] = len(annotation.points) - len(labels) - duplicates
     return key, example

@@ -126,18 +126,20 @@ class FolderFiles:
         raise CrowdDataError(f"{self.describe(name)}: not valid XML ({error}).") from None
     return self._parsed[name]
 
-  def resolve(self, reference: str, annotation: str, where: str) -> str | None:
+  def resolve(
+      self, reference: str, annotation: str, where: str, by_name: bool = True
+  ) -> str | None:
     """The picture an annotation file names: `reference` relative to the annotation's
-    folder, else relative to the folder's root, else the one picture with that file name
-    (with the most trailing folders in common where several share it). None when absent;
-    a `CrowdDataError` naming `where` when several pictures fit equally."""
+    folder, else relative to the folder's root, else (`by_name`) the one picture with
+    that file name (with the most trailing folders in common where several share it).
+    None when absent; a `CrowdDataError` naming `where` when several pictures fit."""
     reference = reference.replace("\\", "/")
     if not reference.startswith("/"):
       for base in (posixpath.dirname(annotation), ""):
         path = posixpath.normpath(posixpath.join(base, reference))
         if path in self.pictures:
           return path
-    return self.by_name(reference, where)
+    return self.by_name(reference, where) if by_name else None
 
   def with_stem(self, stem: str, where: str) -> str | None:
     """The picture `stem` + a picture suffix (`IMG_1` -> `IMG_1.jpg`), None when there is

@@ -96,15 +96,17 @@ def _labelme_points(shapes: list, where: str):
 
 
 def _labelme_picture(files: FolderFiles, name: str, record: dict, where: str):
-  """(picture path, embedded bytes or None); (None, None) when there is neither."""
+  """(picture path, embedded bytes or None): the file at `imagePath`, else the embedded
+  `imageData`, else the picture with imagePath's file name elsewhere in the folder;
+  (None, None) when there is none."""
   reference = record.get("imagePath")
   expect(reference is None or isinstance(reference, str), where, "imagePath must be a string.")
-  picture = files.resolve(reference, name, where) if reference else None
+  picture = files.resolve(reference, name, where, by_name=False) if reference else None
   if picture is not None:
     return picture, None
   data = record.get("imageData")
   if not data:
-    return None, None
+    return (files.by_name(reference, where) if reference else None), None
   expect(isinstance(data, str), where, "imageData must be a base64 string.")
   try:
     embedded = base64.b64decode(data, validate=True)
