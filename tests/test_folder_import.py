@@ -21,6 +21,7 @@ from PIL import Image
 
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.geometry import decode_image
+from tests.conftest import shared_data
 from tfds_crowd.build import folder_main
 from tfds_crowd.crowd_builder import as_points, screen_points
 from tfds_crowd.folder import build_folder, hash_position, hashed_splits
@@ -44,16 +45,6 @@ FORMATS = [
     "cclabeler",
     "shanghaitech_mat",
 ]
-
-
-def shared(path: str) -> Path:
-  """A folder of ../shared/data; CI must have it, a fresh clone may not (then skip)."""
-  folder = SHARED / path
-  if not folder.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(f"{folder} is missing: CI must run the real-data tests.")
-    pytest.skip(f"{folder} is absent (real data lives in ../shared/data beside the repo).")
-  return folder
 
 
 def examples(builder) -> dict:
@@ -94,7 +85,7 @@ def picture(width: int = 40, height: int = 30, kind: str = "JPEG", mode: str = "
 def real_pictures():
   """UCF_CC_50 images 4 (96 heads) and 5 (469) and the five sht_sample photos: {name:
   (photo, (N, 2) annotated points, (K, 2) the points the existing builders keep)}."""
-  ucf, sht = shared("ucf_cc_50"), shared("sht_sample")
+  ucf, sht = shared_data("ucf_cc_50"), shared_data("sht_sample")
   found = {}
   for k in (4, 5):
     points = parse_annotation((ucf / f"{k}_ann.mat").read_bytes(), f"{k}_ann.mat")
@@ -1051,7 +1042,7 @@ def test_the_command_line(tmp_path):
 
 
 def test_real_cvat_export(tmp_path):
-  result = build(shared("annotation_exports/cvat_estop"), tmp_path / "data", "cvat_estop")
+  result = build(shared_data("annotation_exports/cvat_estop"), tmp_path / "data", "cvat_estop")
   found = examples(result.builder)
   assert len(found) == 7 and {int(e["count"]) for e in found.values()} == {5}
   record = result.builder.info.metadata["folder_import"]
@@ -1068,7 +1059,7 @@ def test_real_cvat_export(tmp_path):
 
 
 def test_real_labelme_files(tmp_path):
-  result = build(shared("annotation_exports/labelme_fixtures"), tmp_path / "data", "labelme")
+  result = build(shared_data("annotation_exports/labelme_fixtures"), tmp_path / "data", "labelme")
   found = examples(result.builder)
   counts = {Path(f).name: int(e["count"]) for f, e in found.items()}
   assert counts == {"primitives.jpg": 1, "Mandrill.jpg": 3}
@@ -1079,7 +1070,7 @@ def test_real_labelme_files(tmp_path):
 
 
 def test_real_dot_maps(tmp_path):
-  result = build(shared("annotation_exports/dots_mbm"), tmp_path / "data", "dots")
+  result = build(shared_data("annotation_exports/dots_mbm"), tmp_path / "data", "dots")
   counts = {f: int(e["count"]) for f, e in examples(result.builder).items()}
   assert counts == {
       "BM_GRAZ_HE_0001_01_000.png": 167,
@@ -1089,14 +1080,14 @@ def test_real_dot_maps(tmp_path):
 
 
 def test_real_cclabeler_files(tmp_path):
-  head = build(shared("annotation_exports/cclabeler_nwpu/HEAD"), tmp_path / "data", "head")
+  head = build(shared_data("annotation_exports/cclabeler_nwpu/HEAD"), tmp_path / "data", "head")
   found = examples(head.builder)
   counts = {Path(f).name: (int(e["count"]), int(e["annotated_count"])) for f, e in found.items()}
   assert counts == {"1.jpg": (5, 5), "2.jpg": (15, 15), "3.jpg": (0, 0)}  # boxes count
   assert "0 pictures whose count field disagrees" in head.summary[0]
   assert "2 pictures cclabeler's marks show as not finished" in head.summary[-1]
   older = build(
-      shared("annotation_exports/cclabeler_nwpu/commit_14763182"), tmp_path / "data", "older"
+      shared_data("annotation_exports/cclabeler_nwpu/commit_14763182"), tmp_path / "data", "older"
   )
   counts = {Path(f).stem: int(e["count"]) for f, e in examples(older.builder).items()}
   assert counts == {
