@@ -182,7 +182,8 @@ def main(argv):
   import jax
 
   from cfrnet_jax import cross_validation, evaluation
-  from cfrnet_jax.training import trainer
+  from cfrnet_jax.training import finetune, trainer
+  from cfrnet_jax.training.preemption import Preempted
   from tfds_crowd.build import ensure_synthetic
 
   config = _CONFIG.value
@@ -196,7 +197,15 @@ def main(argv):
     multihost_utils.sync_global_devices("datasets ready")
   with _checkpoint_errors_as_messages():
     if _MODE.value == "train":
-      cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
+      # Fine-tuning trains the source run's model: its fields, unless the command line
+      # contradicts them (refused).
+      config = finetune.inherit_model(
+          config, config_flags.get_override_values(flags.FLAGS[_CONFIG.name])
+      )
+      try:
+        cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
+      except Preempted as stopped:  # the checkpoints are intact: exit as a finished run
+        logging.warning("%s", stopped)
     else:
       cross_validation.run_folds(
           config,

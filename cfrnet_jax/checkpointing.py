@@ -473,7 +473,7 @@ def restore_variables(
 #
 # Resuming (`check_resumable`): the fields that define the parameters, the data and its
 # order, the loss, and the optimizer state's structure (a schedule adds a step count).
-RUN_DEFINING = ("model", "data", "targets", "loss", "seed", "batch_size", "lr_schedule")
+RUN_DEFINING = ("model", "data", "targets", "loss", "freeze", "seed", "batch_size", "lr_schedule")
 # Fields within those that a resumed run may change: how it computes, reads or
 # evaluates, not what it trains or counts.
 RESUMABLE_CHANGES = (

@@ -166,7 +166,10 @@ def export(
 ) -> ExportReport:
   """Exports `workdir`'s checkpoint at `step` (default: the best, else the latest, as
   predict mode picks) to `out` and verifies the file (module docstring)."""
-  config = checkpointing.load_run_config(workdir) if config is None else config
+  if config is None:
+    config = checkpointing.load_run_config(workdir)
+  else:
+    checkpointing.check_counting_config(workdir, config)
   step, variables = checkpointing.restore_variables(workdir, config.model, step)
   logging.info("Restored step %d of %s.", step, workdir)
   return export_variables(

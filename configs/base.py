@@ -110,7 +110,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 1_000
-  config.keep_checkpoints = 3  # the latest k, plus the best by MAE.
+  config.keep_checkpoints = 3  # the latest k, plus the 2 best by MAE (ranked runs).
   # SIGTERM (a preempted VM): the run ends within this many seconds, saving the step it
   # finished if that fits (cfrnet_jax/training/preemption.py); clouds allow about 30.
   config.preemption_grace_s = 20.0
@@ -122,6 +122,16 @@ def get_config() -> ml_collections.ConfigDict:
   # on test is restored by evaluate / predict. Optimistic (chosen on the test data
   # itself); results say so ("selection": "best_on_test").
   config.best_on_test = False
+  # Fine-tuning (cfrnet_jax/training/finetune.py): the workdir of a trained run whose
+  # model (its config.json's model fields, parameters and BatchNorm statistics) this run
+  # starts from, with a fresh optimizer and data position; backbone_weights is then not
+  # used. init_step: that run's checkpoint step (None: the run's result).
+  config.init_from = ""
+  config.init_step = ml_collections.FieldReference(None, field_type=int)
+  # Parts of the model kept fixed in training (parameters and BatchNorm statistics),
+  # comma separated: backbone, gam, compressors, hierarchical_decoder, axial_decoder,
+  # heads. "" trains everything.
+  config.freeze = ""
 
   # launch.py --mode predict / CrowdCounter (cfrnet_jax/inference).
   config.predict = ml_collections.ConfigDict()

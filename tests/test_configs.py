@@ -4,14 +4,14 @@ import json
 
 import pytest
 
-from configs import base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50
+from configs import base, default, folder, jhu, nwpu, shha, shhb, tiny, ucf_cc_50
 from tests.conftest import modules_imported_by
 
 
 def test_parsing_any_config_imports_no_jax_or_data_stack():
   loaded = modules_imported_by(
-      "from configs import base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50\n"
-      "for module in (base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50):\n"
+      "from configs import base, default, folder, jhu, nwpu, shha, shhb, tiny, ucf_cc_50\n"
+      "for module in (base, default, folder, jhu, nwpu, shha, shhb, tiny, ucf_cc_50):\n"
       "  module.get_config()"
   )
   assert "ml_collections" in loaded
@@ -19,7 +19,7 @@ def test_parsing_any_config_imports_no_jax_or_data_stack():
   assert not heavy & loaded
 
 
-@pytest.mark.parametrize("module", [base, default, jhu, nwpu, shha, shhb, tiny, ucf_cc_50])
+@pytest.mark.parametrize("module", [base, default, folder, jhu, nwpu, shha, shhb, tiny, ucf_cc_50])
 def test_every_config_has_the_prediction_settings(module):
   config = module.get_config()
   assert config.predict.tile_size % 128 == 0 and 0 < config.predict.tile_overlap

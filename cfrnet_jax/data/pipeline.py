@@ -258,6 +258,11 @@ def create_eval_loader(
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
   """The `array_record` data source of a built split (random access, no TensorFlow)."""
+  if not data_config.name:
+    raise ValueError(
+        "data.name is empty: name the dataset to read, e.g. --config.data.name=NAME with "
+        "the --name it was built with (python -m tfds_crowd.build folder ...)."
+    )
   try:
     return tfds.data_source(
         data_config.name, split=split, data_dir=data_config.data_dir, download=False

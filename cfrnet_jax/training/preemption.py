@@ -35,6 +35,11 @@ from absl import logging
 EXIT_STATUS = 128 + signal.SIGTERM  # how a process ended by SIGTERM reports itself
 
 
+class Preempted(Exception):
+  """SIGTERM stopped a training run before its last step; its checkpoints are intact
+  and the same command resumes it. Ends a sequence of runs (UCF_CC_50's folds) too."""
+
+
 class PreemptionGuard:
   """A context manager: SIGTERM handling for the duration of a training run."""
 

@@ -22,6 +22,7 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,9 @@ from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.models import pretrained
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES
 from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
-from cfrnet_jax.training import sharding, step_cost
+from cfrnet_jax.training import finetune, sharding, step_cost
 from cfrnet_jax.training.losses import cfrnet_loss
-from cfrnet_jax.training.preemption import PreemptionGuard
+from cfrnet_jax.training.preemption import Preempted, PreemptionGuard
 
 
 @flax.struct.dataclass
@@ -62,12 +63,15 @@ class TrainState:
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam (section 4.1). `lr_schedule`: "constant" (the paper) or "cosine" (decay to 0
-  over `num_train_steps`, for short runs such as the CPU quick start)."""
+    over `num_train_steps`, for short runs such as the CPU quick start). The parts
+  `config.freeze` names get no updates (`finetune.without_updates`)."""
   if config.lr_schedule == "constant":
-    return optax.adam(config.learning_rate)
-  if config.lr_schedule == "cosine":
-    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps))
-  raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}.")
+    learning_rate = config.learning_rate
+  elif config.lr_schedule == "cosine":
+    learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps)
+  else:
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}.")
+  return finetune.without_updates(optax.adam(learning_rate), finetune.frozen_parts(config))
 
 
 def _init_fn(config: ml_collections.ConfigDict):
@@ -113,6 +117,7 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
   `data.pipeline.TrainCrop` with a leading global-batch axis."""
   tx = create_optimizer(config)
   strides = sorted(set(HEAD_STRIDES.values()))
+  frozen = finetune.frozen_parts(config)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     images = normalize_images(
@@ -129,8 +134,9 @@ def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
     )
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.batch_stats)
+      model = nnx.merge(graphdef, finetune.stop_gradients(params, frozen), state.batch_stats)
       model.train()
+      finetune.hold_statistics(model, frozen)
       outputs = model(images)
       loss, terms = cfrnet_loss(
           outputs,
@@ -232,15 +238,21 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
   """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
-  `workdir`; resumes if it holds a checkpoint. Returns the last evaluation's metrics
-  (the same on every host; None when the evaluation split is unlabeled). Refuses a
-  workdir that another live run is training in (`checkpointing.workdir_lock`)."""
+  `workdir`; resumes if it holds a checkpoint. Returns the run's result (`_final_result`;
+  the same on every host; None when the evaluation split is unlabeled), also when the
+  run had finished before (from `workdir/result.json`). Raises `Preempted` when SIGTERM
+  arrived during the run (before its last step, or while the last one was evaluated:
+  the command then stops rather than start another run). Refuses a workdir that
+  another live run is training in (`checkpointing.workdir_lock`)."""
   cross_validation.check_single_run(config)
   with (
       checkpointing.workdir_lock(workdir),
       PreemptionGuard(config.preemption_grace_s) as preemption,
   ):
     return _train_and_evaluate(config, Path(workdir), preemption)
+
+
+RESULT_FILE = "result.json"  # in the workdir: what a finished run returned
 
 
 def _train_and_evaluate(
@@ -251,19 +263,12 @@ def _train_and_evaluate(
   resume_step = manager.latest_step()
   if resume_step is not None:
     checkpointing.check_resumable(workdir, config)
-  else:  # before anything compiles: missing weights end the run in seconds.
-    backbone_weights = pretrained.resolve_backbone_weights(
-        config.backbone_weights, tuple(config.model.vgg_widths)
-    )
-    if backbone_weights is None:
-      logging.info(
-          "backbone_weights=%r: the backbone starts from random weights (the paper starts "
-          "from ImageNet: --config.backbone_weights=imagenet).",
-          config.backbone_weights,
-      )
-  _write_config(config, workdir)
-  if resume_step is not None:
+    if resume_step >= config.num_train_steps:
+      return _finished_result(config, manager, workdir)
     config = resume_worker_count(config, checkpointing.saved_worker_count(manager, resume_step))
+  else:
+    backbone_weights = _check_start(config)  # before anything compiles
+  _write_config(config, workdir)
   mesh = sharding.create_mesh(config.mesh_axes)
   graphdef = model_graphdef(config.model)
   iterator = iter(
@@ -271,52 +276,120 @@ def _train_and_evaluate(
           config, pipeline.open_split(config.data, config.data.train_split)
       )
   )
-  if resume_step is not None:
-    abstract, state_sharding = abstract_train_state(config, mesh)
-    state = checkpointing.restore_newest_intact(manager, workdir, abstract, iterator)
-    logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
-  else:
-    state, state_sharding = create_train_state(config, mesh)
-    if backbone_weights is not None:
-      params, batch_stats, loaded = pretrained.load_backbone(
-          state.params, state.batch_stats, backbone_weights
-      )
-      state = state.replace(params=params, batch_stats=batch_stats)
-      logging.info(
-          "Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
-          "BatchNorm layers of the backbone; the rest is freshly initialised.",
-          backbone_weights,
-          loaded,
-      )
-  ranked = ranks_checkpoints(config)
-  batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
-  train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
   writer = _metric_writer(workdir)
+  try:
+    if resume_step is not None:
+      abstract, state_sharding = abstract_train_state(config, mesh)
+      state = checkpointing.restore_newest_intact(manager, workdir, abstract, iterator)
+      logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
+    else:
+      state, state_sharding = _new_state(config, mesh, backbone_weights)
+      if config.init_from:  # the source model on this run's data, before any update
+        _evaluate(config, graphdef, state, writer, workdir)
+    batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
+    train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
+    step, metrics = _train_loop(
+        config, graphdef, workdir, manager, preemption, writer, state, batches, train_step
+    )
+  finally:
+    _close(writer, workdir)
+  if step < config.num_train_steps:
+    raise Preempted(
+        f"Preempted at step {step} of {config.num_train_steps}: rerun the same command to "
+        f"resume from the newest checkpoint in {workdir}."
+    )
+  result = None if metrics is None else _final_result(config, graphdef, manager, workdir, metrics)
+  _record_result(workdir, result)
+  if preemption.requested:  # during the last evaluation: this run is done, the command stops
+    raise Preempted(
+        f"Preempted after the last step of {workdir}, whose result is recorded: rerun the "
+        "same command to go on."
+    )
+  return result
+
+
+def _check_start(config: ml_collections.ConfigDict) -> str | None:
+  """What a new run starts from, checked before anything compiles so that missing
+  weights end it in seconds: the source run of `init_from` (its model must be this
+  config's), or the backbone weights file (None: random weights)."""
+  if config.init_from:
+    finetune.check_source_model(config)
+    return None
+  backbone_weights = pretrained.resolve_backbone_weights(
+      config.backbone_weights, tuple(config.model.vgg_widths)
+  )
+  if backbone_weights is None:
+    logging.info(
+        "backbone_weights=%r: the backbone starts from random weights (the paper starts "
+        "from ImageNet: --config.backbone_weights=imagenet).",
+        config.backbone_weights,
+    )
+  return backbone_weights
+
+
+def _new_state(config, mesh, backbone_weights: str | None) -> tuple[TrainState, Any]:
+  """A new run's state and its sharding: the source run's parameters and BatchNorm
+  statistics (`init_from`), or fresh ones with the ImageNet backbone when given."""
+  state, state_sharding = create_train_state(config, mesh)
+  if config.init_from:
+    source = finetune.load_source_variables(config)
+    put = lambda new, current: jax.device_put(np.asarray(new, current.dtype), current.sharding)
+    state = state.replace(
+        params=jax.tree.map(put, source.params, state.params),
+        batch_stats=jax.tree.map(put, source.batch_stats, state.batch_stats),
+    )
+  elif backbone_weights is not None:
+    params, batch_stats, loaded = pretrained.load_backbone(
+        state.params, state.batch_stats, backbone_weights
+    )
+    state = state.replace(params=params, batch_stats=batch_stats)
+    logging.info(
+        "Loaded ImageNet VGG16-BN weights from %s: %d arrays, 13 conv + 13 "
+        "BatchNorm layers of the backbone; the rest is freshly initialised.",
+        backbone_weights,
+        loaded,
+    )
+  return state, state_sharding
+
+
+def _evaluate(config, graphdef, state: TrainState, writer, workdir: Path) -> dict | None:
+  """Whole-image evaluation of `state` on `data.eval_split`, logged and kept in
+  `workdir/eval/step_N`."""
+  _check_finite(state)
+  step = int(state.step)
+  variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
+  metrics = evaluation.evaluate(
+      config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
+  )
+  if metrics is not None:
+    _log_eval(writer, step, metrics)
+  return metrics
+
+
+def _train_loop(config, graphdef, workdir, manager, preemption, writer, state, batches, step_fn):
+  """Steps until `num_train_steps` or SIGTERM: every `log_every_steps` a progress line,
+  every `eval_every_steps` an evaluation, every `checkpoint_every_steps` (and after each
+  evaluation) an asynchronous save; on SIGTERM the finished step is saved when at least
+  half the grace time is left. Returns (last step, last evaluation's metrics)."""
+  ranked = ranks_checkpoints(config)
   metrics = None
   step = last_saved = int(state.step)
   window, window_start = [], time.perf_counter()
-  preempted_before_training = preemption.requested  # during the restore or compilation
-  if preempted_before_training:
+  stop = preemption.requested  # during the restore or compilation
+  if stop:
     logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
   try:
-    while not preempted_before_training and step < config.num_train_steps:
-      state, step_metrics = train_step(state, next(batches))
+    while not stop and step < config.num_train_steps:
+      state, step_metrics = step_fn(state, next(batches))
       step += 1
       window.append(step_metrics)
       if step % config.log_every_steps == 0 or step == config.num_train_steps:
         _check_finite(state)
-        seconds = time.perf_counter() - window_start
-        _log_progress(writer, step, config, window, seconds)
+        _log_progress(writer, step, config, window, time.perf_counter() - window_start)
         window, window_start = [], time.perf_counter()
       evaluate_now = step % config.eval_every_steps == 0 or step == config.num_train_steps
       if evaluate_now:
-        _check_finite(state)
-        variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
-        metrics = evaluation.evaluate(
-            config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
-        )
-        if metrics is not None:
-          _log_eval(writer, step, metrics)
+        metrics = _evaluate(config, graphdef, state, writer, workdir)
       stop = preemption.requested or manager.reached_preemption(step)
       # On preemption, save only what fits: at least half the grace time must be left.
       save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
@@ -332,33 +405,66 @@ def _train_and_evaluate(
         )
         last_saved = step
       if stop:
-        if last_saved == step:
-          logging.warning("Preempted: saved step %d and stopping.", step)
-        else:
-          logging.warning(
-              "Preempted: step %d not saved (%.1f s of the grace time left, less than "
-              "half); the next run resumes from step %d.",
-              step,
-              preemption.remaining(),
-              last_saved,
-          )
-        break
+        _log_preemption(step, last_saved, preemption)
   except BaseException:
     try:
       checkpointing.wait_for_saves(manager, last_saved)
     except checkpointing.CheckpointSaveError as error:  # the first error is the one raised
       logging.warning("%s", error)
     raise
-  finally:
-    if writer is not None:
-      try:
-        writer.close()
-      except OSError as error:  # a full disk: the checkpoint's error is the one to report
-        logging.warning("Could not write the TensorBoard log in %s: %s", workdir, error)
   checkpointing.wait_for_saves(manager, last_saved)
-  if metrics is None or step < config.num_train_steps:
-    return metrics
-  return _final_result(config, graphdef, manager, workdir, metrics)
+  return step, metrics
+
+
+def _close(writer, workdir: Path) -> None:
+  if writer is not None:
+    try:
+      writer.close()
+    except OSError as error:  # a full disk: the checkpoint's error is the one to report
+      logging.warning("Could not write the TensorBoard log in %s: %s", workdir, error)
+
+
+def _log_preemption(step: int, last_saved: int, preemption: PreemptionGuard) -> None:
+  if last_saved == step:
+    logging.warning("Preempted: saved step %d and stopping.", step)
+  else:
+    logging.warning(
+        "Preempted: step %d not saved (%.1f s of the grace time left, less than half); the "
+        "next run resumes from step %d.",
+        step,
+        preemption.remaining(),
+        last_saved,
+    )
+
+
+def _record_result(workdir: Path, result: dict | None) -> None:
+  """Keeps a finished run's result, for a later command on the same workdir (a
+  five-fold run resumed after its first folds finished)."""
+  if jax.process_index() == 0:
+    path = workdir / RESULT_FILE
+    path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _finished_result(config, manager, workdir: Path) -> dict | None:
+  """The result of a run that reached `num_train_steps` before this command: the one
+  it recorded, or, when it was stopped between its last save and that record, the same
+  result computed again from its checkpoints."""
+  path = workdir / RESULT_FILE
+  if path.exists():
+    logging.info(
+        "%s finished at step %d; its result is in %s.", workdir, config.num_train_steps, path
+    )
+    return json.loads(path.read_text())
+  step = manager.latest_step()
+  graphdef = model_graphdef(config.model)
+  _, variables = checkpointing.restore_variables(workdir, config.model, step)
+  last = evaluation.evaluate(
+      config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
+  )
+  result = None if last is None else _final_result(config, graphdef, manager, workdir, last)
+  _record_result(workdir, result)
+  return result
 
 
 def ranks_checkpoints(config: ml_collections.ConfigDict) -> bool:
@@ -396,8 +502,10 @@ def _final_result(config, graphdef, manager, workdir: Path, last: dict) -> dict:
     )
     return labelled(best_metrics, "best_on_test", best, config.data.eval_split)
   tested = None
-  if config.data.test_split:
-    _, variables = checkpointing.restore_variables(workdir, config.model, best)
+  if config.data.test_split:  # the best that reads (a damaged one falls back by rank)
+    found, variables = checkpointing.restore_variables(workdir, config.model)
+    if found != best:
+      best, best_metrics = found, checkpointing.saved_metrics(manager, found)
     tested = evaluation.evaluate(
         config, graphdef, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
     )  # None for an unlabeled test split, whose submission file is written

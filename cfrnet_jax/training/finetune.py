@@ -1,0 +1,169 @@
+"""Starting a run from a trained model (`config.init_from`) and keeping parts fixed
+(`config.freeze`): fine-tuning a counter on a user's own pictures.
+
+A fine-tuning run is a new run: its own workdir, a fresh optimizer (Adam's moments at
+zero) and a fresh data position, but the parameters and BatchNorm statistics of the
+source run's checkpoint (`config.init_step`, by default the source run's result: its best
+checkpoint on validation when it ranked them, else its last). The model it trains is the
+source's: `inherit_model` takes every `model.*` field from the source run's
+`config.json`, so any trained model can be fine-tuned with `configs/folder.py`, and
+refuses a `--config.model.*` that contradicts it, naming the field. Only the fields that
+change how the model computes, not its parameters or what it counts
+(`COMPUTE_MODEL_FIELDS`), are this run's own. `config.backbone_weights` is not used:
+nothing is downloaded.
+
+`config.freeze` names parts of the model (`FREEZABLE`, the model's top-level modules)
+whose parameters get no updates and whose BatchNorm layers normalise with, and keep,
+their running statistics, as they do at inference. Their gradients are not computed
+(`stop_gradient`), which also saves the backward pass through a frozen backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable
+
+import jax
+import ml_collections
+import optax
+from absl import logging
+from flax import nnx
+
+from cfrnet_jax import checkpointing
+from cfrnet_jax.state import ModelVariables
+
+# The model's top-level modules (section 3: VGG16-BN, GAM, the 1x1 compressors to c
+# channels, the two CFRM decoders and the dual-head predictors).
+FREEZABLE = (
+    "backbone",
+    "gam",
+    "compressors",
+    "hierarchical_decoder",
+    "axial_decoder",
+    "heads",
+)
+# Model fields that change how the model computes, not its parameters or what it counts.
+COMPUTE_MODEL_FIELDS = ("dtype", "remat", "attention", "foreground_gate")
+
+
+def _as_json(value):
+  return json.loads(json.dumps(value, default=list))
+
+
+def model_differences(
+    model: ml_collections.ConfigDict, source: ml_collections.ConfigDict
+) -> dict[str, str]:
+  """{field: 'model.field: source -> given'} for each field of `model` that defines
+  parameters or counts and differs from the source run's `source` model."""
+  return {
+      name: f"model.{name}: {_as_json(source.get(name))!r} -> {_as_json(model[name])!r}"
+      for name in sorted(model.keys())
+      if name not in COMPUTE_MODEL_FIELDS and _as_json(model[name]) != _as_json(source.get(name))
+  }
+
+
+def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config the source run `config.init_from` saved (completed with defaults)."""
+  return checkpointing.load_run_config(config.init_from)
+
+
+def inherit_model(
+    config: ml_collections.ConfigDict, overridden: Iterable[str] = ()
+) -> ml_collections.ConfigDict:
+  """`config` with the source run's model fields when `config.init_from` is set (a copy;
+  `config` itself unless it is). `overridden` names the fields the user set
+  (`model.channels`, ...): one that defines parameters or counts and contradicts the
+  source run is refused."""
+  if not config.init_from:
+    return config
+  source = source_config(config).model
+  given = {name.removeprefix("model.") for name in overridden if name.startswith("model.")}
+  differences = model_differences(config.model, source)
+  contradictions = [line for name, line in differences.items() if name in given]
+  if contradictions:
+    raise ValueError(
+        f"init_from={config.init_from!r} fine-tunes that run's model, and the command line "
+        "asks for another: "
+        + "; ".join(contradictions)
+        + ". Drop those --config.model.* flags (only "
+        + ", ".join(f"model.{name}" for name in COMPUTE_MODEL_FIELDS)
+        + " may differ), or train a new model without init_from."
+    )
+  config = copy.deepcopy(config)
+  for name in config.model.keys():
+    if name not in COMPUTE_MODEL_FIELDS and name in source:
+      config.model[name] = source[name]
+  return config
+
+
+def check_source_model(config: ml_collections.ConfigDict) -> None:
+  """Refuses a fine-tuning config whose model is not the source run's (a config built
+  in Python without `inherit_model`), naming each field."""
+  differences = model_differences(config.model, source_config(config).model)
+  if differences:
+    raise ValueError(
+        f"init_from={config.init_from!r}: this config's model is not that run's ("
+        + "; ".join(differences.values())
+        + "). Pass the config through cfrnet_jax.training.finetune.inherit_model first."
+    )
+
+
+def load_source_variables(config: ml_collections.ConfigDict) -> ModelVariables:
+  """The source run's parameters and BatchNorm statistics (`config.init_step`, default
+  its result), on this host's first device; logs what was loaded."""
+  step, variables = checkpointing.restore_variables(
+      config.init_from, config.model, config.init_step
+  )
+  arrays = len(jax.tree.leaves(variables))
+  logging.info(
+      "Fine-tuning from step %d of %s: loaded %d arrays (every parameter and BatchNorm "
+      "statistic of its model); fresh optimizer and data position%s. backbone_weights is "
+      "not used.",
+      step,
+      config.init_from,
+      arrays,
+      f"; frozen: {', '.join(frozen_parts(config))}" if frozen_parts(config) else "",
+  )
+  return variables
+
+
+def frozen_parts(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The parts `config.freeze` names ("backbone", "backbone,gam", ...; "" for none)."""
+  parts = tuple(part.strip() for part in config.freeze.split(",") if part.strip())
+  unknown = sorted(set(parts) - set(FREEZABLE))
+  if unknown:
+    raise ValueError(f"freeze: unknown part(s) {unknown}; choose from {list(FREEZABLE)}.")
+  return parts
+
+
+def without_updates(
+    tx: optax.GradientTransformation, frozen: tuple[str, ...]
+) -> optax.GradientTransformation:
+  """`tx` for the trainable parameters, no update (and no optimizer state) for the
+  frozen parts."""
+  if not frozen:
+    return tx
+
+  def labels(params: dict) -> dict:
+    return {
+        part: jax.tree.map(lambda _, frozen_part=part in frozen: frozen_part, tree)
+        for part, tree in params.items()
+    }
+
+  return optax.multi_transform({False: tx, True: optax.set_to_zero()}, labels)
+
+
+def stop_gradients(params: dict, frozen: tuple[str, ...]) -> dict:
+  """`params` with the frozen parts cut from differentiation."""
+  return {
+      part: jax.lax.stop_gradient(tree) if part in frozen else tree for part, tree in params.items()
+  }
+
+
+def hold_statistics(model: nnx.Module, frozen: tuple[str, ...]) -> None:
+  """Makes the frozen parts' BatchNorm layers of a model in training mode normalise
+  with their running statistics and leave them unchanged (as at inference; other
+  inference-only behaviour, such as the foreground gate, stays off)."""
+  for part in frozen:
+    getattr(model, part).set_attributes(use_running_average=True, raise_if_not_found=False)
