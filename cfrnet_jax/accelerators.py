@@ -1,10 +1,11 @@
 """Which accelerator JAX runs on, and the warning when it misses one that is there.
 
 The most common way to lose days on a GPU or TPU VM is to train on its CPU: `pip install
-jax` installs the CPU build, which runs everything, only 50-100x slower. `report()` logs the
-platform and device kinds at start and warns when the machine shows an NVIDIA GPU
-(`/dev/nvidia0`, `nvidia-smi`) or a TPU (`/dev/accel*`, `/dev/vfio/*`) while JAX has only
-CPU devices, naming the extra that installs the right JAX build.
+jax` installs the CPU build, which runs everything, only far slower (CPU and GPU figures:
+docs/performance.md). `report()` logs the platform and device kinds at start and warns
+when the machine shows an NVIDIA GPU (`/dev/nvidia0`, `nvidia-smi`) or a TPU
+(`/dev/accel*`, `/dev/vfio/*`) while JAX has only CPU devices, naming the extra that
+installs the right JAX build.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The paper's settings: CFRNet, its targets, loss, data pipeline and training (with the
-choices the paper leaves open; the loss's balance of levels is one, README "Deviations").
+choices the paper leaves open; the loss's balance of levels is one, docs/deviations.md).
 
 Every field can be overridden from the command line, e.g. `--config.model.fusion=add`.
 The dataset configs (`shha.py`, ...) start from `get_config()` and change only what
@@ -94,9 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.gamma = 1.0  # weight of the segmentation cross-entropy (Eq. 12).
   # Balance of the heads' density terms (cfrnet_jax/training/losses.py): "area" weighs
-  # every level alike (chosen by benchmarks/real_data_study.py, README "Training on real
-  # crowds"); "sum" is Eq. 11 as written, where a level's term grows with its stride
-  # squared. level_weights multiplies each head's term.
+  # every level alike (chosen by benchmarks/real_data_study.py, docs/real_data_study.md);
+  # "sum" is Eq. 11 as written, where a level's term grows with its stride squared.
+  # level_weights multiplies each head's term.
   config.loss.level_balance = "area"
   config.loss.level_weights = ml_collections.ConfigDict(
       {"f1": 1.0, "f2": 1.0, "f3": 1.0, "f5": 1.0}

@@ -55,7 +55,8 @@ def kernel_gradient(
 ) -> jax.Array:
   """d(loss)/d(kernel) of a stride-1 NHWC convolution as kh*kw split matrix products,
   one tap after the other (`lax.map`), so that only one shifted copy of the input is
-  alive at a time (4x less temporary memory than unrolled taps, same speed)."""
+  alive at a time (less temporary memory than unrolled taps, same speed:
+  docs/performance.md)."""
   kh, kw, in_channels, out_channels = kernel_shape
   batch, out_h, out_w, _ = grad.shape
   padded = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))

@@ -17,9 +17,8 @@ relative error everywhere, the stride-16 head's term is 16x the stride-4 head's.
 * "sum": Eq. 11 as written (this function's default, so that a bare call is Eq. 11);
 * "area": each level's term divided by (s / 4)^2, i.e. the squared error of densities per
   4x4-pixel area integrated over the picture, so that every level weighs alike. The
-  configs' default (`configs/base.py`): on real UCF_CC_50 it gave a lower MAE (the MSE
-  was mixed) than "sum" for each of two seeds (`benchmarks/real_data_study.py`; README, "Training
-  on real crowds").
+  configs' default (`configs/base.py`), chosen on real UCF_CC_50 by
+  `benchmarks/real_data_study.py` (figures: docs/real_data_study.md, docs/deviations.md).
 `config.loss.level_weights` then multiplies each head's density term.
 """
 
