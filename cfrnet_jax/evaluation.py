@@ -137,16 +137,16 @@ def read_predictions(path: Path) -> list[dict]:
 
 def evaluate(
     config: ml_collections.ConfigDict,
-    graphdef: nnx.GraphDef,
+    count_fn,
     variables: ModelVariables,
     split: str,
     out_dir: Path,
 ) -> dict | None:
-  """Counts every image of `split` (each host its shard, with `variables` on one local
-  device); host 0 writes `out_dir/predictions.csv`. Returns the metrics on every host,
-  or None for an unlabeled split, for which host 0 writes `out_dir/submission.txt`
-  (NWPU's server format)."""
-  count_fn = make_count_fn(graphdef, config.data)
+  """Counts every image of `split` with `count_fn` (`make_count_fn`'s: a run makes it
+  once, so each padded image shape compiles once however often it evaluates), each
+  host its shard, with `variables` on one local device; host 0 writes
+  `out_dir/predictions.csv`. Returns the metrics on every host, or None for an unlabeled
+  split, for which host 0 writes `out_dir/submission.txt` (NWPU's server format)."""
   loader = pipeline.create_eval_loader(config, pipeline.open_split(config.data, split))
   rows = predict_counts(count_fn, variables, loader, localization.point_options(config))
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,9 +221,8 @@ def evaluate_checkpoint(
   checkpointing.check_counting_config(workdir, config)
   step, variables = checkpointing.restore_variables(workdir, config.model)
   split = split or config.data.eval_split
-  metrics = evaluate(
-      config, model_graphdef(config.model), variables, split, workdir / f"eval/{split}_step_{step}"
-  )
+  count_fn = make_count_fn(model_graphdef(config.model), config.data)
+  metrics = evaluate(config, count_fn, variables, split, workdir / f"eval/{split}_step_{step}")
   if metrics is not None:
     log_metrics(step, metrics)
   return metrics

@@ -132,7 +132,8 @@ def test_unlabeled_split_writes_a_submission_file(tmp_path):
   config.data.name = "nwpu_crowd"
   out = tmp_path / "eval"
   variables = init_variables(config.model, 0)
-  assert evaluation.evaluate(config, model_graphdef(config.model), variables, "test", out) is None
+  count_fn = evaluation.make_count_fn(model_graphdef(config.model), config.data)
+  assert evaluation.evaluate(config, count_fn, variables, "test", out) is None
   lines = (out / "submission.txt").read_text().splitlines()
   assert len(lines) == 1 and lines[0].split()[0] == "0004"
   float(lines[0].split()[1])

@@ -351,3 +351,32 @@ def test_sigterm_during_compilation_ends_the_run_within_the_grace_time(
   assert not (workdir / "checkpoints").exists() or not any(
       p.name.isdigit() for p in (workdir / "checkpoints").iterdir()
   )
+
+
+def test_a_run_compiles_its_evaluation_once_per_image_shape(
+    tmp_path, synthetic_data_dir, monkeypatch
+):
+  """Three evaluations (steps 1, 2, 3) go through one jitted count function, compiled
+  once for each padded shape of the split, not once per evaluation."""
+  from cfrnet_jax import evaluation
+  from cfrnet_jax.data import pipeline
+
+  made = []
+  make_count_fn = evaluation.make_count_fn
+
+  def recording(*args, **kwargs):
+    made.append(make_count_fn(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(evaluation, "make_count_fn", recording)
+  config = tiny_train_config(
+      synthetic_data_dir, num_train_steps=3, eval_every_steps=1, log_every_steps=1
+  )
+  trainer.train_and_evaluate(config, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step_1", "step_2", "step_3"]
+  loader = pipeline.create_eval_loader(
+      config, pipeline.open_split(config.data, config.data.eval_split)
+  )
+  shapes = {batch["image"].shape for batch in loader}
+  assert len(made) == 1
+  assert made[0]._cache_size() == len(shapes)

@@ -276,6 +276,7 @@ def _train_and_evaluate(
           config, pipeline.open_split(config.data, config.data.train_split)
       )
   )
+  count_fn = evaluation.make_count_fn(graphdef, config.data)  # one per run: compiled once
   writer = _metric_writer(workdir)
   try:
     if resume_step is not None:
@@ -285,11 +286,11 @@ def _train_and_evaluate(
     else:
       state, state_sharding = _new_state(config, mesh, backbone_weights)
       if config.init_from:  # the source model on this run's data, before any update
-        _evaluate(config, graphdef, state, writer, workdir)
+        _evaluate(config, count_fn, state, writer, workdir)
     batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
     train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
     step, metrics = _train_loop(
-        config, graphdef, workdir, manager, preemption, writer, state, batches, train_step
+        config, count_fn, workdir, manager, preemption, writer, state, batches, train_step
     )
   finally:
     _close(writer, workdir)
@@ -298,7 +299,7 @@ def _train_and_evaluate(
         f"Preempted at step {step} of {config.num_train_steps}: rerun the same command to "
         f"resume from the newest checkpoint in {workdir}."
     )
-  result = None if metrics is None else _final_result(config, graphdef, manager, workdir, metrics)
+  result = None if metrics is None else _final_result(config, count_fn, manager, workdir, metrics)
   _record_result(workdir, result)
   if preemption.requested:  # during the last evaluation: this run is done, the command stops
     raise Preempted(
@@ -352,21 +353,21 @@ def _new_state(config, mesh, backbone_weights: str | None) -> tuple[TrainState, 
   return state, state_sharding
 
 
-def _evaluate(config, graphdef, state: TrainState, writer, workdir: Path) -> dict | None:
+def _evaluate(config, count_fn, state: TrainState, writer, workdir: Path) -> dict | None:
   """Whole-image evaluation of `state` on `data.eval_split`, logged and kept in
   `workdir/eval/step_N`."""
   _check_finite(state)
   step = int(state.step)
   variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
   metrics = evaluation.evaluate(
-      config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
+      config, count_fn, variables, config.data.eval_split, workdir / f"eval/step_{step}"
   )
   if metrics is not None:
     _log_eval(writer, step, metrics)
   return metrics
 
 
-def _train_loop(config, graphdef, workdir, manager, preemption, writer, state, batches, step_fn):
+def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, batches, step_fn):
   """Steps until `num_train_steps` or SIGTERM: every `log_every_steps` a progress line,
   every `eval_every_steps` an evaluation, every `checkpoint_every_steps` (and after each
   evaluation) an asynchronous save; on SIGTERM the finished step is saved when at least
@@ -389,7 +390,7 @@ def _train_loop(config, graphdef, workdir, manager, preemption, writer, state, b
         window, window_start = [], time.perf_counter()
       evaluate_now = step % config.eval_every_steps == 0 or step == config.num_train_steps
       if evaluate_now:
-        metrics = _evaluate(config, graphdef, state, writer, workdir)
+        metrics = _evaluate(config, count_fn, state, writer, workdir)
       stop = preemption.requested or manager.reached_preemption(step)
       # On preemption, save only what fits: at least half the grace time must be left.
       save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
@@ -457,12 +458,12 @@ def _finished_result(config, manager, workdir: Path) -> dict | None:
     )
     return json.loads(path.read_text())
   step = manager.latest_step()
-  graphdef = model_graphdef(config.model)
+  count_fn = evaluation.make_count_fn(model_graphdef(config.model), config.data)
   _, variables = checkpointing.restore_variables(workdir, config.model, step)
   last = evaluation.evaluate(
-      config, graphdef, variables, config.data.eval_split, workdir / f"eval/step_{step}"
+      config, count_fn, variables, config.data.eval_split, workdir / f"eval/step_{step}"
   )
-  result = None if last is None else _final_result(config, graphdef, manager, workdir, last)
+  result = None if last is None else _final_result(config, count_fn, manager, workdir, last)
   _record_result(workdir, result)
   return result
 
@@ -473,7 +474,7 @@ def ranks_checkpoints(config: ml_collections.ConfigDict) -> bool:
   return config.data.validation or config.best_on_test
 
 
-def _final_result(config, graphdef, manager, workdir: Path, last: dict) -> dict:
+def _final_result(config, count_fn, manager, workdir: Path, last: dict) -> dict:
   """The run's reported metrics, by the model-selection rule of `configs/base.py`:
 
   * validation split: the best checkpoint by validation MAE, evaluated once on
@@ -507,7 +508,7 @@ def _final_result(config, graphdef, manager, workdir: Path, last: dict) -> dict:
     if found != best:
       best, best_metrics = found, checkpointing.saved_metrics(manager, found)
     tested = evaluation.evaluate(
-        config, graphdef, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
+        config, count_fn, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
     )  # None for an unlabeled test split, whose submission file is written
   if tested is None:
     return labelled(best_metrics, "best_on_validation", best, config.data.eval_split)
