@@ -86,7 +86,7 @@ def run_folds(
       "mae": float(np.mean([r["mae"] for r in results.values()])),
       "mse": float(np.mean([r["mse"] for r in results.values()])),
   }
-  # Which checkpoint of each fold (trainer._final_result): "last" unless best_on_test.
+  # Which checkpoint of each fold (training.run_result.final_result): "last" unless best_on_test.
   selections = {r.get("selection") for r in results.values()} - {None}
   if selections:
     summary["selection"] = ", ".join(sorted(selections))

@@ -93,7 +93,7 @@ def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labell
   """With a validation split the run reports the test figures of the checkpoint with the
   lowest validation MAE; `best_on_test` reports the best test figures, labelled."""
   from cfrnet_jax import checkpointing
-  from cfrnet_jax.training import trainer
+  from cfrnet_jax.training import run_result, trainer
 
   config = tiny_train_config(
       synthetic_data_dir, num_train_steps=2, eval_every_steps=1, log_every_steps=1,
@@ -115,11 +115,11 @@ def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labell
       [tmp_path / "eval" / f"step_{s}" for s in (1, 2)] + [tmp_path / "eval" / f"test_step_{best}"]
   )  # the test split was evaluated once
   config.data.validation, config.best_on_test = False, True
-  labelled = trainer._final_result(config, None, manager, tmp_path, result)
+  labelled = run_result.final_result(config, None, manager, tmp_path, result)
   assert labelled["selection"] == "best_on_test" and labelled["mae"] == validation[best]
   # No validation split and not asked: the last checkpoint's figures, as evaluated.
   config.best_on_test = False
-  last = trainer._final_result(config, None, manager, tmp_path, result)
+  last = run_result.final_result(config, None, manager, tmp_path, result)
   assert (last["selection"], last["step"], last["mae"]) == ("last", 2, result["mae"])
   manager.close()
 

@@ -1,16 +1,20 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Reads top to bottom like big_vision's trainer:
-1. mesh over all devices (`config.mesh_axes`, a `data` axis), the state created
-   already replicated with `jax.jit(init, out_shardings=...)` from its abstract shape;
-2. data: this host's shard of the training split through grain (`data.pipeline`);
-3. resume from the latest checkpoint if the workdir has one (state + iterator);
-4. loop: global batch -> jitted `train_step` (donating the old state) -> every
-   `log_every_steps` a progress line and TensorBoard scalars; every `eval_every_steps`
-   whole-image evaluation (`evaluation.evaluate`; best kept by MAE); every
-   `checkpoint_every_steps` an asynchronous checkpoint; SIGTERM ends the run within
+1. setup: the run's config checked and written (`config.json`, final before it is
+   written); mesh over all devices (`config.mesh_axes`, a `data` axis); this host's
+   shard of the training split through grain (`data.pipeline`);
+2. state: resumed from the newest intact checkpoint (state + data position), or new,
+   already replicated (`jax.jit(init, out_shardings=...)`), from a trained run's model
+   (`init_from`, `training.finetune`) or with the ImageNet backbone;
+3. loop (`_train_loop`): global batch -> jitted `train_step` (donating the old state);
+   every `log_every_steps` a progress line and TensorBoard scalars; every
+   `eval_every_steps` whole-image evaluation through one jitted count function per run;
+   every `checkpoint_every_steps` an asynchronous checkpoint. SIGTERM ends the run within
    `config.preemption_grace_s`, saving the finished step when that fits
-   (`training.preemption`), even when it arrives during compilation.
+   (`training.preemption`), even when it arrives during compilation;
+4. result: the checkpoint the model-selection rule picks (`training.run_result`),
+   recorded in the workdir so that a later command returns it.
 
 `train_step` is a pure function of (state, batch): the model is rebuilt from its static
 graph definition and the state's parameters and BatchNorm statistics, targets are
@@ -22,7 +26,6 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.models import pretrained
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES
 from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
-from cfrnet_jax.training import finetune, sharding, step_cost
+from cfrnet_jax.training import finetune, run_result, sharding, step_cost
 from cfrnet_jax.training.losses import cfrnet_loss
 from cfrnet_jax.training.preemption import Preempted, PreemptionGuard
 
@@ -238,7 +241,7 @@ def _write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict | None:
   """Trains on `data.train_split`, evaluates on `data.eval_split` and checkpoints in
-  `workdir`; resumes if it holds a checkpoint. Returns the run's result (`_final_result`;
+  `workdir`; resumes if it holds a checkpoint. Returns the run's result (`run_result.final_result`;
   the same on every host; None when the evaluation split is unlabeled), also when the
   run had finished before (from `workdir/result.json`). Raises `Preempted` when SIGTERM
   arrived during the run (before its last step, or while the last one was evaluated:
@@ -252,9 +255,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     return _train_and_evaluate(config, Path(workdir), preemption)
 
 
-RESULT_FILE = "result.json"  # in the workdir: what a finished run returned
-
-
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
 ) -> dict | None:
@@ -264,7 +264,7 @@ def _train_and_evaluate(
   if resume_step is not None:
     checkpointing.check_resumable(workdir, config)
     if resume_step >= config.num_train_steps:
-      return _finished_result(config, manager, workdir)
+      return run_result.finished_result(config, manager, workdir)
     config = resume_worker_count(config, checkpointing.saved_worker_count(manager, resume_step))
   else:
     backbone_weights = _check_start(config)  # before anything compiles
@@ -299,8 +299,12 @@ def _train_and_evaluate(
         f"Preempted at step {step} of {config.num_train_steps}: rerun the same command to "
         f"resume from the newest checkpoint in {workdir}."
     )
-  result = None if metrics is None else _final_result(config, count_fn, manager, workdir, metrics)
-  _record_result(workdir, result)
+  result = (
+      None
+      if metrics is None
+      else run_result.final_result(config, count_fn, manager, workdir, metrics)
+  )
+  run_result.record(workdir, result)
   if preemption.requested:  # during the last evaluation: this run is done, the command stops
     raise Preempted(
         f"Preempted after the last step of {workdir}, whose result is recorded: rerun the "
@@ -372,7 +376,7 @@ def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, b
   every `eval_every_steps` an evaluation, every `checkpoint_every_steps` (and after each
   evaluation) an asynchronous save; on SIGTERM the finished step is saved when at least
   half the grace time is left. Returns (last step, last evaluation's metrics)."""
-  ranked = ranks_checkpoints(config)
+  ranked = run_result.ranks_checkpoints(config)
   metrics = None
   step = last_saved = int(state.step)
   window, window_start = [], time.perf_counter()
@@ -436,91 +440,6 @@ def _log_preemption(step: int, last_saved: int, preemption: PreemptionGuard) -> 
         preemption.remaining(),
         last_saved,
     )
-
-
-def _record_result(workdir: Path, result: dict | None) -> None:
-  """Keeps a finished run's result, for a later command on the same workdir (a
-  five-fold run resumed after its first folds finished)."""
-  if jax.process_index() == 0:
-    path = workdir / RESULT_FILE
-    path.with_suffix(".tmp").write_text(json.dumps(result, indent=2))
-    path.with_suffix(".tmp").replace(path)
-
-
-def _finished_result(config, manager, workdir: Path) -> dict | None:
-  """The result of a run that reached `num_train_steps` before this command: the one
-  it recorded, or, when it was stopped between its last save and that record, the same
-  result computed again from its checkpoints."""
-  path = workdir / RESULT_FILE
-  if path.exists():
-    logging.info(
-        "%s finished at step %d; its result is in %s.", workdir, config.num_train_steps, path
-    )
-    return json.loads(path.read_text())
-  step = manager.latest_step()
-  count_fn = evaluation.make_count_fn(model_graphdef(config.model), config.data)
-  _, variables = checkpointing.restore_variables(workdir, config.model, step)
-  last = evaluation.evaluate(
-      config, count_fn, variables, config.data.eval_split, workdir / f"eval/step_{step}"
-  )
-  result = None if last is None else _final_result(config, count_fn, manager, workdir, last)
-  _record_result(workdir, result)
-  return result
-
-
-def ranks_checkpoints(config: ml_collections.ConfigDict) -> bool:
-  """Whether checkpoints are ranked by their evaluation MAE: only where that is honest,
-  on a validation split, or on the test split when asked (`best_on_test`)."""
-  return config.data.validation or config.best_on_test
-
-
-def _final_result(config, count_fn, manager, workdir: Path, last: dict) -> dict:
-  """The run's reported metrics, by the model-selection rule of `configs/base.py`:
-
-  * validation split: the best checkpoint by validation MAE, evaluated once on
-    `data.test_split` (when the config names a labeled one), else its validation figures;
-  * no validation split: the last checkpoint's test figures ("last"), or, with
-    `best_on_test`, the best checkpoint's, labelled "best_on_test" (optimistic).
-
-  `last` is the final evaluation's metrics; `selection`, `step` and `split` say which
-  checkpoint and split the returned figures are of."""
-  labelled = lambda metrics, selection, step, split: {
-      **metrics,
-      "selection": selection,
-      "step": int(step),
-      "split": split,
-  }
-  if not ranks_checkpoints(config):
-    return labelled(last, "last", manager.latest_step(), config.data.eval_split)
-  best = checkpointing.best_step(manager)
-  best_metrics = checkpointing.saved_metrics(manager, best)
-  if config.best_on_test:
-    logging.warning(
-        "Reporting the best checkpoint on the test split (step %d, MAE %.2f): chosen on the "
-        "test data itself, so optimistic (best_on_test).",
-        best,
-        best_metrics["mae"],
-    )
-    return labelled(best_metrics, "best_on_test", best, config.data.eval_split)
-  tested = None
-  if config.data.test_split:  # the best that reads (a damaged one falls back by rank)
-    found, variables = checkpointing.restore_variables(workdir, config.model)
-    if found != best:
-      best, best_metrics = found, checkpointing.saved_metrics(manager, found)
-    tested = evaluation.evaluate(
-        config, count_fn, variables, config.data.test_split, workdir / f"eval/test_step_{best}"
-    )  # None for an unlabeled test split, whose submission file is written
-  if tested is None:
-    return labelled(best_metrics, "best_on_validation", best, config.data.eval_split)
-  logging.info(
-      "%s, the checkpoint of step %d (best on %s): MAE %.2f, MSE %.2f.",
-      config.data.test_split,
-      best,
-      config.data.eval_split,
-      tested["mae"],
-      tested["mse"],
-  )
-  return labelled(tested, "best_on_validation", best, config.data.test_split)
 
 
 def _metric_writer(workdir: Path):
