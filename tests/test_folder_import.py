@@ -24,7 +24,8 @@ from cfrnet_jax.data.geometry import decode_image
 from tests.conftest import shared_data
 from tfds_crowd.build import folder_main
 from tfds_crowd.crowd_builder import as_points, screen_points
-from tfds_crowd.folder import build_folder, hash_position, hashed_splits
+from tfds_crowd.folder import build_folder
+from tfds_crowd.folder_splits import hash_position, hashed_splits
 from tfds_crowd.manual_source import CrowdDataError
 from tfds_crowd.shanghaitech import parse_ground_truth
 from tfds_crowd.ucf_cc_50 import parse_annotation

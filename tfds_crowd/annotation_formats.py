@@ -6,7 +6,8 @@ files that are not annotations (ignored, logged and counted), and files that loo
 annotations of no known format. Detection then refuses a folder that mixes formats,
 holds annotation-like files of no known format, or matches none, with a message naming
 what it found; `--format NAME` picks one format and ignores (and reports) the files of
-the others. The chosen format's reader (`tool_exports.py`, `point_files.py`) reads them.
+the others. The chosen format's reader (`tool_exports.py`, `coco_json.py`,
+`point_files.py`) reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 
 from absl import logging
 
-from tfds_crowd import point_files, tool_exports
+from tfds_crowd import coco_json, point_files, tool_exports
 from tfds_crowd.manual_source import CrowdDataError, ManualSource
 from tfds_crowd.point_annotations import FolderFiles, PictureAnnotation, ReadResult
 
@@ -35,7 +36,7 @@ FORMATS = {
     "cvat": Format(tool_exports.read_cvat, True, "CVAT for images 1.1 XML"),
     "label_studio": Format(tool_exports.read_label_studio, True, "Label Studio JSON export"),
     "via": Format(tool_exports.read_via, True, "VIA 2.x project or JSON export"),
-    "coco": Format(tool_exports.read_coco, True, "COCO JSON (boxes or keypoints)"),
+    "coco": Format(coco_json.read_coco, True, "COCO JSON (boxes or keypoints)"),
     "points_txt": Format(point_files.read_points_txt, False, "X.txt beside X.jpg, 'x y' lines"),
     "list": Format(point_files.read_list, False, "P2PNet/APGCC list files"),
     "csv": Format(point_files.read_csv, True, "CSV of image,x,y[,label] rows"),

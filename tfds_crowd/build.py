@@ -22,12 +22,8 @@ import tensorflow_datasets as tfds
 from tfds_crowd import BUILDERS
 from tfds_crowd.annotation_formats import AUTO, FORMATS
 from tfds_crowd.crowd_builder import DEFAULT_FILE_FORMAT
-from tfds_crowd.folder import (
-    DEFAULT_TEST_FRACTION,
-    DEFAULT_VAL_FRACTION,
-    FolderBuild,
-    build_folder,
-)
+from tfds_crowd.folder import FolderBuild, build_folder
+from tfds_crowd.folder_splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from tfds_crowd.manual_source import CrowdDataError
 
 

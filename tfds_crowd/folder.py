@@ -10,46 +10,48 @@ on disk). The name is not registered: it must not be one of this project's datas
 a TFDS dataset, and rebuilding replaces the dataset (the new one is written beside it and
 moved into place only once complete).
 
-Splits `train`, `val` and `test` come from a split file or from a hash of each picture's
-path (a picture keeps its split as the folder grows); the assignment is recorded in the
-dataset's metadata (`info.metadata["folder_import"]`). Validation follows the other
-builders (`crowd_builder.py`); what this importer adds (label selection, duplicates,
-pictures without annotations and annotations without pictures, EXIF orientation) is
-logged per file and counted in the summary the build prints.
+This module plans the build (`plan_folder`: reads the annotations, checks --labels and
+assigns the splits, so that a bad folder fails before an existing dataset is touched),
+runs the builder (`tfds_crowd/folder_builder.py`) into a staging folder, moves the
+result into place and logs the summary (`summary_lines`). Splits `train`, `val` and
+`test` come from a split file or from a hash of each picture's path
+(`tfds_crowd/folder_splits.py`; a picture keeps its split as the folder grows); the
+assignment is recorded in the dataset's metadata (`info.metadata["folder_import"]`).
+Validation follows the other builders (`crowd_builder.py`); what this importer adds
+(label selection, duplicates, pictures without annotations and annotations without
+pictures, EXIF orientation) is logged per file and counted in the summary the build
+prints.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import os
-import posixpath
 import re
 import shutil
 import uuid
 from pathlib import Path
 
-import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from tfds_crowd import orientation
 from tfds_crowd.annotation_formats import AUTO, FORMATS, FolderAnnotations, read_folder
-from tfds_crowd.crowd_builder import CrowdBuilder, SplitReport, common_features
+from tfds_crowd.folder_builder import METADATA_KEY, VERSION, FolderBuilder, FolderPlan, tally
+from tfds_crowd.folder_splits import (
+    DEFAULT_TEST_FRACTION,
+    DEFAULT_VAL_FRACTION,
+    SPLITS,
+    file_splits,
+    hashed_splits,
+)
 from tfds_crowd.manual_source import CrowdDataError, ManualSource, MissingDataError
-from tfds_crowd.point_annotations import STORED, PictureAnnotation
 
-SPLITS = ("train", "val", "test")
-DEFAULT_VAL_FRACTION = 0.2
-DEFAULT_TEST_FRACTION = 0.2
-VERSION = tfds.core.Version("1.0.0")
-METADATA_KEY = "folder_import"  # marks datasets this importer wrote (and may replace)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-# Names and splits ---------------------------------------------------------------------
+# The name -----------------------------------------------------------------------------
 
 
 def check_name(name: str) -> None:
@@ -75,286 +77,7 @@ def check_name(name: str) -> None:
     )
 
 
-def hash_position(path: str) -> float:
-  """A picture's place in [0, 1), from its relative path alone."""
-  return int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:8], "big") / 2**64
-
-
-def hashed_splits(pictures: list[str], val_fraction: float, test_fraction: float) -> dict:
-  """{split: pictures}: `test` takes the pictures whose `hash_position` is below
-  `test_fraction`, `val` the next `val_fraction`, `train` the rest; a fraction of 0 means
-  no such split. A split left empty by chance takes the picture nearest its interval
-  from the largest split, so each split asked for has a picture."""
-  for label, fraction in (("--val_fraction", val_fraction), ("--test_fraction", test_fraction)):
-    if not 0 <= fraction < 1:
-      raise ValueError(f"{label} must be in [0, 1), got {fraction}.")
-  if val_fraction + test_fraction >= 1:
-    raise ValueError(
-        f"--val_fraction + --test_fraction = {val_fraction + test_fraction:g} leaves no "
-        "pictures for train."
-    )
-  bounds = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction)}
-  bounds = {split: b for split, b in bounds.items() if b[1] > b[0]}
-  bounds["train"] = (test_fraction + val_fraction, 1.0)
-  if len(pictures) < len(bounds):
-    raise CrowdDataError(
-        f"{len(pictures)} annotated pictures cannot fill the {len(bounds)} splits "
-        f"{sorted(bounds)}; add pictures, or set --val_fraction / --test_fraction to 0."
-    )
-  splits = {split: [] for split in bounds}
-  for picture in pictures:
-    position = hash_position(picture)
-    splits[next(s for s, (lo, hi) in bounds.items() if lo <= position < hi)].append(picture)
-
-  def distance(picture: str, lo: float, hi: float) -> float:
-    position = hash_position(picture)
-    return max(lo - position, position - hi, 0.0)
-
-  for split, (lo, hi) in bounds.items():
-    if not splits[split]:
-      donor = max(splits, key=lambda s: len(splits[s]))
-      moved = min(splits[donor], key=lambda picture: (distance(picture, lo, hi), picture))
-      splits[donor].remove(moved)
-      splits[split].append(moved)
-  return {split: sorted(splits[split]) for split in SPLITS if split in splits}
-
-
-def file_splits(path: str, found: FolderAnnotations) -> dict:
-  """{split: pictures} from a JSON split file `{"train": [...], "val": [...], "test":
-  [...]}` (paths relative to the folder). Every annotated picture must be listed once, and
-  every listed picture must be an annotated picture of the folder."""
-  try:
-    record = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-  except (OSError, ValueError) as error:
-    raise CrowdDataError(f"{path}: cannot read the split file ({error}).") from None
-  if not isinstance(record, dict) or not record or set(record) - set(SPLITS):
-    raise CrowdDataError(
-        f"{path}: a split file is a JSON object with some of the keys {list(SPLITS)}, got "
-        f"{sorted(record) if isinstance(record, dict) else type(record).__name__}."
-    )
-  annotated = {annotation.picture for annotation in found.annotations}
-  splits, seen = {}, {}
-  for split in SPLITS:
-    listed = record.get(split)
-    if split not in record:
-      continue
-    if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
-      raise CrowdDataError(f"{path}: {split!r} must be a non-empty list of picture paths.")
-    for picture in (posixpath.normpath(p.replace("\\", "/")) for p in listed):
-      if picture not in annotated:
-        why = "has no annotation" if picture in found.files.pictures else "is not in the folder"
-        raise CrowdDataError(f"{path}: {split} lists {picture!r}, which {why}.")
-      if picture in seen:
-        raise CrowdDataError(f"{path}: {picture!r} is listed in {seen[picture]} and {split}.")
-      seen[picture] = split
-    splits[split] = sorted(p for p, s in seen.items() if s == split)
-  unlisted = sorted(annotated - set(seen))
-  if unlisted:
-    raise CrowdDataError(
-        f"{path}: {len(unlisted)} annotated pictures are in no split: {unlisted[:5]}; list "
-        "them, or leave out --splits to split by hash."
-    )
-  return splits
-
-
-# Building -----------------------------------------------------------------------------
-
-
-def _tally(counter: collections.Counter) -> str:
-  """'polygon 3, line 1': a counter for messages, most common first."""
-  return ", ".join(f"{key} {count}" for key, count in counter.most_common())
-
-
-def _some(names: list[str], limit: int = 3) -> str:
-  """The first few names, for the printed summary (logs and metadata list them all)."""
-  return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-class FolderReport(SplitReport):
-  """A split's tallies: the other builders' (points kept, dropped outside their picture
-  or non-finite, moved onto the border, count fields that disagree) plus the folder
-  importer's (label selection, duplicates, shapes that are not points, pictures stored
-  upright)."""
-
-  def __init__(self, dataset: str, split: str):
-    super().__init__(dataset, split)
-    self.duplicates = self.upright = 0
-    self.unselected = collections.Counter()  # points dropped, by label
-    self.ignored = collections.Counter()  # shapes that are not points, by kind
-
-  def line(self) -> str:
-    unselected = sum(self.unselected.values())
-    by_label = f": {_tally(self.unselected)}" if unselected else ""
-    kept = (
-        f"{self.dataset}/{self.split}: {self.images} pictures, {self.points} points kept "
-        f"({self.clipped} moved onto the border)"
-    )
-    dropped = (
-        f"{self.dropped + self.duplicates + unselected} points dropped "
-        f"({self.dropped - self.nonfinite} outside their picture, {self.nonfinite} with NaN "
-        f"or infinite coordinates, {self.duplicates} duplicates, {unselected} with labels "
-        f"not selected{by_label})"
-    )
-    parts = [kept, dropped]
-    parts.append(f"{self.count_mismatches} pictures whose count field disagrees with their points")
-    if self.ignored:
-      ignored = sum(self.ignored.values())
-      parts.append(f"ignored {ignored} shapes that are not points ({_tally(self.ignored)})")
-    if self.upright:
-      parts.append(f"{self.upright} pictures stored upright (EXIF orientation)")
-    return "; ".join(parts) + "."
-
-  def log_summary(self):
-    logging.info("%s", self.line())
-
-
-@dataclasses.dataclass
-class FolderPlan:
-  """What a folder build writes, decided before any file of the dataset is written, so
-  that a bad folder fails before an existing dataset is touched."""
-
-  name: str
-  found: FolderAnnotations
-  splits: dict[str, list[PictureAnnotation]]
-  labels: frozenset[str] | None
-  metadata: dict
-  reports: dict[str, FolderReport] = dataclasses.field(default_factory=dict)
-
-
-class FolderBuilder(CrowdBuilder, skip_registration=True):
-  """Pictures and point annotations imported from a folder by `python -m
-  tfds_crowd.build folder`. Features: those of every crowd builder, plus per point
-  `labels` (b'' where the format has none), `annotated_count` (the annotation's own count
-  field, -1 where it has none), and `duplicate_points` and `unselected_points`, the
-  points dropped as exact duplicates and for labels not selected with --labels."""
-
-  VERSION = VERSION
-  RELEASE_NOTES = {"1.0.0": "Imported from a folder."}
-
-  def __init__(self, *, plan: FolderPlan, **kwargs):
-    self.plan = plan
-    super().__init__(**kwargs)
-
-  def _extra_features(self):
-    return {
-        "labels": tfds.features.Tensor(shape=(None,), dtype=np.object_),
-        "annotated_count": tfds.features.Scalar(dtype=np.int32),
-        "duplicate_points": tfds.features.Scalar(dtype=np.int32),
-        "unselected_points": tfds.features.Scalar(dtype=np.int32),
-    }
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    record = self.plan.metadata[METADATA_KEY]
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(
-            f"{self.__doc__}\n\nSource: {record['source']} ({record['format']}); splits "
-            f"{'from ' + record['splits_file'] if record['splits_file'] else 'by path hash'}."
-        ),
-        features=tfds.features.FeaturesDict({**common_features(), **self._extra_features()}),
-        metadata=tfds.core.MetadataDict(self.plan.metadata),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # the plan has read the folder
-    return {split: self._generate_examples(split) for split in self.plan.splits}
-
-  def _generate_examples(self, split):
-    report = self.plan.reports[split] = FolderReport(self.name, split)
-    for annotation in self.plan.splits[split]:
-      yield self._picture_example(report, annotation)
-    report.log_summary()
-
-  def _picture_example(self, report: FolderReport, annotation: PictureAnnotation):
-    """One picture's (key, example): its points selected by label, without duplicates,
-    in the frame of the stored picture (turned upright where EXIF says so)."""
-    for note in annotation.notes:
-      logging.warning("%s", note)
-    data, where = self._picture_bytes(annotation)
-    picture = orientation.geometry(data, where)
-    frame = orientation.annotation_frame(
-        annotation.frame, annotation.declared_size, picture, annotation.annotation
-    )
-    points, labels = self._selected(report, annotation)
-    points, labels, duplicates = _without_duplicates(points, labels, annotation.annotation)
-    report.duplicates += duplicates
-    report.ignored.update(annotation.ignored)
-    if picture.turned:
-      data = orientation.upright_png(data, where)
-      if frame == STORED:
-        points = orientation.stored_to_display(points, picture)
-      report.upright += 1
-      logging.warning(
-          "%s: EXIF orientation %d; stored upright as PNG, its points (annotated on the %s "
-          "picture) with it.",
-          where,
-          picture.orientation,
-          "stored" if frame == STORED else "displayed",
-      )
-    key, example = self._example(
-        report,
-        data,
-        where,
-        annotation.picture,
-        points,
-        annotation=annotation.annotation,
-        per_head={"labels": np.array([label or "" for label in labels], dtype=object)},
-    )
-    count = annotation.annotated_count
-    if count is not None and count != len(annotation.points):
-      report.count_mismatches += 1
-      logging.warning(
-          "%s: the annotation's count field says %d but it lists %d objects.",
-          annotation.annotation,
-          count,
-          len(annotation.points),
-      )
-    example["annotated_count"] = -1 if count is None else count
-    example["duplicate_points"] = duplicates
-    example["unselected_points"] = len(annotation.points) - len(labels) - duplicates
-    return key, example
-
-  def _picture_bytes(self, annotation: PictureAnnotation) -> tuple[bytes, str]:
-    """The picture's encoded bytes (its file's, or the annotation's embedded copy) and
-    how messages name it."""
-    if annotation.embedded is not None:
-      return annotation.embedded, f"{annotation.annotation} (its imageData)"
-    files = self.plan.found.files
-    return files.read(annotation.picture), files.describe(annotation.picture)
-
-  def _selected(self, report: FolderReport, annotation: PictureAnnotation):
-    """The annotation's points and labels whose label --labels selects (all without it)."""
-    labels = annotation.labels or [None] * len(annotation.points)
-    if self.plan.labels is None:
-      return annotation.points, labels
-    keep = np.array([label in self.plan.labels for label in labels], bool).reshape(-1)
-    dropped = collections.Counter(label or "(no label)" for label, k in zip(labels, keep) if not k)
-    if dropped:
-      report.unselected.update(dropped)
-      logging.warning(
-          "%s: dropped %d points whose labels --labels does not select (%s).",
-          annotation.annotation,
-          sum(dropped.values()),
-          _tally(dropped),
-      )
-    return annotation.points[keep], [label for label, k in zip(labels, keep) if k]
-
-
-def _without_duplicates(points: np.ndarray, labels: list, where: str):
-  """Points (and their labels) with exact repeats of an earlier point's coordinates
-  removed, and how many were removed (logged with `where`)."""
-  seen, keep = set(), np.ones(len(points), bool)
-  for index, (x, y) in enumerate(points):
-    if np.isfinite(x) and np.isfinite(y):
-      keep[index] = (x, y) not in seen
-      seen.add((x, y))
-  duplicates = int((~keep).sum())
-  if duplicates:
-    logging.warning("%s: dropped %d points that repeat another point's.", where, duplicates)
-  return points[keep], [label for label, k in zip(labels, keep) if k], duplicates
-
-
-# The build ----------------------------------------------------------------------------
+# The plan -----------------------------------------------------------------------------
 
 
 def _wanted_labels(found: FolderAnnotations, labels: list[str] | None) -> frozenset | None:
@@ -377,10 +100,10 @@ def _wanted_labels(found: FolderAnnotations, labels: list[str] | None) -> frozen
   if len(absent) == len(wanted):
     raise CrowdDataError(
         f"--labels: no point has the label {' or '.join(absent)}; the annotations' labels "
-        f"are: {_tally(counts)}."
+        f"are: {tally(counts)}."
     )
   if absent:
-    logging.warning("--labels: no point has the label %s (labels: %s).", absent, _tally(counts))
+    logging.warning("--labels: no point has the label %s (labels: %s).", absent, tally(counts))
   return wanted
 
 
@@ -442,6 +165,11 @@ def plan_folder(
   )
 
 
+def _some(names: list[str], limit: int = 3) -> str:
+  """The first few names, for the printed summary (logs and metadata list them all)."""
+  return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def summary_lines(plan: FolderPlan) -> list[str]:
   """What the build printed: a line per split, and one for what was dropped or ignored
   before the split (pictures without annotations, annotations without pictures, files
@@ -460,6 +188,9 @@ def summary_lines(plan: FolderPlan) -> list[str]:
   ]
   parts += [f"{count} {what}" for what, count in sorted(found.tallies.items()) if count]
   return lines + ["; ".join(parts) + "."]
+
+
+# The build ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass

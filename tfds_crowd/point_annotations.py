@@ -1,12 +1,13 @@
 """What the folder importer's readers share: the record of one picture's points, and the
 view of the user's folder every reader looks pictures up in.
 
-Each reader (`tfds_crowd/tool_exports.py`, `tfds_crowd/point_files.py`) turns the files of
-one annotation format into `PictureAnnotation`s and a `ReadResult`; the builder
-(`tfds_crowd/folder.py`) validates and stores them with the rules of the other builders.
-Readers never drop or change a point themselves: what they do not read as a point (other
-shape types, crowd regions, unlabelled keypoints) is counted in `ignored`, and annotations
-whose picture is absent go to `ReadResult.missing`, so the build can log and count them.
+Each reader (`tfds_crowd/tool_exports.py`, `tfds_crowd/coco_json.py`,
+`tfds_crowd/point_files.py`) turns the files of one annotation format into
+`PictureAnnotation`s and a `ReadResult`; the builder (`tfds_crowd/folder_builder.py`)
+validates and stores them with the rules of the other builders. Readers never drop or
+change a point themselves: what they do not read as a point (other shape types, crowd
+regions, unlabelled keypoints) is counted in `ignored`, and annotations whose picture is
+absent go to `ReadResult.missing`, so the build can log and count them.
 """
 
 from __future__ import annotations
