@@ -82,7 +82,12 @@ _HOST = flags.DEFINE_string(
     "host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every network interface)."
 )
 _PORT = flags.DEFINE_integer("port", 8000, "serve: port (0: any free one; the log says which).")
-_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", 50.0, "serve: largest picture file taken.")
+_MAX_UPLOAD_MB = flags.DEFINE_float(
+    "max_upload_mb",
+    None,
+    "serve: largest picture file taken, in MB "
+    "(default: cfrnet_jax/inference/serve.py's DEFAULT_MAX_UPLOAD_MB).",
+)
 
 
 def _predict(config):
@@ -129,11 +134,12 @@ def _predict(config):
 def _serve(config):
   """Serves the counting page with the workdir's checkpoint (`inference/serve.py`)."""
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.serve import serve
+  from cfrnet_jax.inference.serve import DEFAULT_MAX_UPLOAD_MB, serve
 
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
+  max_upload_mb = DEFAULT_MAX_UPLOAD_MB if _MAX_UPLOAD_MB.value is None else _MAX_UPLOAD_MB.value
   try:
-    serve(counter, _HOST.value, _PORT.value, _MAX_UPLOAD_MB.value)
+    serve(counter, _HOST.value, _PORT.value, max_upload_mb)
   except OSError as error:
     logging.error("%s", error)
     sys.exit(1)

@@ -16,7 +16,7 @@ synthetic test images, tiled at 512 px with 256 px overlap).
 
 Video (`--video_only`, or with the rest unless `--no_video`): a 1280x720 H.264 video of
 the five sample photos, each held for 8 frames at 25 fps (40 frames), counted whole by
-`CrowdCounter.count_video` with `predict.batch_size` 1 (one frame per forward pass) and
+`video_counting.count_video` with `predict.batch_size` 1 (one frame per forward pass) and
 the batch sizes of `--video_batch_sizes`; each is run once to compile, then timed over
 all 40 frames. Reports frames/s (decoding, forward pass, points) and the speed-up.
 """
@@ -41,7 +41,9 @@ from PIL import Image  # noqa: E402
 
 from cfrnet_jax.inference import video_io  # noqa: E402
 from cfrnet_jax.inference.counter import CrowdCounter  # noqa: E402
-from cfrnet_jax.inference.predict_mode import draw_prediction, predict_files  # noqa: E402
+from cfrnet_jax.inference.overlay import draw_prediction  # noqa: E402
+from cfrnet_jax.inference.predict_mode import predict_files  # noqa: E402
+from cfrnet_jax.inference.video_counting import count_video  # noqa: E402
 from tfds_crowd.synthetic_crowd import render_crowd_image  # noqa: E402
 
 SHT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sht_sample" / "images"
@@ -124,9 +126,9 @@ def video_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
       config = counter.config.copy_and_resolve_references()
       config.predict.batch_size = batch_size
       batched = CrowdCounter(config, counter._variables)
-      batched.count_video(path)  # compiles
+      count_video(batched, path)  # compiles
       start = time.perf_counter()
-      counts = batched.count_video(path)
+      counts = count_video(batched, path)
       seconds = time.perf_counter() - start
       result[f"batch_{batch_size}"] = {
           "frames_per_second": round(len(counts) / seconds, 3),

@@ -17,7 +17,7 @@ import shutil
 import threading
 
 from cfrnet_jax.inference.counter import CrowdCounter
-from cfrnet_jax.inference.serve import CountingService, make_server
+from cfrnet_jax.inference.serve import DEFAULT_MAX_UPLOAD_MB, CountingService, make_server
 
 # Headless Chromium on a machine without outside network: no sandbox (root in a
 # container), no GPU, and none of the background connections that would be refused.
@@ -41,7 +41,8 @@ def main():
   args = parser.parse_args()
   from playwright.sync_api import sync_playwright
 
-  server = make_server(CountingService(CrowdCounter.from_checkpoint(args.workdir)), port=0)
+  counter = CrowdCounter.from_checkpoint(args.workdir)
+  server = make_server(CountingService(counter, DEFAULT_MAX_UPLOAD_MB), port=0)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
     with sync_playwright() as playwright:

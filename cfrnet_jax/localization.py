@@ -6,13 +6,14 @@ out of any density map, and measures that reading against annotations.
 
 Two ways to place points (`config.predict.point_method`):
 
-* "peaks" (default): local maxima of the map. A cell is a head when its density is at
-  least `threshold` people and it is the largest cell within `min_distance` pixels
-  (Chebyshev distance in cells, rounded to whole cells, at least one). Candidates are
-  accepted from the densest down, each suppressing its neighbourhood, so a maximum that
-  spans two equal cells (a head on a cell border) gives one point, not two. The number
-  of points can differ from the count: touching heads in a dense crowd merge into one
-  maximum, and low background density (below `threshold`) gives none.
+* "peaks" (the config's default): local maxima of the map. A cell is a head when its
+  density is at least `threshold` people and it is the largest cell within
+  `min_distance` pixels (Chebyshev distance in cells, rounded to whole cells, at least
+  one). Candidates are accepted from the densest down, each suppressing its
+  neighbourhood, so a maximum that spans two equal cells (a head on a cell border) gives
+  one point, not two. The number of points can differ from the count: touching heads in
+  a dense crowd merge into one maximum, and low background density (below `threshold`)
+  gives none.
 * "count": exactly round(count) points, so the points agree with the count shown. Greedy
   pursuit: repeatedly put a point on the cell with the most density not yet explained
   and subtract one person's worth of density there - the unit-mass Gaussian of the
@@ -74,15 +75,16 @@ def locate_heads(
     density: np.ndarray,
     stride: int,
     *,
-    method: str = "peaks",
-    threshold: float = 0.05,
-    min_distance: float = 8.0,
-    sigma: float = 4.0,
+    method: str,
+    threshold: float,
+    min_distance: float,
+    sigma: float,
 ) -> np.ndarray:
   """(N, 2) float64 (x, y) pixel positions of heads in the image `density` was computed
   on: (h, w) people per `stride` x `stride` cell. `method`, `threshold` (people per
   cell) and `min_distance` (pixels) as the module docstring says; `sigma` (pixels) is the
-  training targets' Gaussian, used by "count"."""
+  training targets' Gaussian, used by "count". The values come from the config:
+  `**point_options(config)`, whose defaults are in configs/base.py."""
   check_point_method(method)
   density = np.asarray(density, np.float64)
   if density.ndim != 2:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cfrnet_jax.data.device_ops import valid_mask
 from cfrnet_jax.data.geometry import mean_colour, round_up
 from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.user_images import load_image
 from tests.conftest import (
     modules_imported_by,
@@ -18,6 +20,22 @@ from tests.conftest import (
     tiny_train_config,
     without_compilation_cache,
 )
+
+
+def local_count_fn(channel: int = 0):
+  """A stand-in for `evaluation.make_count_fn`'s function whose density depends on each
+  cell's own pixels only (the mean of `channel` / 255), and whose count, as the real
+  one's, sums the cells that hold picture pixels."""
+
+  def count(variables, image, valid_size):
+    del variables
+    pixels = image[..., channel].astype(jnp.float32)
+    batch, height, width = pixels.shape
+    cells = pixels.reshape(batch, height // 4, 4, width // 4, 4).mean((2, 4)) / 255.0
+    inside = valid_mask(valid_size, cells.shape[1:], 4)
+    return jnp.sum(jnp.where(inside, cells, 0.0), axis=(1, 2)), cells
+
+  return count
 
 
 @pytest.fixture(scope="module")
@@ -99,28 +117,21 @@ def test_unusable_inputs_raise_errors_naming_them(counter, tmp_path):
   with pytest.raises(ValueError, match="int64"):
     counter.predict(np.zeros((8, 8, 3), np.int64))
   with pytest.raises(TypeError):
-    load_image(42, np.zeros(3, np.uint8))
+    load_image(42, np.zeros(3, np.uint8), counter.config.predict.max_megapixels)
 
 
 def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
   """With a stand-in model whose density depends on each cell's own pixels only, tiles
   must reproduce the whole image's map cell for cell: checks every stitching index."""
-
-  def local_density(variables, image, valid_size):
-    del variables, valid_size
-    pixels = image[0, ..., 0].astype(jnp.float32)
-    cells = pixels.reshape(pixels.shape[0] // 4, 4, pixels.shape[1] // 4, 4).mean((1, 3))
-    return None, cells[None] / 255.0
-
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (1067, 1601, 3), dtype=np.uint8)
   whole = CrowdCounter(counter.config, None)
-  monkeypatch.setattr(whole, "_count_fn", jax.jit(local_density))
+  monkeypatch.setattr(whole, "_count_fn", jax.jit(local_count_fn()))
   expected = whole.predict(image)
   config = tiny_train_config(None)
   config.predict.update(tile_size=384, tile_overlap=128)
   tiled = CrowdCounter(config, None)
-  monkeypatch.setattr(tiled, "_count_fn", jax.jit(local_density))
+  monkeypatch.setattr(tiled, "_count_fn", jax.jit(local_count_fn()))
   got = tiled.predict(image)
   assert expected.tiles == 1
   assert (
@@ -129,7 +140,46 @@ def test_stitching_is_exact_for_a_local_model(counter, monkeypatch):
       > 12
   )
   np.testing.assert_array_equal(got.density, expected.density)
+  assert got.count == pytest.approx(expected.count, rel=1e-6)
   assert tiled.compilations == 1
+
+
+def test_the_count_is_the_one_computed_on_the_device(counter, monkeypatch, photo):
+  """A picture that runs whole takes the count of the forward pass (marked here by a
+  stand-in that adds 0.5 to it), not a sum recomputed on the host; with the real model
+  that count is the sum of the returned map."""
+  real = counter.predict(photo)
+  assert real.count == pytest.approx(float(real.density.sum(dtype=np.float64)), rel=1e-6)
+  marked = CrowdCounter(counter.config, None)
+  local = local_count_fn()
+  monkeypatch.setattr(
+      marked, "_count_fn", jax.jit(lambda *args: (local(*args)[0] + 0.5, local(*args)[1]))
+  )
+  got = marked.predict(photo)
+  assert got.count == pytest.approx(float(got.density.sum(dtype=np.float64)) + 0.5, rel=1e-6)
+
+
+def test_a_batch_of_same_size_pictures_counts_as_each_alone(counter, photo):
+  """`predict_batch` (video frames): three pictures in one forward pass filled up to
+  `predict.batch_size` 4, the counts, maps and points of predicting each alone (float32
+  reassociation: 1e-5); more pictures than a batch or mixed sizes are refused."""
+  config = tiny_train_config(None)
+  config.predict.batch_size = 4
+  batched = CrowdCounter(config, counter._variables)
+  pictures = [photo, photo[::-1].copy(), photo[:, ::-1].copy()]
+  regions = {"left": [[0, 0], [128, 0], [128, 192], [0, 192]]}
+  got = batched.predict_batch(pictures, regions)
+  assert batched.compilations == 1 and batched._shapes == {(4, 256, 256)}
+  for prediction, picture in zip(got, pictures, strict=True):
+    alone = counter.predict(picture, regions)
+    assert prediction.count == pytest.approx(alone.count, rel=1e-5)
+    assert prediction.regions["left"] == pytest.approx(alone.regions["left"], rel=1e-5)
+    np.testing.assert_allclose(prediction.density, alone.density, rtol=1e-4, atol=1e-6)
+    assert prediction.picture_size == (192, 256) and prediction.tiles == 1
+  with pytest.raises(ValueError, match="1 to predict.batch_size = 4 pictures, got 5"):
+    batched.predict_batch([photo] * 5)
+  with pytest.raises(ValueError, match="of one size"):
+    batched.predict_batch([photo, photo[:100]])
 
 
 def test_tiled_and_whole_counts_of_a_large_photo_agree(counter):
@@ -171,7 +221,8 @@ def test_mixed_sizes_compile_once_per_padded_shape(counter):
 
 def test_the_inference_side_does_not_import_the_trainer():
   loaded = modules_imported_by(
-      "import cfrnet_jax.inference.counter, cfrnet_jax.inference.predict_mode"
+      "import cfrnet_jax.inference.counter, cfrnet_jax.inference.predict_mode, "
+      "cfrnet_jax.inference.video_counting"
   )
   assert "cfrnet_jax.inference.counter" in loaded
   assert not {m for m in loaded if m.startswith("cfrnet_jax.training")}
@@ -194,16 +245,24 @@ def test_points_and_regions_are_in_the_pictures_own_pixels(counter):
   right = [[600, 0], [width, 0], [width, height], [400, height]]
   prediction = halved.predict(path, regions={"all": whole, "left": left, "right": right})
   assert prediction.image.shape[:2] == (360, 524)
+  assert prediction.picture_size == (721, 1049)
   assert prediction.scale == pytest.approx((524 / 1049, 360 / 721))
   points = prediction.points
   assert len(points) > 20
   assert points[:, 0].max() > width / 2 and points[:, 1].max() > height / 2
   assert (points >= 0).all() and (points[:, 0] <= width).all() and (points[:, 1] <= height).all()
   np.testing.assert_array_equal(halved.locate(path), points)
-  assert prediction.regions["all"] == pytest.approx(prediction.count, rel=1e-9)
+  # Regions sum the map in float64, the count is the device's float32 sum.
+  assert prediction.regions["all"] == pytest.approx(prediction.count, rel=1e-6)
   assert prediction.regions["left"] + prediction.regions["right"] == pytest.approx(
-      prediction.count, rel=1e-9
+      prediction.regions["all"], rel=1e-9
   )
   assert 0.2 < prediction.regions["left"] / prediction.count < 0.8
+  # The overlay (drawn on the halved image) puts each head's dot where the head is.
+  overlay = np.asarray(draw_prediction(prediction, 2048)).astype(int)
+  assert overlay.shape == (360, 524, 3)
+  lowest = points[np.argmax(points[:, 1])]  # far from the labels along the top
+  x, y = np.round(lowest * np.array(prediction.scale)).astype(int)
+  assert (overlay[y, x] == 255).all()
   with pytest.raises(ValueError, match=r"IMG_5\.jpg: region 'far' reaches outside the picture"):
     halved.predict(path, regions={"far": [[0, 0], [2000, 0], [0, 10]]})

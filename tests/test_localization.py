@@ -10,11 +10,20 @@ from scipy.optimize import linear_sum_assignment
 
 from cfrnet_jax import localization
 from cfrnet_jax.data.targets import density_targets
+from configs import base
 from tests.conftest import shared_data, sht_sample_annotations
+
+# The config's point options (configs/base.py) but the method, which each test chooses.
+OPTIONS = {k: v for k, v in localization.point_options(base.get_config()).items() if k != "method"}
 
 _density_targets = jax.jit(
     density_targets, static_argnames=("image_size", "strides", "sigma", "foreground_radius")
 )
+
+
+def locate(density: np.ndarray, method: str) -> np.ndarray:
+  """Head points of a stride-4 map with the config's options and `method`."""
+  return localization.locate_heads(density, 4, method=method, **OPTIONS)
 
 
 def exact_density(points: np.ndarray, height: int, width: int, stride=4, sigma=4.0) -> np.ndarray:
@@ -37,7 +46,7 @@ def test_points_of_an_exact_density_recover_the_annotations(image, method):
   with Image.open(path) as picture:
     width, height = picture.size
   density = exact_density(truth, height, width)
-  points = localization.locate_heads(density, 4, method=method)
+  points = locate(density, method=method)
   if method == "count":
     assert len(points) == round(float(density.sum())) == len(truth)
   row = localization.localization_row(points, truth)
@@ -55,8 +64,8 @@ def test_count_method_on_real_dense_crowds(image, merged):
   with Image.open(folder / f"{image}.jpg") as picture:
     width, height = picture.size
   density = exact_density(truth, height, width)
-  counted = localization.locate_heads(density, 4, method="count")
-  peaks = localization.locate_heads(density, 4, method="peaks")
+  counted = locate(density, method="count")
+  peaks = locate(density, method="peaks")
   assert len(counted) == len(truth)
   assert (len(peaks) < len(truth)) == merged
   metrics = localization.localization_metrics([localization.localization_row(counted, truth)])
@@ -67,7 +76,7 @@ def test_a_head_on_a_cell_corner_gives_one_point_at_the_head():
   """Its mass splits equally over four cells: one maximum plateau, one point, and the
   sub-cell centroid puts it back near the corner."""
   density = exact_density(np.array([[32.0, 40.0]]), 96, 96)
-  points = localization.locate_heads(density, 4, method="peaks")
+  points = locate(density, method="peaks")
   assert points.shape == (1, 2)
   np.testing.assert_allclose(points[0], [32.0, 40.0], atol=0.1)
 
@@ -77,8 +86,8 @@ def test_count_method_places_the_rounded_count_even_in_a_merged_blob():
   within the blob."""
   truth = np.array([[40.0 + 3 * i, 50.0 + 3 * (i % 3)] for i in range(12)])
   density = exact_density(truth, 128, 128)
-  peaks = localization.locate_heads(density, 4, method="peaks")
-  counted = localization.locate_heads(density, 4, method="count")
+  peaks = locate(density, method="peaks")
+  counted = locate(density, method="count")
   assert len(peaks) < 12 and len(counted) == 12
   assert np.all((counted >= truth.min(0) - 8) & (counted <= truth.max(0) + 8))
   # Refined on what is left unexplained, the points spread over the blob, none stacked.
@@ -91,7 +100,7 @@ def test_count_method_on_thousands_of_heads():
   rng = np.random.default_rng(0)
   truth = rng.uniform([0, 0], [1024, 768], (2000, 2))
   density = exact_density(truth, 768, 1024)
-  points = localization.locate_heads(density, 4, method="count")
+  points = locate(density, method="count")
   assert len(points) == 2000
   metrics = localization.localization_metrics([localization.localization_row(points, truth)])
   assert metrics["f1_8"] > 0.8, metrics
@@ -100,13 +109,13 @@ def test_count_method_on_thousands_of_heads():
 def test_negative_and_weak_density_marks_no_one():
   density = np.full((20, 30), -0.01)
   density[5, 5] = 0.04  # below the default threshold of 0.05 people per cell
-  assert len(localization.locate_heads(density, 4, method="peaks")) == 0
-  assert len(localization.locate_heads(density, 4, method="count")) == 0  # round(-5.95) < 0
+  assert len(locate(density, method="peaks")) == 0
+  assert len(locate(density, method="count")) == 0  # round(-5.95) < 0
 
 
 def test_unknown_method_is_refused():
   with pytest.raises(ValueError, match="point_method must be one of"):
-    localization.locate_heads(np.zeros((4, 4)), 4, method="nms")
+    locate(np.zeros((4, 4)), method="nms")
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -46,3 +46,31 @@ def test_points_and_regions_are_drawn_where_they_are_at_the_overlays_scale():
   assert (picture[70:89, 120] != 128).any(axis=-1).all()  # right edge (x = 240 / 2), drawn
   assert (picture[70:85, 110] == 128).all()  # inside the square, away from its label: the image
   assert (picture[51:56, 21:30] == 0).any()  # the label box at the first vertex (20, 50)
+
+
+def test_points_and_regions_of_a_larger_picture_are_drawn_on_its_resized_image():
+  """Points and regions in the pixels of an 800x400 picture that the image shows at
+  400x200 (the model's view after `data.max_side`) land where they are on the picture:
+  (600, 200) of the picture is (150, 50) of a 200-wide overlay, as (300, 100) of the
+  image is in the test above."""
+  image = np.full((200, 400, 3), 128, np.uint8)
+  density = np.zeros((50, 100), np.float32)
+  square = np.array([[80.0, 200.0], [480.0, 200.0], [480.0, 360.0], [80.0, 360.0]])
+  picture = np.asarray(
+      render_overlay(
+          image,
+          density,
+          1.0,
+          200,
+          np.array([[600.0, 200.0]]),
+          [("gate", square, 1.0)],
+          picture_size=(400, 800),
+      )
+  ).astype(int)
+  same = np.asarray(
+      render_overlay(
+          image, density, 1.0, 200, np.array([[300.0, 100.0]]), [("gate", square / 2, 1.0)]
+      )
+  ).astype(int)
+  np.testing.assert_array_equal(picture, same)
+  assert (picture[50, 150] == 255).all()

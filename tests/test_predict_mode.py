@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.predict_mode import predict_files
 from tests.conftest import shared_data, tiny_train_config
+from tests.test_counter import local_count_fn
 from tests.test_user_images import make_unreadable, picture, png_header
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,13 +155,7 @@ def test_a_picture_larger_than_a_tile_runs_in_tiles_of_bounded_size(tmp_path, mo
   picture's size; benchmarks/large_picture_memory.py measures it), and its map is the
   whole picture's map cell for cell (a stand-in model whose density is local), with the
   count written to counts.csv; the overlay stays at `overlay_max_side`."""
-
-  def local_density(variables, image, valid_size):
-    del variables, valid_size
-    pixels = image[..., 1].astype(jnp.float32)
-    cells = pixels.reshape(image.shape[0], pixels.shape[1] // 4, 4, pixels.shape[2] // 4, 4)
-    return None, cells.mean((2, 4)) / 255.0
-
+  local_density = local_count_fn(channel=1)
   height, width = 700, 2900
   path = picture(tmp_path / "wide.png", (width, height))
   config = tiny_train_config(None)

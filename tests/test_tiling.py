@@ -24,3 +24,11 @@ def test_tiling_settings_that_would_misplace_cells_are_refused():
     tiling.check_tiling(500, 128, 128, 4)
   with pytest.raises(ValueError, match="tile_overlap = 130 must be a multiple of 4"):
     tiling.check_tiling(512, 130, 128, 4)
+
+
+def test_every_tile_of_an_axis_has_one_input_side():
+  """An axis that fits is padded as the model pads it; the tiles of a longer one are all
+  padded to `tile_size`, the last (shorter by up to a cell) included: one compiled shape."""
+  assert tiling.tile_side(100, 512, 128) == 128
+  spans = tiling.tile_spans(1067, 512, 128, 4)
+  assert {tiling.tile_side(span.stop - span.start, 512, 128) for span in spans} == {512}

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cfrnet_jax.data.geometry import fit_max_side
 from cfrnet_jax.inference import user_images
-from cfrnet_jax.inference.user_images import collect_images, load_image
+from cfrnet_jax.inference.user_images import collect_images, load_image, load_picture
 from configs import base
 
 BACKGROUND = np.array([124, 116, 104], np.uint8)
+LIMIT = base.get_config().predict.max_megapixels  # the one default (configs/base.py)
 
 
 def png_header(width: int, height: int, pixels: bytes = b"") -> bytes:
@@ -77,9 +79,30 @@ def test_collect_images_reports_what_it_ignores(tmp_path):
   )
 
 
-def test_the_pixel_limit_default_is_the_configs():
-  assert base.get_config().predict.max_megapixels == user_images.DEFAULT_MAX_MEGAPIXELS
-  assert user_images.DEFAULT_MAX_MEGAPIXELS * 1e6 >= 12_000 * 9_000
+def test_the_pixel_limit_admits_a_108_megapixel_photo():
+  assert LIMIT * 1e6 >= 12_000 * 9_000
+
+
+@pytest.mark.parametrize("source", ["file", "pil", "array"])
+def test_a_picture_resized_for_the_model_is_converted_once_to_what_resizing_its_array_gives(
+    source, tmp_path
+):
+  """`load_picture` with `max_side` resizes before the picture becomes an array; the
+  pixels are those of resizing the loaded array (bilinear, `fit_max_side`), for a
+  transparent picture too, and the picture's own size comes with them. One that fits
+  is not resized."""
+  rng = np.random.default_rng(4)
+  rgba = rng.integers(0, 256, (90, 130, 4), dtype=np.uint8)
+  path = tmp_path / "see_through.png"
+  Image.fromarray(rgba, "RGBA").save(path)
+  given = {"file": path, "pil": Image.open(path), "array": rgba}[source]
+  whole = load_image(given, BACKGROUND, LIMIT)
+  pixels, size = load_picture(given, BACKGROUND, LIMIT, max_side=64)
+  assert size == (90, 130) and pixels.shape == (44, 64, 3)
+  np.testing.assert_array_equal(pixels, np.asarray(fit_max_side(Image.fromarray(whole), 64)))
+  pixels, size = load_picture(given, BACKGROUND, LIMIT, max_side=130)
+  assert size == (90, 130)
+  np.testing.assert_array_equal(pixels, whole)
 
 
 def test_decompression_bomb_is_refused_from_its_header(tmp_path):
@@ -90,7 +113,7 @@ def test_decompression_bomb_is_refused_from_its_header(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # not Pillow's DecompressionBombWarning/Error either
     with pytest.raises(ValueError) as refused:
-      load_image(bomb, BACKGROUND)
+      load_image(bomb, BACKGROUND, LIMIT)
   assert str(refused.value) == (
       f"{bomb}: declares 50000x50000 pixels (2500.0 Mpx), more than the limit of 250 Mpx "
       "(config.predict.max_megapixels); not decoded."
@@ -113,7 +136,7 @@ def test_our_limit_decides_not_pillows(tmp_path, monkeypatch):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     with pytest.raises(ValueError, match=r"big.png: is damaged or truncated: PNG 12000x9000"):
-      load_image(big, BACKGROUND)
+      load_image(big, BACKGROUND, LIMIT)
   # With Pillow's guard far below the picture (it would refuse it: 1536 > 2 x 500 px),
   # every format still loads under our limit, and the guard is left as it was.
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
@@ -121,7 +144,7 @@ def test_our_limit_decides_not_pillows(tmp_path, monkeypatch):
     path = picture(tmp_path / f"p.{fmt}", (48, 32))
     with warnings.catch_warnings():
       warnings.simplefilter("error")
-      got = load_image(path, BACKGROUND)
+      got = load_image(path, BACKGROUND, LIMIT)
     with pytest.raises(Image.DecompressionBombError):  # Pillow's guard, untouched
       Image.open(path)
     assert got.shape == (32, 48, 3)
@@ -132,7 +155,7 @@ def test_zero_byte_file(tmp_path):
   empty = tmp_path / "empty.jpg"
   empty.touch()
   with pytest.raises(ValueError, match=r"^.*empty.jpg: is empty \(0 bytes\)\.$"):
-    load_image(empty, BACKGROUND)
+    load_image(empty, BACKGROUND, LIMIT)
 
 
 def test_text_file_named_like_a_picture(tmp_path):
@@ -142,7 +165,7 @@ def test_text_file_named_like_a_picture(tmp_path):
       ValueError,
       match=r"notes.jpg: is not a picture in a format Pillow reads \(it starts with b'hello, t'\)",
   ):
-    load_image(text, BACKGROUND)
+    load_image(text, BACKGROUND, LIMIT)
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "bmp", "gif", "tif", "webp"])
@@ -152,7 +175,7 @@ def test_truncated_picture_is_refused_not_counted_in_part(tmp_path, fmt):
   cut = tmp_path / f"cut.{fmt}"
   cut.write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match=rf"cut.{fmt}: is damaged or truncated: "):
-    load_image(cut, BACKGROUND)
+    load_image(cut, BACKGROUND, LIMIT)
 
 
 def test_directory_named_like_a_picture(tmp_path):
@@ -161,7 +184,7 @@ def test_directory_named_like_a_picture(tmp_path):
   inside = picture(folder / "inside.png")
   real = picture(tmp_path / "real.jpg")
   with pytest.raises(ValueError, match=r"photo.jpg: is a directory, not a picture"):
-    load_image(folder, BACKGROUND)
+    load_image(folder, BACKGROUND, LIMIT)
   # A glob hands it on to be refused (reported), not silently dropped ...
   assert collect_images([str(tmp_path / "*.jpg")]) == ([folder, real], 0)
   # ... a directory search goes into it like any directory; named, it is searched.
@@ -189,14 +212,14 @@ def test_symbolic_link_loops_and_dangling_links(tmp_path):
   assert sorted(files) == [folder / name for name in names]
   for name in ("a.jpg", "b.jpg", "self.jpg"):
     with pytest.raises(ValueError, match=rf"{name}: is a symbolic link loop"):
-      load_image(folder / name, BACKGROUND)
+      load_image(folder / name, BACKGROUND, LIMIT)
     assert finishes(lambda n=name: collect_images([str(folder / n)]))[0] == [folder / name]
   with pytest.raises(
       ValueError, match=r"dangling.jpg: is a dangling symbolic link \(to gone.jpg, which"
   ):
-    load_image(folder / "dangling.jpg", BACKGROUND)
+    load_image(folder / "dangling.jpg", BACKGROUND, LIMIT)
   np.testing.assert_array_equal(
-      load_image(folder / "good_link.jpg", BACKGROUND), load_image(real, BACKGROUND)
+      load_image(folder / "good_link.jpg", BACKGROUND, LIMIT), load_image(real, BACKGROUND, LIMIT)
   )
 
 
@@ -205,12 +228,12 @@ def test_fifo_and_device_named_like_a_picture_are_not_opened(tmp_path):
   fifo = tmp_path / "pipe.jpg"
   os.mkfifo(fifo)
   with pytest.raises(ValueError, match=r"pipe.jpg: is a FIFO \(named pipe\), not a regular"):
-    finishes(lambda: load_image(fifo, BACKGROUND))
+    finishes(lambda: load_image(fifo, BACKGROUND, LIMIT))
   assert collect_images([str(tmp_path)]) == ([fifo], 0)
   device = tmp_path / "zero.jpg"
   device.symlink_to("/dev/zero")  # endless bytes
   with pytest.raises(ValueError, match=r"zero.jpg: is a device, not a regular file"):
-    finishes(lambda: load_image(device, BACKGROUND))
+    finishes(lambda: load_image(device, BACKGROUND, LIMIT))
 
 
 def make_unreadable(path, monkeypatch):
@@ -233,7 +256,7 @@ def make_unreadable(path, monkeypatch):
 def test_unreadable_file(tmp_path, monkeypatch):
   locked = make_unreadable(picture(tmp_path / "locked.jpg"), monkeypatch)
   with pytest.raises(ValueError, match=r"locked.jpg: cannot be read \(permission denied\)"):
-    load_image(locked, BACKGROUND)
+    load_image(locked, BACKGROUND, LIMIT)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "P", "RGBA", "LA", "I;16", "CMYK"])
@@ -243,9 +266,9 @@ def test_conversion_in_bands_equals_the_whole_picture(mode, monkeypatch):
   image = rgba.convert(mode) if mode != "I;16" else rgba.convert("L").convert("I;16")
   if mode == "P":
     image.info["transparency"] = 7
-  whole = load_image(image, BACKGROUND)
+  whole = load_image(image, BACKGROUND, LIMIT)
   monkeypatch.setattr(user_images, "_BAND_PIXELS", 100)  # bands of 1 row
-  np.testing.assert_array_equal(load_image(image, BACKGROUND), whole)
+  np.testing.assert_array_equal(load_image(image, BACKGROUND, LIMIT), whole)
   if mode in ("RGB", "L", "CMYK"):
     np.testing.assert_array_equal(whole, np.asarray(image.convert("RGB")))
   if mode == "P":
@@ -256,4 +279,4 @@ def test_a_picture_in_memory_passes_the_byte_checks(tmp_path):
   buffer = io.BytesIO()
   Image.new("RGB", (16, 8), (10, 20, 30)).save(buffer, "PNG")
   with Image.open(buffer) as image:
-    assert load_image(image, BACKGROUND).shape == (8, 16, 3)
+    assert load_image(image, BACKGROUND, LIMIT).shape == (8, 16, 3)

@@ -1,4 +1,4 @@
-"""Counting videos: CrowdCounter.count_video and predict mode's --video, end to end."""
+"""Counting videos: video_counting.count_video and predict mode's --video, end to end."""
 
 import csv
 import json
@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from cfrnet_jax.inference import video_io
-from cfrnet_jax.inference.counter import CrowdCounter, DamagedVideoError
+from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.video_counting import DamagedVideoError, count_video, same_size_batches
 from tests.conftest import shared_data, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_video_counts_equal_counting_the_same_frames_as_pictures(counter, photo_
   float32 reassociation (1e-5)."""
   regions = {"left": [[0, 0], [160, 0], [160, 240], [0, 240]]}
   before = counter.compilations
-  counts = counter.count_video(photo_video, every_frames=3, regions=regions)
+  counts = count_video(counter, photo_video, every_frames=3, regions=regions)
   assert [c.frame for c in counts] == [0, 3, 6, 9, 12]
   assert [c.time for c in counts] == pytest.approx([i / FPS for i in range(0, 15, 3)])
   assert counter.compilations - before == 1  # one shape, one batch size
@@ -69,23 +70,43 @@ def test_a_stream_that_changes_size_starts_a_new_batch(counter, monkeypatch):
       for i, shape in enumerate(shapes)
   ]
   monkeypatch.setattr(video_io, "sample_frames", lambda *args: iter(frames))
-  counts = counter.count_video("stream.mp4")
+  counts = count_video(counter, "stream.mp4")
   alone = CrowdCounter(counter.config, counter._variables)
   assert [c.frame for c in counts] == list(range(7))
   for count, frame in zip(counts, frames, strict=True):
     assert count.count == pytest.approx(alone.count(frame.pixels), rel=1e-5)
   with pytest.raises(ValueError, match="stream.mp4: region 'wide' reaches outside"):
-    counter.count_video("stream.mp4", regions={"wide": [[0, 0], [100, 0], [100, 90]]})
+    count_video(counter, "stream.mp4", regions={"wide": [[0, 0], [100, 0], [100, 90]]})
 
 
 def test_a_damaged_video_keeps_the_counts_before_the_damage(counter, photo_video, tmp_path):
   damaged = tmp_path / "damaged.mp4"
   damaged.write_bytes(photo_video.read_bytes()[: photo_video.stat().st_size * 2 // 3])
   with pytest.raises(DamagedVideoError, match="truncated or damaged") as error:
-    counter.count_video(damaged)
-  whole = counter.count_video(photo_video)
+    count_video(counter, damaged)
+  whole = count_video(counter, photo_video)
   assert 0 < len(error.value.counts) < len(whole)
   assert error.value.counts == whole[: len(error.value.counts)]
+
+
+def test_batches_are_consecutive_frames_of_one_size_and_damage_comes_after_them():
+  """Batches of at most 3, cut where the size changes; a stream that breaks off gives
+  the frames before the break, then its error."""
+  shapes = [(4, 4, 3)] * 4 + [(2, 2, 3)] + [(4, 4, 3)] * 2
+
+  def stream(damaged: bool):
+    for i, shape in enumerate(shapes):
+      yield video_io.VideoFrame(i, i / FPS, np.zeros(shape, np.uint8))
+    if damaged:
+      raise ValueError("cut")
+
+  batches = [[f.index for f in batch] for batch in same_size_batches(stream(False), 3)]
+  assert batches == [[0, 1, 2], [3], [4], [5, 6]]
+  got = []
+  with pytest.raises(ValueError, match="cut"):
+    for batch in same_size_batches(stream(True), 3):
+      got.append([f.index for f in batch])
+  assert got == batches
 
 
 def test_bad_sampling_flags_stop_before_any_work(tmp_path):

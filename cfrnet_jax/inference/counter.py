@@ -6,43 +6,51 @@
     counter.locate("photo.jpg")         # (N, 2) head positions (x, y) in picture pixels
     counter.predict(numpy_array, regions={"gate": [[x, y], ...]})
                                         # Prediction: count, density, points, regions, ...
-    counter.count_video("clip.mp4", every_seconds=1.0)  # [VideoCount] per sampled frame
+    counter.predict_batch(frames)       # same-size pictures in one forward pass
 
-Each picture is loaded as `user_images.load_image` describes (EXIF rotation, grayscale,
-transparency, 16-bit), resized only by the config's `data.max_side` (as in evaluation, so
-that the scale matches training), padded as the model pads (`data.geometry`), or cut
-into overlapping tiles when a side is longer than `predict.tile_size` (`tiling`). The
-count is the sum of the returned density map, exactly.
+Videos are counted by `video_counting`, which batches their frames through
+`predict_batch`.
+
+Each picture is loaded as `user_images.load_picture` describes (EXIF rotation, grayscale,
+transparency, 16-bit) and resized only by the config's `data.max_side` (as in evaluation,
+so that the scale matches training), becoming the array the model sees in one
+conversion; it is padded as the model pads (`data.geometry`), or cut into overlapping
+tiles when a side is longer than `predict.tile_size` (`tiling`). The count is the sum of
+the returned density map: for a picture that runs whole, the sum over its cells that the
+forward pass computes on the device (`evaluation.make_count_fn`, float32); for a tiled
+one, the sum of the stitched map (float64), since each tile's own sum also holds cells
+that another tile keeps.
 
 Head points come from the density map (`localization.locate_heads`, as
 `config.predict.point_*` says) and region counts integrate it over polygons
-(`inference.regions`); both are given in the picture's own pixels, before `max_side`.
+(`inference.regions`); both are in the picture's own pixels, before `max_side`. Points
+are scaled to those pixels here, once; the overlay (`overlay.draw_prediction`) draws
+them from there.
 
-The forward pass is `evaluation.make_count_fn`, jitted once per padded shape and batch
-size; `CrowdCounter.compilations` says how many (= XLA compilations) it has run. Video
-frames (`count_video`, `video_predictions`) share one size, so they run
-`config.predict.batch_size` at a time through one compiled function (the last batch is
-filled up with copies of its last frame); frames that need tiles run one at a time. A
-counter restores only the parameters and BatchNorm statistics of a checkpoint
-(`checkpointing.restore_variables`), never the optimizer state.
+The forward pass is jitted once per padded shape and batch size;
+`CrowdCounter.compilations` says how many (= XLA compilations) it has run.
+`predict_batch` fills a batch up to `config.predict.batch_size` with copies of its last
+picture, so that every batch of one size runs one compiled function; pictures that need
+tiles run one tile at a time. A counter restores only the parameters and BatchNorm
+statistics of a checkpoint (`checkpointing.restore_variables`), never the optimizer
+state.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from PIL import Image
 
 from cfrnet_jax import checkpointing, localization
-from cfrnet_jax.data.geometry import ceil_div, fit_max_side, mean_colour, pad_image
+from cfrnet_jax.data.geometry import ceil_div, mean_colour, pad_image
 from cfrnet_jax.evaluation import make_count_fn
-from cfrnet_jax.inference import tiling, video_io
+from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.regions import (
     Region,
     check_regions,
@@ -50,7 +58,7 @@ from cfrnet_jax.inference.regions import (
     parse_regions,
     region_counts,
 )
-from cfrnet_jax.inference.user_images import ImageSource, describe, load_image
+from cfrnet_jax.inference.user_images import ImageSource, describe, load_picture, model_view
 from cfrnet_jax.models.cfrnet import DENSITY_STRIDE, pad_multiple
 from cfrnet_jax.state import ModelVariables, init_variables, model_graphdef
 
@@ -61,30 +69,20 @@ RegionSource = str | Path | Sequence[Region] | Sequence[dict] | dict | None
 
 @dataclasses.dataclass
 class Prediction:
-  count: float  # people in the image: the sum of `density`.
+  count: float  # people in the image: the sum of `density` (see the module docstring).
   density: np.ndarray  # (ceil(h/4), ceil(w/4)) float32 people per cell of `image`.
   image: np.ndarray  # (h, w, 3) uint8, the picture as the model saw it (after max_side).
   tiles: int  # 1 when the image ran whole.
-  scale: tuple[float, float]  # (x, y) pixels of `image` per pixel of the given picture.
+  picture_size: tuple[int, int]  # (height, width) of the given picture.
   points: np.ndarray  # (N, 2) float64 (x, y) heads, in pixels of the given picture.
   regions: dict[str, float]  # people in each region asked for, in the order given.
   region_polygons: tuple[Region, ...] = ()  # those regions (picture pixels).
 
-
-@dataclasses.dataclass(frozen=True)
-class VideoCount:
-  frame: int  # index of the frame in the video
-  time: float  # seconds from the video's start
-  count: float
-  regions: dict[str, float]
-
-
-class DamagedVideoError(ValueError):
-  """A video that broke off after some frames; `counts` are those frames' counts."""
-
-  def __init__(self, message: str, counts: list[VideoCount]):
-    super().__init__(message)
-    self.counts = counts
+  @property
+  def scale(self) -> tuple[float, float]:
+    """(x, y) pixels of `image` per pixel of the given picture."""
+    height, width = self.image.shape[:2]
+    return (width / self.picture_size[1], height / self.picture_size[0])
 
 
 def as_regions(regions: RegionSource) -> tuple[Region, ...]:
@@ -154,67 +152,35 @@ class CrowdCounter:
     """Counts `image`, locates its heads and counts each of `regions` (polygons in the
     picture's pixels; ValueError when one reaches outside the picture)."""
     regions = as_regions(regions)
-    picture = load_image(image, self._background, self.config.predict.max_megapixels)
-    check_regions(regions, picture.shape[1], picture.shape[0], describe(image))
-    pixels = self._model_view(picture)
-    density, tiles = self._density(pixels)
-    return self._prediction(picture.shape[:2], pixels, density, tiles, regions)
-
-  def _model_view(self, picture: np.ndarray) -> np.ndarray:
-    """The picture resized by `data.max_side`, as evaluation sees dataset images (the
-    array itself, not a copy, when it fits)."""
-    max_side = self.config.data.max_side
-    if not max_side or max(picture.shape[:2]) <= max_side:
-      return picture
-    return np.asarray(fit_max_side(Image.fromarray(picture), max_side))
-
-  def _density(self, pixels: np.ndarray) -> tuple[np.ndarray, int]:
-    """(density of the whole (h, w, 3) image, tiles it took); tiles when a side is
-    longer than `predict.tile_size`."""
-    height, width = pixels.shape[:2]
-    row_spans = tiling.tile_spans(height, self._tile_size, self._overlap, DENSITY_STRIDE)
-    col_spans = tiling.tile_spans(width, self._tile_size, self._overlap, DENSITY_STRIDE)
-    shape = self._padded_shape(height, width)
-    density = np.zeros(
-        (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE)), np.float32
+    view, picture_size = load_picture(
+        image, self._background, self.config.predict.max_megapixels, self.config.data.max_side
     )
-    for rows in row_spans:
-      for cols in col_spans:
-        tile = pixels[rows.start : rows.stop, cols.start : cols.stop]
-        tile_density = self._run([pad_image(tile, shape, self._background)], tile.shape[:2])[0]
-        density[
-            tiling.cells_in_image(rows, DENSITY_STRIDE), tiling.cells_in_image(cols, DENSITY_STRIDE)
-        ] = tile_density[
-            tiling.cells_in_tile(rows, DENSITY_STRIDE), tiling.cells_in_tile(cols, DENSITY_STRIDE)
-        ]
-    return density, len(row_spans) * len(col_spans)
+    check_regions(regions, picture_size[1], picture_size[0], describe(image))
+    return self._predict_views([view], picture_size, regions, batch_size=1)[0]
 
-  def _padded_shape(self, height: int, width: int) -> tuple[int, int]:
-    return (
-        tiling.padded_side(height, self._tile_size, self._multiple),
-        tiling.padded_side(width, self._tile_size, self._multiple),
-    )
-
-  def _prediction(
-      self,
-      picture_size: tuple[int, int],
-      pixels: np.ndarray,
-      density: np.ndarray,
-      tiles: int,
-      regions: tuple[Region, ...],
-  ) -> Prediction:
-    height, width = pixels.shape[:2]
-    scale = (width / picture_size[1], height / picture_size[0])
-    points = localization.locate_heads(density, DENSITY_STRIDE, **self._point_options)
-    return Prediction(
-        count=float(np.sum(density, dtype=np.float64)),
-        density=density,
-        image=pixels,
-        tiles=tiles,
-        scale=scale,
-        points=points / np.array(scale),
-        regions=region_counts(density, list(regions), scale, (height, width)),
-        region_polygons=regions,
+  def predict_batch(
+      self, pictures: Sequence[np.ndarray], regions: RegionSource = None
+  ) -> list[Prediction]:
+    """`predict` for 1 to `predict.batch_size` (H, W, 3) uint8 RGB pictures of one size
+    (decoded video frames), in one forward pass when they fit in one tile. The caller
+    checks that `regions` fit the pictures (`regions.check_regions`), naming their
+    source."""
+    if not 1 <= len(pictures) <= self.config.predict.batch_size:
+      raise ValueError(
+          f"predict_batch takes 1 to predict.batch_size = {self.config.predict.batch_size} "
+          f"pictures, got {len(pictures)}."
+      )
+    shape = pictures[0].shape
+    if len(shape) != 3 or shape[2] != 3 or any(p.shape != shape for p in pictures):
+      raise ValueError(
+          "predict_batch takes (H, W, 3) RGB pictures of one size, got shapes "
+          f"{sorted({p.shape for p in pictures})}."
+      )
+    if any(p.dtype != np.uint8 for p in pictures):
+      raise ValueError("predict_batch takes uint8 pictures.")
+    views = [model_view(p, self._background, self.config.data.max_side) for p in pictures]
+    return self._predict_views(
+        views, shape[:2], as_regions(regions), batch_size=self.config.predict.batch_size
     )
 
   def count(self, image: ImageSource) -> float:
@@ -227,83 +193,79 @@ class CrowdCounter:
     """(N, 2) head positions (x, y) in the picture's pixels (`localization`)."""
     return self.predict(image).points
 
-  def video_predictions(
+  def _predict_views(
       self,
-      path: str | Path,
-      every_frames: int | None = None,
-      every_seconds: float | None = None,
-      regions: RegionSource = None,
-  ) -> Iterator[tuple[video_io.VideoFrame, Prediction]]:
-    """(frame, prediction) for each sampled frame of the video at `path`
-    (`video_io.sample_frames`), in order. Consecutive frames of one size run
-    `predict.batch_size` at a time (a stream that changes size starts a new batch).
-    Raises ValueError naming the file when it cannot be read, and, after the frames
-    decoded before, when it is truncated or damaged."""
-    regions = as_regions(regions)
-    frames = video_io.sample_frames(path, every_frames, every_seconds)
-    batch = []
-    while True:
-      try:
-        frame = next(frames, None)
-      except ValueError:  # damaged: first the frames decoded before the damage
-        yield from self._predict_frames(batch, regions)
-        raise
-      if frame is None or (batch and frame.pixels.shape != batch[0].pixels.shape):
-        yield from self._predict_frames(batch, regions)
-        batch = []
-      if frame is None:
-        return
-      if not batch:
-        check_regions(regions, frame.pixels.shape[1], frame.pixels.shape[0], str(path))
-      batch.append(frame)
-      if len(batch) == self.config.predict.batch_size:
-        yield from self._predict_frames(batch, regions)
-        batch = []
-
-  def count_video(
-      self,
-      path: str | Path,
-      every_frames: int | None = None,
-      every_seconds: float | None = None,
-      regions: RegionSource = None,
-  ) -> list[VideoCount]:
-    """The count (and region counts) of each sampled frame of a video; see
-    `video_predictions`. For a truncated or damaged file it raises `DamagedVideoError`,
-    whose `counts` holds the frames counted before the damage."""
-    counts = []
-    try:
-      for frame, prediction in self.video_predictions(path, every_frames, every_seconds, regions):
-        counts.append(VideoCount(frame.index, frame.time, prediction.count, prediction.regions))
-    except ValueError as error:
-      if counts:
-        raise DamagedVideoError(str(error), counts) from error
-      raise
-    return counts
-
-  def _predict_frames(
-      self, frames: list[video_io.VideoFrame], regions: tuple[Region, ...]
-  ) -> Iterator[tuple[video_io.VideoFrame, Prediction]]:
-    """Same-size frames: one batched forward pass when they fit in one tile."""
-    if not frames:
-      return
-    views = [self._model_view(frame.pixels) for frame in frames]
+      views: list[np.ndarray],
+      picture_size: tuple[int, int],
+      regions: tuple[Region, ...],
+      batch_size: int,
+  ) -> list[Prediction]:
+    """Predictions for same-size model views of pictures of `picture_size` (height,
+    width): one forward pass of `batch_size` when they fit in a tile, else tiles."""
     height, width = views[0].shape[:2]
     if max(height, width) > self._tile_size:
-      densities = [self._density(view) for view in views]
+      results = [self._tiled(view) for view in views]
     else:
-      shape = self._padded_shape(height, width)
-      padded = [pad_image(view, shape, self._background) for view in views]
-      padded += padded[-1:] * (self.config.predict.batch_size - len(padded))
-      cells = (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE))
-      maps = self._run(padded, (height, width))
-      densities = [(maps[i, : cells[0], : cells[1]], 1) for i in range(len(frames))]
-    for frame, view, (density, tiles) in zip(frames, views, densities):
-      yield frame, self._prediction(frame.pixels.shape[:2], view, density, tiles, regions)
+      counts, maps = self._run(views, self._input_shape(height, width), batch_size)
+      results = [(counts[i], maps[i], 1) for i in range(len(views))]
+    scale = np.array([width / picture_size[1], height / picture_size[0]])
+    return [
+        Prediction(
+            count=float(count),
+            density=density,
+            image=view,
+            tiles=tiles,
+            picture_size=tuple(picture_size),
+            points=localization.locate_heads(density, DENSITY_STRIDE, **self._point_options)
+            / scale,
+            regions=region_counts(density, list(regions), tuple(scale), (height, width)),
+            region_polygons=regions,
+        )
+        for view, (count, density, tiles) in zip(views, results)
+    ]
 
-  def _run(self, padded: list[np.ndarray], valid: tuple[int, int]) -> np.ndarray:
-    """(b, h, w) density maps of same-shape padded images whose pictures are `valid`."""
-    batch = np.stack(padded)
+  def _tiled(self, view: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """(count, density, tiles) of an (h, w, 3) image with a side longer than
+    `predict.tile_size`, stitched from overlapping tiles (`tiling`)."""
+    height, width = view.shape[:2]
+    row_spans = tiling.tile_spans(height, self._tile_size, self._overlap, DENSITY_STRIDE)
+    col_spans = tiling.tile_spans(width, self._tile_size, self._overlap, DENSITY_STRIDE)
+    shape = self._input_shape(height, width)
+    density = np.zeros(
+        (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE)), np.float32
+    )
+    for rows in row_spans:
+      for cols in col_spans:
+        tile = view[rows.start : rows.stop, cols.start : cols.stop]
+        _, (tile_density,) = self._run([tile], shape, 1)
+        density[
+            tiling.cells_in_image(rows, DENSITY_STRIDE), tiling.cells_in_image(cols, DENSITY_STRIDE)
+        ] = tile_density[
+            tiling.cells_in_tile(rows, DENSITY_STRIDE), tiling.cells_in_tile(cols, DENSITY_STRIDE)
+        ]
+    count = float(np.sum(density, dtype=np.float64))
+    return count, density, len(row_spans) * len(col_spans)
+
+  def _input_shape(self, height: int, width: int) -> tuple[int, int]:
+    """The padded (height, width) of the model input for an image of this size, or for
+    each of its tiles (`tiling.tile_side`)."""
+    return (
+        tiling.tile_side(height, self._tile_size, self._multiple),
+        tiling.tile_side(width, self._tile_size, self._multiple),
+    )
+
+  def _run(
+      self, images: list[np.ndarray], shape: tuple[int, int], batch_size: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """(counts (n,), density maps (n, ceil(h/4), ceil(w/4))) of n <= `batch_size`
+    same-size (h, w, 3) images, each padded to `shape` and the batch filled up to
+    `batch_size` with copies of the last."""
+    height, width = images[0].shape[:2]
+    padded = [pad_image(image, shape, self._background) for image in images]
+    batch = np.stack(padded + padded[-1:] * (batch_size - len(padded)))
     self._shapes.add(batch.shape[:3])
-    valid_sizes = np.array([valid] * len(batch), np.int32)
-    _, density = self._count_fn(self._variables, batch, valid_sizes)
-    return np.asarray(jax.device_get(density))
+    valid_sizes = np.array([(height, width)] * len(batch), np.int32)
+    counts, density = jax.device_get(self._count_fn(self._variables, batch, valid_sizes))
+    cells = (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE))
+    kept = len(images)
+    return counts[:kept], np.ascontiguousarray(density[:kept, : cells[0], : cells[1]])

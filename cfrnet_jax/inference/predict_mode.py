@@ -22,8 +22,13 @@ from tqdm import tqdm
 
 from cfrnet_jax.inference import video_io
 from cfrnet_jax.inference.counter import CrowdCounter, Prediction, RegionSource, as_regions
-from cfrnet_jax.inference.overlay import render_overlay
+from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES, collect_images
+from cfrnet_jax.inference.video_counting import video_predictions
+
+# The frame rate assumed for a video whose container declares none (PAL's 25 fps, a
+# common camera rate); only the overlay video's playback speed depends on it.
+_UNKNOWN_FPS = 25.0
 
 
 def _unique_stem(path: Path, taken: set[str]) -> str:
@@ -37,22 +42,6 @@ def _unique_stem(path: Path, taken: set[str]) -> str:
 
 def _region_columns(regions) -> list[str]:
   return [f"region:{region.name}" for region in regions]
-
-
-def draw_prediction(prediction: Prediction, max_side: int):
-  """The overlay of `prediction`: density, head points and regions with their counts."""
-  scale = np.array(prediction.scale)
-  return render_overlay(
-      prediction.image,
-      prediction.density,
-      prediction.count,
-      max_side,
-      points=prediction.points * scale,
-      regions=[
-          (region.name, region.polygon * scale, prediction.regions[region.name])
-          for region in prediction.region_polygons
-      ],
-  )
 
 
 def _write_table(path: Path, header: list[str], rows: list) -> None:
@@ -154,7 +143,7 @@ def predict_videos(
     regions: RegionSource = None,
     overlay_video: bool = False,
 ) -> dict:
-  """Counts the sampled frames of each video (`CrowdCounter.video_predictions`) and
+  """Counts the sampled frames of each video (`video_counting.video_predictions`) and
   writes into `out_dir/video`:
     NAME.csv              frame, time (s), count, points, one `region:NAME` column each;
     NAME.png              the count (and region counts) over time;
@@ -175,7 +164,7 @@ def predict_videos(
     try:
       info = video_io.video_info(path)
       predictions = tqdm(
-          counter.video_predictions(path, every_frames, every_seconds, regions),
+          video_predictions(counter, path, every_frames, every_seconds, regions),
           total=_expected_frames(info, every_frames, every_seconds),
           desc=f"Counting {path.name}",
           unit="frame",
@@ -254,9 +243,9 @@ def _expected_frames(info: video_io.VideoInfo, every_frames, every_seconds) -> i
 
 
 def _sampled_fps(info: video_io.VideoInfo, every_frames, every_seconds) -> float:
-  """The frame rate at which the sampled frames play in real time (25 when the video
-  does not say)."""
-  fps = info.fps or 25.0
+  """The frame rate at which the sampled frames play in real time (`_UNKNOWN_FPS` when
+  the video does not say)."""
+  fps = info.fps or _UNKNOWN_FPS
   if every_seconds is not None:
     return min(1.0 / every_seconds, fps)  # never more frames than the video has
   return fps / (every_frames or 1)

@@ -37,12 +37,16 @@ import numpy as np
 from absl import logging
 
 from cfrnet_jax.inference.counter import CrowdCounter
-from cfrnet_jax.inference.predict_mode import draw_prediction
+from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.regions import parse_regions
 from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES
 
 PAGE = Path(__file__).with_name("serve_page.html")
+# The largest picture file taken, in MB, unless `launch.py --max_upload_mb` says
+# otherwise: a bound on the bytes one request makes the server read and hold.
 DEFAULT_MAX_UPLOAD_MB = 50.0
+# JPEG quality (Pillow's 1-95 scale) of the overlay sent back to the page.
+_OVERLAY_JPEG_QUALITY = 90
 
 
 class RequestError(ValueError):
@@ -56,7 +60,7 @@ class RequestError(ValueError):
 class CountingService:
   """The server's work, apart from HTTP: counts uploaded picture bytes."""
 
-  def __init__(self, counter: CrowdCounter, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
+  def __init__(self, counter: CrowdCounter, max_upload_mb: float):
     if not max_upload_mb > 0:
       raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}.")
     self.counter = counter
@@ -108,9 +112,8 @@ class CountingService:
           )
     overlay = draw_prediction(prediction, self.counter.config.predict.overlay_max_side)
     encoded = io.BytesIO()
-    overlay.save(encoded, "JPEG", quality=90)
-    height = round(prediction.image.shape[0] / prediction.scale[1])
-    width = round(prediction.image.shape[1] / prediction.scale[0])
+    overlay.save(encoded, "JPEG", quality=_OVERLAY_JPEG_QUALITY)
+    height, width = prediction.picture_size
     logging.info("%s: %.1f people (%dx%d, %.2f s).", name, prediction.count, width, height, seconds)
     return {
         "name": name,
@@ -208,12 +211,7 @@ def make_server(
   return http.server.ThreadingHTTPServer((host, port), handler)
 
 
-def serve(
-    counter: CrowdCounter,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-) -> None:
+def serve(counter: CrowdCounter, host: str, port: int, max_upload_mb: float) -> None:
   """Serves the page until interrupted (Ctrl-C). OSError with what to do when the
   address cannot be taken."""
   service = CountingService(counter, max_upload_mb)

@@ -66,9 +66,10 @@ def check_tiling(tile_size: int, overlap: int, multiple: int, cell: int) -> None
     )
 
 
-def padded_side(length: int, tile_size: int, multiple: int) -> int:
-  """The side every tile of an axis of `length` pixels is padded to (`tile_size` is a
-  multiple of `multiple`)."""
+def tile_side(length: int, tile_size: int, multiple: int) -> int:
+  """The side of the model input for every tile of an axis of `length` pixels: the axis
+  padded as the model pads it (`models.cfrnet.padded_side`), at most `tile_size` (a
+  multiple of `multiple`), so that all tiles of a picture share one compiled shape."""
   return min(round_up(length, multiple), tile_size)
 
 

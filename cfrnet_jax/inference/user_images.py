@@ -26,9 +26,12 @@ and while a picture already checked against the limit and larger than the guard 
 decoded, under a lock, and restored right after, so it is never changed for the rest of
 the process. A picture that breaks off (truncated) is refused, never counted in part.
 
-Pictures are converted to RGB in bands of rows, so that loading holds the decoded
-picture and the returned array, and no further whole-picture copy (a 12,000 x 9,000
-photo: 2 x 324 MB).
+`load_picture` returns the array the model sees: the picture converted to RGB and, when
+its longer side exceeds the config's `data.max_side`, resized (bilinear, as
+`data.geometry.fit_max_side` resizes dataset images) before it becomes an array, so that
+it is converted to numpy once. A picture that is not resized is converted in bands of
+rows, so that loading holds the decoded picture and the returned array, and no further
+whole-picture copy (a 12,000 x 9,000 photo: 2 x 324 MB).
 """
 
 from __future__ import annotations
@@ -45,14 +48,12 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cfrnet_jax.data.geometry import fit_max_side
+
 ImageSource = str | Path | Image.Image | np.ndarray
 
 # What a directory given to `collect_images` is searched for.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-# `config.predict.max_megapixels`' default (configs/base.py): admits a 12,000 x 9,000
-# (108 Mpx) photo and the largest single-shot cameras (150 Mpx).
-DEFAULT_MAX_MEGAPIXELS = 250.0
 
 _SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 _BAND_PIXELS = 1 << 22  # pixels converted to RGB at a time (4 Mpx: 12 MB as RGB).
@@ -68,29 +69,37 @@ def describe(source: ImageSource) -> str:
   return f"PIL image {source.size} {source.mode}"
 
 
-def load_image(
-    source: ImageSource, background: np.ndarray, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-) -> np.ndarray:
-  """(H, W, 3) uint8 RGB of `source`; `background` (3,) uint8 fills transparent pixels.
-  A file or PIL image with more than `max_megapixels` million pixels is refused before
-  it is decoded.
+def load_image(source: ImageSource, background: np.ndarray, max_megapixels: float) -> np.ndarray:
+  """(H, W, 3) uint8 RGB of `source` at its own size (`load_picture` without resizing)."""
+  return load_picture(source, background, max_megapixels, max_side=0)[0]
+
+
+def load_picture(
+    source: ImageSource, background: np.ndarray, max_megapixels: float, max_side: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+  """((H, W, 3) uint8 RGB of `source` with its longer side at most `max_side` (0: any),
+  (height, width) of the picture before that resize); `background` (3,) uint8 fills
+  transparent pixels. A file or PIL image with more than `max_megapixels` million pixels
+  (`config.predict.max_megapixels`) is refused before it is decoded.
 
   Raises ValueError naming the source when it cannot be read, is too large or has an
   unusable shape.
   """
+  if not isinstance(source, (str, Path, Image.Image, np.ndarray)):
+    raise TypeError(f"Expected a path, a PIL image or a numpy array, got {type(source)}.")
   try:
     if isinstance(source, (str, Path)):
-      return _load_file(Path(source), background, max_megapixels)
+      return _load_file(Path(source), background, max_megapixels, max_side)
     if isinstance(source, Image.Image):
       check_pixels(source.size, max_megapixels)
-      return _to_rgb(ImageOps.exif_transpose(source), background)
-    if isinstance(source, np.ndarray):
-      return _to_rgb(_array_to_pil(source), background)
+      image = ImageOps.exif_transpose(source)
+    else:
+      image = _array_to_pil(source)
+    return model_view(image, background, max_side), (image.height, image.width)
   except ValueError as error:
     raise ValueError(f"{describe(source)}: {error}") from error
   except Exception as error:  # Pillow raises many types for unreadable files.
     raise ValueError(f"{describe(source)}: cannot read the image ({error}).") from error
-  raise TypeError(f"Expected a path, a PIL image or a numpy array, got {type(source)}.")
 
 
 def check_pixels(size: tuple[int, int], max_megapixels: float) -> None:
@@ -147,7 +156,9 @@ def _without_pillow_guard():
       Image.MAX_IMAGE_PIXELS = saved
 
 
-def _load_file(path: Path, background: np.ndarray, max_megapixels: float) -> np.ndarray:
+def _load_file(
+    path: Path, background: np.ndarray, max_megapixels: float, max_side: int
+) -> tuple[np.ndarray, tuple[int, int]]:
   check_file(path)
   try:
     with _without_pillow_guard():  # the header only: the size is checked below.
@@ -179,7 +190,7 @@ def _load_file(path: Path, background: np.ndarray, max_megapixels: float) -> np.
             f"declared, decoding failed ({error})."
         ) from None
       ImageOps.exif_transpose(image, in_place=True)
-      return _to_rgb(image, background)
+      return model_view(image, background, max_side), (image.height, image.width)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
@@ -206,21 +217,38 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
   return Image.fromarray(array)
 
 
+def model_view(
+    image: Image.Image | np.ndarray, background: np.ndarray, max_side: int
+) -> np.ndarray:
+  """(H, W, 3) uint8 RGB of `image` (a PIL image of any mode, or an (H, W, 3) uint8 RGB
+  array such as a decoded video frame) with its longer side at most `max_side` (0: any).
+  A picture that fits is converted band by band (an array that fits is returned itself);
+  a larger one is converted to RGB whole, resized, and only then turned into an array."""
+  width, height = image.size if isinstance(image, Image.Image) else image.shape[1::-1]
+  if width * height == 0:
+    raise ValueError("the image is empty (0 pixels).")
+  if not max_side or max(width, height) <= max_side:
+    return image if isinstance(image, np.ndarray) else _to_rgb(image, background)
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  return np.asarray(fit_max_side(_rgb_image(image, background), max_side))
+
+
 def _to_rgb(image: Image.Image, background: np.ndarray) -> np.ndarray:
   """(H, W, 3) uint8 RGB of `image`, converted band by band (no whole-picture copies
   beyond the result)."""
   width, height = image.size
-  if width * height == 0:
-    raise ValueError("the image is empty (0 pixels).")
   pixels = np.empty((height, width, 3), np.uint8)
   rows = max(1, _BAND_PIXELS // width)
   for top in range(0, height, rows):
     bottom = min(height, top + rows)
-    pixels[top:bottom] = _band_to_rgb(image.crop((0, top, width, bottom)), background)
+    pixels[top:bottom] = _rgb_image(image.crop((0, top, width, bottom)), background)
   return pixels
 
 
-def _band_to_rgb(image: Image.Image, background: np.ndarray) -> np.ndarray:
+def _rgb_image(image: Image.Image, background: np.ndarray) -> Image.Image:
+  """`image` in RGB: 16-bit and float modes scaled to 8 bits, transparency composited
+  over `background`."""
   if image.mode in _SIXTEEN_BIT_MODES:
     scaled = np.asarray(image, np.float64) / 257.0
     image = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
@@ -229,7 +257,7 @@ def _band_to_rgb(image: Image.Image, background: np.ndarray) -> np.ndarray:
   if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
     under = Image.new("RGBA", image.size, tuple(int(v) for v in background) + (255,))
     image = Image.alpha_composite(under, image.convert("RGBA"))
-  return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+  return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def collect_images(patterns: list[str]) -> tuple[list[Path], int]:
