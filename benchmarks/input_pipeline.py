@@ -1,21 +1,25 @@
 """Training crops per second of the input pipeline, and what the training step consumes.
 
-    python benchmarks/input_pipeline.py [--batches 10] [--workers 0 1 2]
+    python benchmarks/input_pipeline.py [--batches 10] [--workers 0 1 2] [--model paper]
+    python benchmarks/input_pipeline.py --workers 0 --batches 2 --step_runs 1 --model smoke
 
 1. Builds UCF_CC_50 from ../shared/data/ucf_cc_50 (real images, 4 to 4,633 heads) into a
    temporary data dir and times the training loader (decode, crop, flip, grayscale,
    padded points) at batch 32 with 0, 1 and 2 grain worker processes.
-2. Times, on this machine's CPU through JAX, what the pipeline leaves to the jitted step:
-   normalisation and the density/foreground targets of the four heads for those crops,
-   i.e. what rendering targets on the host would cost instead.
-3. Times the paper-size model's forward+backward with targets at batch 4 on CPU, the
-   training step's consumption here.
+2. Times, on this machine's default JAX device, what the pipeline leaves to the jitted
+   step (`trainer.step_inputs`, the step's own code): normalisation and the
+   density/foreground targets of the four heads for those crops, i.e. what rendering
+   targets on the host would cost instead.
+3. Times the product's training step (`trainer.jit_train_step`: targets, forward, the
+   config's loss, backward, Adam) on 4 of those crops: the training step's consumption
+   here. `--model smoke`: a small model, to check the script quickly on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -28,17 +32,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
-from flax import nnx  # noqa: E402
 
-import cfrnet_jax  # noqa: E402
+from benchmarks.batches import MODELS, compiled_train_step, model_config  # noqa: E402
 from cfrnet_jax.data import pipeline  # noqa: E402
-from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
-from cfrnet_jax.data.targets import batch_density_targets  # noqa: E402
-from cfrnet_jax.training.losses import cfrnet_loss  # noqa: E402
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
+from cfrnet_jax.training import step_cost, trainer  # noqa: E402
 from configs import ucf_cc_50  # noqa: E402
 from tfds_crowd.build import build  # noqa: E402
 
-HEAD_STRIDE_SET = (4, 8, 16)
+STEP_BATCH = 4  # crops per timed training step: the paper's batch.
 
 
 def median_seconds(function, runs: int) -> float:
@@ -50,25 +52,12 @@ def median_seconds(function, runs: int) -> float:
   return statistics.median(times)
 
 
-def device_preprocess(config):
-  """What the jitted step does with a host batch before the model."""
-
-  def preprocess(batch):
-    images = normalize_images(
-        batch["image"], batch["valid_size"], config.data.mean, config.data.std
-    )
-    targets = batch_density_targets(
-        batch["points"],
-        batch["valid"],
-        batch["image"].shape[1:3],
-        valid_size=batch["valid_size"],
-        strides=HEAD_STRIDE_SET,
-        sigma=config.targets.sigma,
-        foreground_radius=config.targets.foreground_radius,
-    )
-    return images, targets
-
-  return jax.jit(preprocess)
+def time_train_step(config, host_batch: dict, runs: int) -> tuple[float, step_cost.StepCost]:
+  """Median seconds of the product's training step on `host_batch` (after one warm-up
+  step), and XLA's cost of the compiled step."""
+  step, compiled = compiled_train_step(config, host_batch)
+  jax.block_until_ready(step())
+  return median_seconds(step, runs), step_cost.step_cost(compiled)
 
 
 def main():
@@ -76,11 +65,12 @@ def main():
   parser.add_argument(
       "--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf_cc_50")
   )
-  parser.add_argument("--batches", type=int, default=10, help="timed batches of 32")
+  parser.add_argument("--batches", type=int, default=10, help="timed batches")
   parser.add_argument(
       "--workers", type=int, nargs="+", default=[0, 1, 2], help="-1: data.num_workers' automatic"
   )
   parser.add_argument("--step_runs", type=int, default=3)
+  parser.add_argument("--model", choices=MODELS, default="paper", help="part 3's model")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument(
       "--loader_only", action="store_true", help="only part 1 (crops/s of the loader)"
@@ -113,33 +103,28 @@ def main():
     return
 
   heads = batch["valid"].sum(1)
-  preprocess = device_preprocess(config)
+  preprocess = jax.jit(functools.partial(trainer.step_inputs, config))
   on_device = jax.device_put(batch)
   jax.block_until_ready(preprocess(on_device))
   seconds = median_seconds(lambda: preprocess(on_device), 5)
+  platform_name = jax.devices()[0].platform
+  strides = ", ".join(str(s) for s in sorted(set(HEAD_STRIDES.values())))
   print(
-      f"\nnormalise + targets (strides 4, 8, 16) for 32 crops, {int(heads.min())}-"
-      f"{int(heads.max())} heads each (max_points {batch['valid'].shape[1]}), jitted on "
-      f"{jax.devices()[0].platform}: {seconds * 1e3:.1f} ms = "
-      f"{32 / seconds:.0f} crops/s"
+      f"\nnormalise + targets (strides {strides}) for {config.batch_size} crops, "
+      f"{int(heads.min())}-{int(heads.max())} heads each (max_points "
+      f"{batch['valid'].shape[1]}), jitted on {platform_name}: {seconds * 1e3:.1f} ms = "
+      f"{config.batch_size / seconds:.0f} crops/s"
   )
 
-  model = cfrnet_jax.build_model(config.model, 0)
-  small = {key: value[:4] for key, value in on_device.items()}
-
-  @nnx.jit
-  def loss_and_grad(model, batch):
-    images, targets = preprocess(batch)
-    return nnx.value_and_grad(
-        lambda m: cfrnet_loss(m(images), targets, config.loss.gamma, config.model.density_scale)[0]
-    )(model)
-
-  jax.block_until_ready(loss_and_grad(model, small))
-  seconds = median_seconds(lambda: loss_and_grad(model, small), args.step_runs)
+  config.model = model_config(args.model).model
+  small = {key: value[:STEP_BATCH] for key, value in batch.items()}
+  seconds, cost = time_train_step(config, small, args.step_runs)
   print(
-      f"paper model forward+backward with targets, batch 4 at 256x256 on "
-      f"{jax.devices()[0].platform}: {seconds:.2f} s = {4 / seconds:.1f} crops/s "
-      f"(median of {args.step_runs})"
+      f"{args.model} model training step (trainer.jit_train_step, loss "
+      f"{config.loss.level_balance!r}), batch {STEP_BATCH} at {config.data.crop_size}x"
+      f"{config.data.crop_size} on {platform_name}: {seconds:.2f} s = "
+      f"{STEP_BATCH / seconds:.1f} crops/s (median of {args.step_runs}; XLA plans "
+      f"{cost.memory_bytes / 1e9:.2f} GB)"
   )
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from benchmarks.speed import make_batch, model_config  # noqa: E402
+from benchmarks.batches import MODELS, make_batch, model_config  # noqa: E402
 from cfrnet_jax.models.layers import REMAT_CHOICES  # noqa: E402
 from cfrnet_jax.state import model_graphdef  # noqa: E402
 from cfrnet_jax.training import sharding, step_cost, trainer  # noqa: E402
@@ -65,7 +65,7 @@ def _measure(args: tuple) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", choices=("paper", "smoke"), default="paper")
+  parser.add_argument("--model", choices=MODELS, default="paper")
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])

@@ -22,7 +22,7 @@ def _fake(key, with_seg=True):
 
 def test_loss_is_the_sum_of_eq_10_and_11_over_heads():
   outputs, targets = _fake(jax.random.key(0))
-  loss, terms = cfrnet_loss(outputs, targets, gamma=0.5, density_scale=1.0)
+  loss, terms = cfrnet_loss(outputs, targets, gamma=0.5, density_scale=1.0, level_balance="sum")
   expected = 0.0
   for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
     pred = np.asarray(outputs["heads"][name]["density"][..., 0])
@@ -41,7 +41,7 @@ def test_perfect_density_leaves_only_cross_entropy():
   outputs, targets = _fake(jax.random.key(1))
   for name, stride in (("f1", 4), ("f2", 8), ("f3", 16), ("f5", 4)):
     outputs["heads"][name]["density"] = targets["density"][stride][..., None]
-  loss, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=100.0)
+  loss, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=100.0, level_balance="sum")
   assert all(float(terms[f"mse/{n}"]) == 0 for n in ("f1", "f2", "f3", "f5"))
   np.testing.assert_allclose(
       loss, sum(terms[f"ce/{n}"] for n in ("f1", "f2", "f3", "f5")), rtol=1e-6
@@ -50,8 +50,8 @@ def test_perfect_density_leaves_only_cross_entropy():
 
 def test_density_scale_scales_the_squared_error():
   outputs, targets = _fake(jax.random.key(2), with_seg=False)
-  loss1, _ = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0)
-  loss10, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=10.0)
+  loss1, _ = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0, level_balance="sum")
+  loss10, terms = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=10.0, level_balance="sum")
   np.testing.assert_allclose(loss10, 100 * loss1, rtol=1e-5)
   assert not any(key.startswith("ce/") for key in terms)  # plain heads: no CE term.
 
@@ -65,13 +65,14 @@ def test_area_balance_weighs_every_level_alike_and_sum_grows_with_the_stride():
     targets["density"][stride] = target
     heads[name] = {"density": 1.1 * target[..., None]}
   outputs = {"heads": heads}
-  _, summed = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0)
-  _, area = cfrnet_loss(outputs, targets, 1.0, 1.0, level_balance="area")
+  _, summed = cfrnet_loss(outputs, targets, gamma=1.0, density_scale=1.0, level_balance="sum")
+  _, area = cfrnet_loss(outputs, targets, 1.0, 1.0, "area")
   for name, stride in (("f2", 8), ("f3", 16)):
+    # float32 sums over up to 256 cells of 1.1x targets: good to about 1e-6, not better.
     np.testing.assert_allclose(
-        summed[f"mse/{name}"] / summed["mse/f1"], (stride / 4) ** 2, rtol=1e-6
+        summed[f"mse/{name}"] / summed["mse/f1"], (stride / 4) ** 2, rtol=1e-5
     )
-    np.testing.assert_allclose(area[f"mse/{name}"], area["mse/f1"], rtol=1e-6)
+    np.testing.assert_allclose(area[f"mse/{name}"], area["mse/f1"], rtol=1e-5)
   weights = {"f1": 1.0, "f2": 0.0, "f3": 2.0, "f5": 1.0}
   loss, terms = cfrnet_loss(outputs, targets, 1.0, 1.0, "area", weights)
   expected = sum(weights[n] * terms[f"mse/{n}"] for n in weights)

@@ -92,7 +92,13 @@ def _loss_and_grads(model, images, points, valid):
   )
 
   def loss_fn(m):
-    return cfrnet_loss(m(images), targets, config.loss.gamma, config.model.density_scale)
+    return cfrnet_loss(
+        m(images),
+        targets,
+        config.loss.gamma,
+        config.model.density_scale,
+        config.loss.level_balance,
+    )
 
   return nnx.value_and_grad(loss_fn, has_aux=True)(model)
 

@@ -325,7 +325,7 @@ class CFRNet(nn.Module):
 
 
 def cfrnet_loss(
-    outputs: dict, targets: dict, gamma: float, density_scale: float, level_balance: str = "sum"
+    outputs: dict, targets: dict, gamma: float, density_scale: float, level_balance: str
 ):
   """`cfrnet_jax.training.losses.cfrnet_loss` in PyTorch (without `level_weights`); targets
   as torch tensors keyed by stride: 'density'[s] (batch, H_s, W_s) float, 'foreground'[s]

@@ -14,7 +14,7 @@ Balance of the levels (not in the paper; `config.loss.level_balance`). Targets a
 sum-pooled (a stride-s cell holds the people of s x s pixels), so with squared error
 summed over cells a level's term grows with the square of its stride: for the same
 relative error everywhere, the stride-16 head's term is 16x the stride-4 head's.
-* "sum": Eq. 11 as written (this function's default, so that a bare call is Eq. 11);
+* "sum": Eq. 11 as written;
 * "area": each level's term divided by (s / 4)^2, i.e. the squared error of densities per
   4x4-pixel area integrated over the picture, so that every level weighs alike. The
   configs' default (`configs/base.py`), chosen on real UCF_CC_50 by
@@ -38,7 +38,7 @@ def cfrnet_loss(
     targets: dict,
     gamma: float,
     density_scale: float,
-    level_balance: str = "sum",
+    level_balance: str,
     level_weights: dict | None = None,
 ) -> tuple[jax.Array, dict]:
   """Total loss and per-head terms.
@@ -49,7 +49,8 @@ def cfrnet_loss(
       model has: 'density'[s] (batch, H_s, W_s) and 'foreground'[s] (batch, H_s, W_s).
     gamma: weight of the cross-entropy terms.
     density_scale: the factor the heads regress densities in.
-    level_balance: "sum" or "area" (module docstring).
+    level_balance: "sum" or "area" (module docstring); no default, so that every caller
+      passes the config's (`config.loss.level_balance`, "area" in `configs/base.py`).
     level_weights: optional {head name: factor} on the density terms (default 1).
 
   Returns:

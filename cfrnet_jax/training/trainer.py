@@ -115,26 +115,31 @@ def create_train_state(
   return jax.jit(_init_fn(config), out_shardings=state_sharding)(), state_sharding
 
 
+def step_inputs(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, dict]:
+  """What the training step makes of a batch before the model: the normalised images and
+  the density/foreground targets at every head stride (`batch_density_targets`). Traceable;
+  `batch` holds the fields of `data.pipeline.TrainCrop` with a leading batch axis."""
+  images = normalize_images(batch["image"], batch["valid_size"], config.data.mean, config.data.std)
+  targets = batch_density_targets(
+      batch["points"],
+      batch["valid"],
+      images.shape[1:3],
+      valid_size=batch["valid_size"],
+      strides=sorted(set(HEAD_STRIDES.values())),
+      sigma=config.targets.sigma,
+      foreground_radius=config.targets.foreground_radius,
+  )
+  return images, targets
+
+
 def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
   """The pure step `(state, batch) -> (state, metrics)`; `batch` holds the fields of
   `data.pipeline.TrainCrop` with a leading global-batch axis."""
   tx = create_optimizer(config)
-  strides = sorted(set(HEAD_STRIDES.values()))
   frozen = finetune.frozen_parts(config)
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images = normalize_images(
-        batch["image"], batch["valid_size"], config.data.mean, config.data.std
-    )
-    targets = batch_density_targets(
-        batch["points"],
-        batch["valid"],
-        images.shape[1:3],
-        valid_size=batch["valid_size"],
-        strides=strides,
-        sigma=config.targets.sigma,
-        foreground_radius=config.targets.foreground_radius,
-    )
+    images, targets = step_inputs(config, batch)
 
     def loss_fn(params):
       model = nnx.merge(graphdef, finetune.stop_gradients(params, frozen), state.batch_stats)
