@@ -215,15 +215,18 @@ def resume_worker_count(config: ml_collections.ConfigDict, saved: int | None):
 
 def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
   """The step compiled ahead of the first batch (the shapes of `batches`' next one), with
-  its memory and FLOPs logged before anything runs (`step_cost.report`)."""
+  its memory and FLOPs logged before anything runs (`step_cost.report`: the model FLOPs
+  counted from the traced step, which is then lowered, and XLA's figures)."""
   logging.info("Compiling the training step.")
-  compiled = (
-      jit_train_step(config, graphdef, mesh, state_sharding).lower(state, batches.peek()).compile()
-  )
+  traced = jit_train_step(config, graphdef, mesh, state_sharding).trace(state, batches.peek())
+  compiled = traced.lower().compile()
   step_cost.report(
       compiled,
       f"training step ({config.batch_size} x {config.data.crop_size}x{config.data.crop_size}, "
       f"{config.model.dtype}, remat {config.model.remat})",
+      traced=traced,
+      dtype=config.model.dtype,
+      devices=mesh.size,
   )
   return compiled
 
