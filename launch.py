@@ -7,6 +7,7 @@
     python launch.py --mode predict --workdir runs/shha --video clip.mp4 --every_seconds 1 \
         --regions regions.json --out results
     python launch.py --mode serve --workdir runs/shha --port 8000
+    python launch.py --mode serve --workdir runs/shha --annotate my_pictures/ --token auto
 
 The same command runs on one CPU, one GPU, a multi-GPU host or several hosts: it uses
 every device it sees, along the mesh's `data` axis. On several hosts, set
@@ -35,7 +36,8 @@ _MODE = flags.DEFINE_enum(
     "train (resumes from the workdir's checkpoint if there is one), "
     "evaluate (the best checkpoint on the evaluation split), "
     "predict (the best checkpoint on --images and --video) or "
-    "serve (a web page that counts the pictures dropped on it).",
+    "serve (a web page that counts the pictures dropped on it, or with --annotate helps "
+    "annotate a folder).",
 )
 _SPLIT = flags.DEFINE_string(
     "split",
@@ -82,6 +84,19 @@ _HOST = flags.DEFINE_string(
     "host", "127.0.0.1", "serve: address to listen on (0.0.0.0: every network interface)."
 )
 _PORT = flags.DEFINE_integer("port", 8000, "serve: port (0: any free one; the log says which).")
+_ANNOTATE = flags.DEFINE_string(
+    "annotate",
+    None,
+    "serve: a folder of pictures to annotate with the model's head points as proposals; "
+    "each picture's points are saved beside it as LabelMe JSON (docs/annotate.md).",
+)
+_LABEL = flags.DEFINE_string("label", "head", "serve --annotate: the label of the saved points.")
+_TOKEN = flags.DEFINE_string(
+    "token",
+    None,
+    "serve: a token every request must carry (auto: a random one, printed); needed when "
+    "--host is not a loopback address.",
+)
 _MAX_UPLOAD_MB = flags.DEFINE_float(
     "max_upload_mb",
     None,
@@ -132,14 +147,38 @@ def _predict(config):
 
 
 def _serve(config):
-  """Serves the counting page with the workdir's checkpoint (`inference/serve.py`)."""
+  """Serves the counting page with the workdir's checkpoint (`inference/serve.py`), or
+  the annotation page of `--annotate` (`inference/annotate.py`). Without a token, only a
+  loopback `--host` is served: anyone who reaches the port could count (and, annotating,
+  write files); other addresses exit with status 2."""
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.serve import DEFAULT_MAX_UPLOAD_MB, serve
+  from cfrnet_jax.inference.serve import DEFAULT_MAX_UPLOAD_MB, is_loopback, resolve_token, serve
 
+  token = resolve_token(_TOKEN.value)
+  if token is None and not is_loopback(_HOST.value):
+    logging.error(
+        "--host %s is reachable from other machines: serving it needs --token T (or --token "
+        "auto), which every request must then carry.",
+        _HOST.value,
+    )
+    sys.exit(2)
+  if _LABEL.value != _LABEL.default and not _ANNOTATE.value:
+    raise app.UsageError("--label needs --annotate.")
+  if _ANNOTATE.value and not os.path.isdir(os.path.expanduser(_ANNOTATE.value)):
+    raise app.UsageError(f"--annotate {_ANNOTATE.value}: no such folder.")
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
   max_upload_mb = DEFAULT_MAX_UPLOAD_MB if _MAX_UPLOAD_MB.value is None else _MAX_UPLOAD_MB.value
+  annotation = None
+  if _ANNOTATE.value:
+    from cfrnet_jax.inference.annotate import AnnotationService
+
+    try:
+      annotation = AnnotationService(counter, _ANNOTATE.value, _LABEL.value)
+    except ValueError as error:
+      raise app.UsageError(str(error)) from error
+    logging.info("Annotating %d pictures of %s.", len(annotation.pictures), annotation.root)
   try:
-    serve(counter, _HOST.value, _PORT.value, max_upload_mb)
+    serve(counter, _HOST.value, _PORT.value, max_upload_mb, token, annotation)
   except OSError as error:
     logging.error("%s", error)
     sys.exit(1)

@@ -18,15 +18,27 @@ shape (the model pads each side to a multiple of 128 up to `predict.tile_size`, 
 which pictures run as tiles of that size), and `/api/info` tells how many shapes have
 been compiled so far.
 
-It listens on 127.0.0.1 (this machine only) unless `--host` says otherwise.
+It listens on 127.0.0.1 (this machine only) unless `--host` says otherwise; on any other
+address `launch.py` refuses to serve without `--token`. With a token (`--token T`, or
+`--token auto` for one made by `secrets`), every route needs it: in an `X-Token` header,
+the `token` query parameter (the page's first visit, `/?token=T`, which also sets it as a
+cookie so that the page's script and pictures load) or that cookie; a wrong or missing
+token gets 401, compared in constant time (`hmac.compare_digest`).
+
+`--annotate DIR` adds the annotation page (`inference/annotate.py`): `/` is then that
+page, and the counting page moves to `/count`.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
+import http.cookies
 import http.server
 import io
+import ipaddress
 import json
+import secrets
 import tempfile
 import threading
 import time
@@ -42,6 +54,8 @@ from cfrnet_jax.inference.regions import parse_regions
 from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES
 
 PAGE = Path(__file__).with_name("serve_page.html")
+TOKEN_HEADER = "X-Token"
+LOOPBACK_NAMES = ("localhost",)
 # The largest picture file taken, in MB, unless `launch.py --max_upload_mb` says
 # otherwise: a bound on the bytes one request makes the server read and hold.
 DEFAULT_MAX_UPLOAD_MB = 50.0
@@ -142,14 +156,74 @@ def _parse_regions(text: str | None):
     raise RequestError(str(error)) from error
 
 
+def is_loopback(host: str) -> bool:
+  """Whether `host` is an address of this machine only (127.0.0.0/8, ::1, localhost):
+  the one case where serving without a token is allowed."""
+  if host.lower() in LOOPBACK_NAMES:
+    return True
+  try:
+    return ipaddress.ip_address(host.strip("[]")).is_loopback
+  except ValueError:
+    return False
+
+
+def resolve_token(value: str | None) -> str | None:
+  """`--token`: None for none, a new random token for "auto", else `value` itself."""
+  if value is None or value == "":
+    return None
+  return secrets.token_urlsafe(18) if value == "auto" else value
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
   service: CountingService  # set on the subclass `make_server` builds
+  token: str | None = None  # every route needs it when set
   server_version = "cfrnet-jax"
   timeout = 60  # seconds a client may stall mid-request before its connection is dropped
+  _cookie: str | None = None  # a Set-Cookie value to send with this answer
+
+  def parse_request(self) -> bool:
+    """http.server's parsing, then the token check: a request without the right token
+    is answered 401 here, before any route sees it."""
+    if not super().parse_request():
+      return False
+    self._cookie = None
+    if self.token is None:
+      return True
+    given = self._given_token()
+    if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+      return True
+    self.close_connection = True
+    why = "a wrong token" if given else "no token"
+    message = f"This server needs its token ({why} given): open the URL it printed, /?token=..."
+    self._send_json(401, {"error": message})
+    return False
+
+  def _given_token(self) -> str | None:
+    """The token the request carries (header, query, then cookie), or None; a token in
+    the query is also set as a cookie in the answer."""
+    if self.headers.get(TOKEN_HEADER):
+      return self.headers[TOKEN_HEADER]
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+    if query.get("token"):
+      cookie = http.cookies.SimpleCookie()
+      cookie[self._cookie_name()] = query["token"][0]
+      cookie[self._cookie_name()].update({"httponly": True, "samesite": "Strict", "path": "/"})
+      self._cookie = cookie.output(header="").strip()
+      return query["token"][0]
+    cookies = http.cookies.SimpleCookie()
+    try:
+      cookies.load(self.headers.get("Cookie", ""))
+    except http.cookies.CookieError:
+      return None
+    morsel = cookies.get(self._cookie_name())
+    return morsel.value if morsel else None
+
+  def _cookie_name(self) -> str:
+    return f"cfrnet_token_{self.server.server_address[1]}"  # one per port: per server
 
   def do_GET(self):  # noqa: N802 - http.server's name
     path = urllib.parse.urlparse(self.path).path
-    if path in ("/", "/index.html"):
+    if path in ("/", "/index.html", "/count"):
       self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
     elif path == "/api/info":
       self._send_json(200, self.service.info())
@@ -196,6 +270,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.send_header("Content-Type", content_type)
     self.send_header("Content-Length", str(len(body)))
     self.send_header("Cache-Control", "no-store")
+    if self._cookie:
+      self.send_header("Set-Cookie", self._cookie)
     self.end_headers()
     self.wfile.write(body)
 
@@ -204,26 +280,49 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 def make_server(
-    service: CountingService, host: str = "127.0.0.1", port: int = 8000
+    service: CountingService,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    annotation=None,
 ) -> http.server.ThreadingHTTPServer:
-  """A server for `service` (port 0: any free port, `server.server_address` says which)."""
-  handler = type("Handler", (_Handler,), {"service": service})
+  """A server for `service` (port 0: any free port, `server.server_address` says which);
+  every route needs `token` when one is given; `annotation` (an
+  `annotate.AnnotationService`) adds the annotation page."""
+  base = _Handler
+  if annotation is not None:
+    from cfrnet_jax.inference.annotate import AnnotationHandler
+
+    base = AnnotationHandler
+  handler = type("Handler", (base,), {"service": service, "token": token, "annotation": annotation})
   return http.server.ThreadingHTTPServer((host, port), handler)
 
 
-def serve(counter: CrowdCounter, host: str, port: int, max_upload_mb: float) -> None:
-  """Serves the page until interrupted (Ctrl-C). OSError with what to do when the
-  address cannot be taken."""
+def serve(
+    counter: CrowdCounter,
+    host: str,
+    port: int,
+    max_upload_mb: float,
+    token: str | None = None,
+    annotation=None,
+) -> None:
+  """Serves the page until interrupted (Ctrl-C), needing `token` when given, with the
+  annotation page when `annotation` is given. OSError with what to do when the address
+  cannot be taken."""
   service = CountingService(counter, max_upload_mb)
   try:
-    server = make_server(service, host, port)
+    server = make_server(service, host, port, token, annotation)
   except OSError as error:
     raise OSError(
         f"Cannot listen on {host}:{port} ({error.strerror or error}); pick another --port "
         f"(0: any free one) or --host."
     ) from error
   host, port = server.server_address[:2]
-  logging.info("Serving the counting page on http://%s:%d/ (Ctrl-C stops it).", host, port)
+  page = "annotation" if annotation is not None else "counting"
+  logging.info("Serving the %s page on http://%s:%d/ (Ctrl-C stops it).", page, host, port)
+  if token is not None:
+    shown = f"[{host}]" if ":" in host else host
+    logging.info("Open http://%s:%d/?token=%s (every request needs the token).", shown, port, token)
   try:
     server.serve_forever()
   except KeyboardInterrupt:
