@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cfrnet_jax import export
+from cfrnet_jax.data.geometry import mean_colour
+from cfrnet_jax.export import verification
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.state import init_variables
 from configs import base, tiny
@@ -156,10 +159,53 @@ def test_an_export_that_does_not_reproduce_the_model_fails_and_writes_nothing(
   before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
   # onnxruntime's float32 arithmetic differs from XLA's by ~1e-7 of the scale: with no
   # tolerance at all the verification must fail, say by how much, and write nothing.
-  monkeypatch.setattr(export, "VERIFY_TOLERANCE", 0.0)
+  monkeypatch.setattr(verification, "VERIFY_TOLERANCE", 0.0)
   with pytest.raises(export.ExportVerificationError, match=r"differs by up to \d"):
     export.export_variables(tiny_counter.config, tiny_counter._variables, out, height=64, width=64)
   assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def transparent_picture(path: Path, height: int, width: int) -> np.ndarray:
+  """Writes an RGBA test pattern whose right third is transparent to `path`; returns it
+  composited over black (what the export command verified on before it loaded pictures
+  as predict mode does)."""
+  picture = export.sample_picture(height, width, seed=6)
+  alpha = np.full((height, width), 255, np.uint8)
+  alpha[:, 2 * width // 3 :] = 0
+  Image.fromarray(np.dstack([picture, alpha]), "RGBA").save(path)
+  return np.where(alpha[..., None] > 0, picture, 0).astype(np.uint8)
+
+
+def test_a_verification_picture_is_loaded_and_resized_as_predict_does(
+    tmp_path, tiny_counter, tiny_exports
+):
+  """Transparency over the mean colour and the resize to `data.max_side`: the test
+  picture is the one predict counts, and the exported model's count on it is
+  `CrowdCounter`'s, which over black it is not."""
+  config = tiny.get_config()
+  config.data.max_side = 180
+  counter = CrowdCounter(config, tiny_counter._variables)
+  over_black = transparent_picture(tmp_path / "rgba.png", 150, 210)
+  expected = counter.predict(tmp_path / "rgba.png")
+  assert expected.image.shape[:2] == (129, 180)
+  assert abs(counter.count(over_black) - expected.count) > 1e-3 * abs(expected.count)
+  report = tiny_exports["stablehlo"]
+  picture = export.verification_picture(config, report.signature, tmp_path / "rgba.png")
+  np.testing.assert_array_equal(picture, expected.image)
+  _, count = export.load_exported(report.path)(picture)
+  assert count[0] == pytest.approx(expected.count, rel=1e-4)
+
+
+def test_a_fixed_size_export_cuts_or_pads_its_picture_with_the_mean_colour(tiny_counter):
+  config = tiny_counter.config
+  picture = export.sample_picture(50, 90, seed=7)
+  signature = export.Signature("onnx", "uint8", None, 64, 64)
+  got = export.verification_picture(config, signature, picture)
+  assert got.shape == (64, 64, 3)
+  np.testing.assert_array_equal(got[:50], picture[:, :64])
+  assert (got[50:] == mean_colour(config.data.mean)).all()
+  default = export.verification_picture(config, signature)
+  np.testing.assert_array_equal(default, export.sample_picture(64, 64))
 
 
 def test_bad_export_arguments_are_refused(tmp_path, tiny_counter):
@@ -171,15 +217,22 @@ def test_bad_export_arguments_are_refused(tmp_path, tiny_counter):
 
 
 def test_export_command_on_a_trained_run(tmp_path, trained_workdir):
+  """The command, verifying on a picture with transparency: loaded with the run's config
+  as predict mode loads it, its count in the sidecar is predict's."""
   out = tmp_path / "run.stablehlo"
+  picture = tmp_path / "rgba.png"
+  transparent_picture(picture, 120, 200)
   result = subprocess.run(
       [sys.executable, "-m", "cfrnet_jax.export", f"--workdir={trained_workdir}",
-       "--format=stablehlo", f"--out={out}"],
+       "--format=stablehlo", f"--out={out}", f"--verify_picture={picture}"],
       cwd=REPO, capture_output=True, text=True, timeout=600,
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "verified on a 300x420 picture" in result.stderr
   counter = CrowdCounter.from_checkpoint(trained_workdir)
+  expected = counter.predict(picture)
+  assert "verified on a {}x{} picture".format(*expected.image.shape[:2]) in result.stderr
+  meta = json.loads(export.sidecar_path(out).read_text())
+  assert meta["verification"]["count"] == pytest.approx(expected.count, rel=1e-4)
   assert_matches_counter(export.load_exported(out), counter, [export.sample_picture(120, 200)])
   missing = subprocess.run(
       [sys.executable, "-m", "cfrnet_jax.export", f"--workdir={tmp_path / 'none'}",
