@@ -111,7 +111,7 @@ def _predict(config):
   settings but not what changes the counts (`checkpointing.check_counting_config`)."""
   from cfrnet_jax.inference import video_io
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.predict_mode import predict_files, predict_videos
+  from cfrnet_jax.inference.predict_mode import OutputMismatchError, predict_files, predict_videos
   from cfrnet_jax.inference.regions import load_regions
 
   if not _IMAGES.value and not _VIDEO.value:
@@ -133,7 +133,10 @@ def _predict(config):
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
   out = _OUT.value or os.path.join(_WORKDIR.value, "predictions")
   if _IMAGES.value:
-    predict_files(counter, _IMAGES.value, out, save_density=_SAVE_DENSITY.value, regions=regions)
+    try:
+      predict_files(counter, _IMAGES.value, out, save_density=_SAVE_DENSITY.value, regions=regions)
+    except OutputMismatchError as error:
+      raise app.UsageError(str(error)) from error
   if _VIDEO.value:
     predict_videos(
         counter,
@@ -216,7 +219,7 @@ class _LogFilter:
 def main(argv):
   del argv
   logging.get_absl_logger().addFilter(_LogFilter())
-  if _MODE.value not in ("predict", "serve"):
+  if _MODE.value != "serve":  # predict: each process counts its share of the files
     _initialize_distributed()
   from cfrnet_jax import accelerators
 

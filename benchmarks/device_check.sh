@@ -16,7 +16,8 @@
 # device; the step's memory (XLA) for float32 and bfloat16, with and without remat, at
 # batch 32; (b) benchmarks/speed.py: JAX against PyTorch, training and inference; (c) the
 # input pipeline's crops/s on real UCF_CC_50 with the host's cores; (d) a short training run
-# of the paper model on UCF_CC_50 fold 1 in bfloat16: loss curve and images/s.
+# of the paper model on UCF_CC_50 fold 1 in bfloat16: loss curve and images/s; (e) predict
+# mode's pictures/s on a folder of mixed sizes, one at a time and batched.
 #
 # Packages: a host with JAX, Flax, optax, Orbax and PyTorch but no package index gets the
 # rest from ./.whl, made beforehand on a machine with pip access by
@@ -60,8 +61,9 @@ if ! "$PYTHON" -c "import ml_collections, grain, tensorflow_datasets, tensorboar
 fi
 
 FAILED=0
-section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME.log.
-  local name=$1 limit=$2
+section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME.log
+  local name=$1 limit=$2  # (appended to OUT/$LOG_AS.log instead when LOG_AS is set)
+  local log="$OUT/${LOG_AS:-$1}.log"
   shift 2
   local left=$((BUDGET - (SECONDS - START)))
   ((limit > left)) && limit=$left
@@ -72,7 +74,8 @@ section() {  # section NAME LIMIT_S COMMAND...: runs COMMAND, output to OUT/NAME
   fi
   echo "### $name (limit ${limit} s)"
   local began=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  [[ -n ${LOG_AS:-} ]] || : >"$log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
   local status=${PIPESTATUS[0]}
   local outcome="passed"
   ((status == 124 || status == 137)) && outcome="cut at its time limit"
@@ -104,6 +107,7 @@ if ((SMOKE)); then
   MEMORY=(--model smoke --batch 2 --size 64 --dtypes bfloat16 --remat none --jobs 1)
   SPEED=(--smoke --rows train_4 --backends jax_bf16 torch_bf16 --repeats 1 --warmup 1)
   PIPELINE=(--batch_size 4 --batches 2)
+  PREDICT=(--config configs/tiny.py --batch_sizes 4)
   TRAIN=(--config.num_train_steps=4 --config.log_every_steps=2 --config.batch_size=2
     --config.data.crop_size=32 --config.data.max_side=64 --config.model.fusion=add
     --config.model.hierarchical=False --config.model.axial=False --config.model.use_gam=False
@@ -118,6 +122,7 @@ else
   SPEED=(--rows train_32 infer_1024x768 --backends jax_fp32 jax_bf16 torch_eager torch_bf16
     --setup_limit_s 150)
   PIPELINE=(--batch_size 32 --batches 60)
+  PREDICT=(--batch_sizes 8)
   TRAIN=(--config.num_train_steps=200 --config.log_every_steps=25 --config.batch_size=32
     --config.model.dtype=bfloat16)
 fi
@@ -139,6 +144,10 @@ section input_pipeline 30 "$PYTHON" benchmarks/input_pipeline.py --shared "$UCF"
 section train 150 "$PYTHON" launch.py --config configs/ucf_cc_50.py --workdir "$SCRATCH/run" \
   --config.data.fold=1 --config.data.data_dir="$SCRATCH/tfds" \
   --config.checkpoint_every_steps=100000 --config.backbone_weights=none "${TRAIN[@]}"
+# (e) Predict mode on a folder of mixed sizes: pictures/s one at a time and batched (the
+# paper model, freshly initialised: the speed does not depend on the weights). Last, in
+# what the budget leaves; its rows go into speed.log (OUT holds at most 8 files).
+LOG_AS=speed section predict 90 "$PYTHON" benchmarks/predict.py --images_only "${PREDICT[@]}"
 
 echo "Total: $((SECONDS - START)) s, $FAILED section(s) not passed" | tee -a "$OUT/summary.md"
 cat "$OUT/summary.md"

@@ -20,6 +20,17 @@ Where the kill falls alternates:
           compilation to the end of the run; the uninterrupted run's loop time).
 A kill that comes after the run ended is drawn again, up to 3 times, then reported.
 
+Predict mode (`--mode predict`): SIGKILLs `launch.py --mode predict` over a folder of
+real photos (../shared/data: sht_sample's five and UCF_CC_50's fifty; `--images` for
+others) at moments drawn uniformly over the uninterrupted run's wall time (start to
+exit), and reruns the same command to the end. Each trial must end with every picture
+exactly once in counts.csv, each count equal to the uninterrupted run's (as written,
+to the last digit), every row's overlay and points file there, and a summary whose
+`already_done` is the rows the killed run had finished. The model: `--workdir`, or the
+tiny config trained for 2 steps into the work folder.
+
+    python benchmarks/fault_trials.py --mode predict --trials 10   # docs/reliability.md
+
 Runs share one JAX compilation cache, so after the first run each start costs the
 imports, the restore and a cache read. Results: a Markdown table on stdout and, with
 `--out`, JSON.
@@ -174,8 +185,120 @@ def differences(reference: tuple[dict, str], trial: tuple[dict, str]) -> list[st
   return found
 
 
+SHARED_DATA = ROOT.parent / "shared" / "data"
+PHOTOS = [str(SHARED_DATA / "sht_sample" / "images"), str(SHARED_DATA / "ucf_cc_50" / "*.jpg")]
+
+
+def predict_command(workdir: Path, images: list[str], out: Path) -> list[str]:
+  command = [sys.executable, "launch.py", "--mode", "predict", "--workdir", str(workdir)]
+  for pattern in images:
+    command += ["--images", pattern]
+  return command + ["--out", str(out)]
+
+
+def read_counts(out: Path) -> list[dict]:
+  import csv
+
+  with open(out / "counts.csv", newline="") as table:
+    return list(csv.DictReader(table))
+
+
+def complete_rows(out: Path) -> int:
+  """Rows with their newline in a killed run's counts.csv (the header not counted)."""
+  try:
+    return max(0, (out / "counts.csv").read_bytes().count(b"\n") - 1)
+  except FileNotFoundError:
+    return 0
+
+
+def predict_losses(reference: list[dict], out: Path, rows_at_kill: int) -> list[str]:
+  rows = read_counts(out)
+  files = [row["file"] for row in rows]
+  lost = [f"{file} counted twice" for file in sorted({f for f in files if files.count(f) > 1})]
+  expected = {row["file"]: row for row in reference}
+  lost += [f"{file} missing" for file in sorted(set(expected) - set(files))]
+  lost += [f"{file} not in the uninterrupted run" for file in sorted(set(files) - set(expected))]
+  for row in rows:
+    want = expected.get(row["file"])
+    if want is not None and row != want:
+      lost.append(f"{row['file']}: {row['count']} != {want['count']}")
+    for side in (f"overlays/{row['name']}.png", f"points/{row['name']}.csv"):
+      if not (out / side).is_file():
+        lost.append(f"{side} missing")
+  summary = json.loads((out / "summary.json").read_text())
+  if summary["already_done"] != rows_at_kill:
+    lost.append(f"the rerun found {summary['already_done']} done, the kill left {rows_at_kill}")
+  if summary["counted"] + summary["already_done"] != len(reference):
+    lost.append(f"counted {summary['counted']} + done {summary['already_done']} != all")
+  return lost
+
+
+def predict_trials(args, folder: Path, env: dict, rng: random.Random) -> list[dict]:
+  """Kill trials of predict mode (see the module docstring)."""
+  workdir = Path(args.workdir) if args.workdir else folder / "run"
+  if not args.workdir and not (workdir / "config.json").exists():
+    data_dir = Path(args.data_dir or folder / "tfds")
+    train = [sys.executable, "launch.py", "--config", "configs/tiny.py", "--workdir"]
+    train += [str(workdir), f"--config.data.data_dir={data_dir}", "--config.num_train_steps=2"]
+    finish(train, env, folder / "train.log", args.timeout_s)
+  images = args.images or PHOTOS
+  straight = folder / "straight"
+  shutil.rmtree(straight, ignore_errors=True)
+  began = time.monotonic()
+  finish(predict_command(workdir, images, straight), env, folder / "straight.log", args.timeout_s)
+  run_s = time.monotonic() - began
+  reference = read_counts(straight)
+  print(
+      f"Uninterrupted predict: {len(reference)} pictures in {run_s:.1f} s ({workdir}).\n\n"
+      "| trial | killed after (s) | rows at kill | counted by the rerun | outcome |\n"
+      "|---|---|---|---|---|",
+      flush=True,
+  )
+  trials = []
+  for trial in range(1, args.trials + 1):
+    out = folder / f"trial_{trial}"
+    row = {"trial": trial, "mode": "predict"}
+    for _ in range(3):
+      shutil.rmtree(out, ignore_errors=True)
+      proc = start(predict_command(workdir, images, out), env, folder / f"trial_{trial}.log")
+      delay, kill_began = rng.uniform(0.0, run_s), time.monotonic()
+      while time.monotonic() - kill_began < delay and proc.poll() is None:
+        time.sleep(0.002)
+      if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        row.update(killed_after_s=round(time.monotonic() - kill_began, 3))
+        break
+      proc.wait()
+    if "killed_after_s" not in row:
+      row["outcome"] = "not killed: the run ended before each of 3 drawn moments"
+    else:
+      row["rows_at_kill"] = complete_rows(out)
+      finish(predict_command(workdir, images, out), env, folder / f"trial_{trial}_rerun.log",
+             args.timeout_s)  # fmt: skip
+      row["counted_by_rerun"] = json.loads((out / "summary.json").read_text())["counted"]
+      lost = predict_losses(reference, out, row["rows_at_kill"])
+      row.update(
+          differences=lost,
+          outcome="identical" if not lost else f"LOST: {len(lost)}: {lost[:5]}",
+      )
+    trials.append(row)
+    print(
+        f"| {trial} | {row.get('killed_after_s', '-')} | {row.get('rows_at_kill', '-')} | "
+        f"{row.get('counted_by_rerun', '-')} | {row['outcome']} |",
+        flush=True,
+    )
+    shutil.rmtree(out, ignore_errors=True)
+  return trials
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--mode", choices=("train", "predict"), default="train")
+  parser.add_argument("--workdir", help="predict: a trained run (default: tiny, trained here)")
+  parser.add_argument(
+      "--images", action="append", help="predict: files, folders or globs (default: PHOTOS)"
+  )
   parser.add_argument("--trials", type=int, default=20)
   parser.add_argument("--steps", type=int, default=12, help="training steps of each run")
   parser.add_argument("--checkpoint_every", type=int, default=2)
@@ -186,7 +309,7 @@ def main(argv=None) -> int:
   parser.add_argument("--timeout_s", type=float, default=600, help="per run")
   parser.add_argument("--out", help="also write the trials as JSON here")
   args = parser.parse_args(argv)
-  if args.trials < 1 or args.steps < 2 * args.checkpoint_every:
+  if args.trials < 1 or (args.mode == "train" and args.steps < 2 * args.checkpoint_every):
     parser.error("need --trials >= 1 and --steps >= 2 x --checkpoint_every")
 
   folder = Path(args.folder or tempfile.mkdtemp(prefix="fault_trials_"))
@@ -200,6 +323,20 @@ def main(argv=None) -> int:
       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
   }
   rng = random.Random(args.seed)
+  if args.mode == "predict":
+    began = time.monotonic()
+    trials = predict_trials(args, folder, env, rng)
+    identical = sum(t["outcome"] == "identical" for t in trials)
+    print(
+        f"\n{identical} of {len(trials)} trials: every picture once, every count the "
+        f"uninterrupted run's; {time.monotonic() - began:.0f} s in all.",
+        flush=True,
+    )
+    if args.out:
+      Path(args.out).write_text(json.dumps({"trials": trials, "identical": identical}, indent=1))
+    if not args.folder:
+      shutil.rmtree(folder, ignore_errors=True)
+    return 0 if identical == len(trials) else 1
   command = lambda workdir: run_command(
       workdir, data_dir, args.steps, args.checkpoint_every, args.workers
   )

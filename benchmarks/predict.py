@@ -6,11 +6,16 @@
     python benchmarks/predict.py --workdir runs/quickstart --video_only   # needs .[video]
     python benchmarks/predict.py --workdir runs/quickstart --figure docs/predict_overlay.png
 
+    python benchmarks/predict.py --images_only --batch_sizes 4 8    # the device check's row
+
 The folder: the five real photos of ../shared/data/sht_sample, each also at 0.5x and
 0.75x, and 10 synthetic_crowd test images (25 images, 19 distinct sizes). It runs
-`predict_files` (loading, forward, overlay PNG, CSV) twice with the same CrowdCounter:
-the first pass compiles, the second is warm. Reports images/s for both, the number of
-compilations (= distinct padded shapes) against the number of distinct image sizes, and
+`predict_files` (decoding on host threads, forward, overlay PNG, CSV, synced rows) twice
+per batch size, with `predict.batch_size` 1 (one picture per forward pass) and each of
+`--batch_sizes` (pictures of one padded shape share a forward pass): the first pass
+compiles, the second is warm. Reports pictures/s for both and the warm speed-up over
+batch 1, the number of compilations (= distinct padded shapes) against the number of
+distinct image sizes, and
 for a trained run, the whole vs tiled count of a large image (a 3 x 4 mosaic of
 synthetic test images, tiled at 512 px with 256 px overlap).
 
@@ -142,6 +147,30 @@ def video_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
   return result
 
 
+def folder_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
+  """pictures/s of `predict_files` on the mixed folder, cold and warm, per batch size."""
+  result = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = Path(tmp) / "images"
+    folder.mkdir()
+    sizes = make_folder(folder)
+    result["images"], result["distinct_sizes"] = len(sizes), len(set(sizes))
+    for batch_size in [1, *batch_sizes]:
+      config = counter.config.copy_and_resolve_references()
+      config.predict.batch_size = batch_size
+      batched = CrowdCounter(config, counter._variables)
+      row = {}
+      for name in ("cold", "warm"):  # a fresh --out each: a rerun into one would skip all
+        summary = predict_files(batched, [str(folder)], Path(tmp) / f"{batch_size}_{name}")
+        row[name] = {k: summary[k] for k in ("images_per_second", "seconds", "compilations")}
+      result[f"batch_{batch_size}"] = row
+  single = result["batch_1"]["warm"]["images_per_second"]
+  for batch_size in batch_sizes:
+    warm = result[f"batch_{batch_size}"]["warm"]["images_per_second"]
+    result[f"batch_{batch_size}"]["warm_speedup"] = round(warm / single, 3)
+  return result
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -149,20 +178,29 @@ def main():
       help="a training workdir (default: the paper model, "
       "freshly initialised, from configs/base.py)",
   )
+  parser.add_argument(
+      "--config", help="without --workdir: this config file's model (default configs/base.py)"
+  )
   parser.add_argument("--tile_check_only", action="store_true")
   parser.add_argument("--video_only", action="store_true")
   parser.add_argument("--no_video", action="store_true")
   parser.add_argument("--video_batch_sizes", type=int, nargs="+", default=[4, 8])
+  parser.add_argument("--batch_sizes", type=int, nargs="+", default=[4], help="pictures")
+  parser.add_argument("--images_only", action="store_true", help="only the folder's pictures/s")
   parser.add_argument("--figure", help="only write the README's overlay picture to this path")
   args = parser.parse_args()
   if args.workdir:
     counter = CrowdCounter.from_checkpoint(args.workdir)
     model = f"checkpoint of {args.workdir}"
   else:
-    from configs.base import get_config
+    import importlib.util
 
-    counter = CrowdCounter.from_config(get_config())
-    model = "paper model (configs/base.py), freshly initialised"
+    path = args.config or str(Path(__file__).resolve().parents[1] / "configs" / "base.py")
+    spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    counter = CrowdCounter.from_config(module.get_config())
+    model = f"model of {os.path.relpath(path)}, freshly initialised"
   result = {
       "machine": f"{platform.machine()} {jax.devices()[0].device_kind}",
       "date": time.strftime("%Y-%m-%d"),
@@ -172,18 +210,11 @@ def main():
     result["figure"] = figure(counter, args.figure)
     print(json.dumps(result, indent=2))
     return
-  if args.video_only or not (args.tile_check_only or args.no_video):
+  if args.video_only or not (args.tile_check_only or args.no_video or args.images_only):
     result["video"] = video_check(counter, args.video_batch_sizes)
   if not (args.tile_check_only or args.video_only):
-    with tempfile.TemporaryDirectory() as tmp:
-      folder = Path(tmp) / "images"
-      folder.mkdir()
-      sizes = make_folder(folder)
-      result["images"], result["distinct_sizes"] = len(sizes), len(set(sizes))
-      for name in ("cold", "warm"):
-        summary = predict_files(counter, [str(folder)], Path(tmp) / name)
-        result[name] = {k: summary[k] for k in ("images_per_second", "seconds", "compilations")}
-  if args.workdir and not args.video_only:
+    result.update(folder_check(counter, args.batch_sizes))
+  if args.workdir and not (args.video_only or args.images_only):
     result["tiled_vs_whole"] = tile_check(counter)
   print(json.dumps(result, indent=2))
 

@@ -178,7 +178,7 @@ def test_a_batch_of_same_size_pictures_counts_as_each_alone(counter, photo):
     assert prediction.picture_size == (192, 256) and prediction.tiles == 1
   with pytest.raises(ValueError, match="1 to predict.batch_size = 4 pictures, got 5"):
     batched.predict_batch([photo] * 5)
-  with pytest.raises(ValueError, match="of one size"):
+  with pytest.raises(ValueError, match="at one padded shape"):
     batched.predict_batch([photo, photo[:100]])
 
 

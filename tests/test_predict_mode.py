@@ -143,7 +143,7 @@ def test_hostile_files_are_skipped_with_their_reason(tmp_path, monkeypatch):
     rows = list(csv.DictReader(table))
   assert [row["file"] for row in rows] == [str(path) for path in good]
   for row, path in zip(rows, good):
-    assert float(row["count"]) == counter.count(path)
+    assert float(row["count"]) == pytest.approx(counter.count(path), rel=1e-5)  # batched
   for name in reasons:
     with pytest.raises(ValueError, match="^" + re.escape(f"{folder / name}: {reasons[name]}")):
       counter.predict(folder / name)

@@ -30,8 +30,9 @@ them from there.
 The forward pass is jitted once per padded shape and batch size;
 `CrowdCounter.compilations` says how many (= XLA compilations) it has run.
 `predict_batch` fills a batch up to `config.predict.batch_size` with copies of its last
-picture, so that every batch of one size runs one compiled function; pictures that need
-tiles run one tile at a time. A counter restores only the parameters and BatchNorm
+picture, so that every batch of one padded shape (`batch_shape`) runs one compiled
+function, whatever the sizes of its pictures (each masks its own count); pictures that
+need tiles run one tile at a time. A counter restores only the parameters and BatchNorm
 statistics of a checkpoint (`checkpointing.restore_variables`), never the optimizer
 state.
 """
@@ -156,32 +157,47 @@ class CrowdCounter:
         image, self._background, self.config.predict.max_megapixels, self.config.data.max_side
     )
     check_regions(regions, picture_size[1], picture_size[0], describe(image))
-    return self._predict_views([view], picture_size, regions, batch_size=1)[0]
+    return self._predict_views([view], [picture_size], regions, batch_size=1)[0]
 
   def predict_batch(
-      self, pictures: Sequence[np.ndarray], regions: RegionSource = None
+      self,
+      pictures: Sequence[np.ndarray],
+      regions: RegionSource = None,
+      picture_sizes: Sequence[tuple[int, int]] | None = None,
   ) -> list[Prediction]:
-    """`predict` for 1 to `predict.batch_size` (H, W, 3) uint8 RGB pictures of one size
-    (decoded video frames), in one forward pass when they fit in one tile. The caller
-    checks that `regions` fit the pictures (`regions.check_regions`), naming their
-    source."""
+    """`predict` for 1 to `predict.batch_size` (H, W, 3) uint8 RGB pictures that run at
+    one padded shape (`batch_shape`: decoded video frames, or pictures of nearby sizes),
+    in one forward pass when they fit in one tile. `picture_sizes` gives each picture's
+    (height, width) before it was fitted to `data.max_side` (`user_images.load_picture`),
+    where points and regions are measured (default: its own size). The caller checks
+    that `regions` fit the pictures (`regions.check_regions`), naming their source."""
     if not 1 <= len(pictures) <= self.config.predict.batch_size:
       raise ValueError(
           f"predict_batch takes 1 to predict.batch_size = {self.config.predict.batch_size} "
           f"pictures, got {len(pictures)}."
       )
-    shape = pictures[0].shape
-    if len(shape) != 3 or shape[2] != 3 or any(p.shape != shape for p in pictures):
-      raise ValueError(
-          "predict_batch takes (H, W, 3) RGB pictures of one size, got shapes "
-          f"{sorted({p.shape for p in pictures})}."
-      )
+    shapes = {p.shape for p in pictures}
+    if any(len(s) != 3 or s[2] != 3 for s in shapes):
+      raise ValueError(f"predict_batch takes (H, W, 3) RGB pictures, got shapes {sorted(shapes)}.")
     if any(p.dtype != np.uint8 for p in pictures):
       raise ValueError("predict_batch takes uint8 pictures.")
     views = [model_view(p, self._background, self.config.data.max_side) for p in pictures]
+    if len({self.batch_shape(*view.shape[:2]) for view in views}) > 1:
+      raise ValueError(
+          "predict_batch takes pictures that run at one padded shape, got shapes "
+          f"{sorted(shapes)}."
+      )
+    sizes = [p.shape[:2] for p in pictures] if picture_sizes is None else list(picture_sizes)
     return self._predict_views(
-        views, shape[:2], as_regions(regions), batch_size=self.config.predict.batch_size
+        views, sizes, as_regions(regions), batch_size=self.config.predict.batch_size
     )
+
+  def batch_shape(self, height: int, width: int) -> tuple[int, int] | None:
+    """The padded (height, width) at which a model view of this size runs, or None when
+    it runs in tiles; pictures with the same shape can share a `predict_batch`."""
+    if max(height, width) > self._tile_size:
+      return None
+    return self._input_shape(height, width)
 
   def count(self, image: ImageSource) -> float:
     return self.predict(image).count
@@ -196,33 +212,37 @@ class CrowdCounter:
   def _predict_views(
       self,
       views: list[np.ndarray],
-      picture_size: tuple[int, int],
+      picture_sizes: list[tuple[int, int]],
       regions: tuple[Region, ...],
       batch_size: int,
   ) -> list[Prediction]:
-    """Predictions for same-size model views of pictures of `picture_size` (height,
-    width): one forward pass of `batch_size` when they fit in a tile, else tiles."""
-    height, width = views[0].shape[:2]
-    if max(height, width) > self._tile_size:
+    """Predictions for model views that share a `batch_shape`, of pictures of
+    `picture_sizes` (height, width each): one forward pass of `batch_size` when they fit
+    in a tile, else tiles."""
+    shape = self.batch_shape(*views[0].shape[:2])
+    if shape is None:
       results = [self._tiled(view) for view in views]
     else:
-      counts, maps = self._run(views, self._input_shape(height, width), batch_size)
+      counts, maps = self._run(views, shape, batch_size)
       results = [(counts[i], maps[i], 1) for i in range(len(views))]
-    scale = np.array([width / picture_size[1], height / picture_size[0]])
-    return [
-        Prediction(
-            count=float(count),
-            density=density,
-            image=view,
-            tiles=tiles,
-            picture_size=tuple(picture_size),
-            points=localization.locate_heads(density, DENSITY_STRIDE, **self._point_options)
-            / scale,
-            regions=region_counts(density, list(regions), tuple(scale), (height, width)),
-            region_polygons=regions,
-        )
-        for view, (count, density, tiles) in zip(views, results)
-    ]
+    predictions = []
+    for view, picture_size, (count, density, tiles) in zip(views, picture_sizes, results):
+      height, width = view.shape[:2]
+      scale = np.array([width / picture_size[1], height / picture_size[0]])
+      predictions.append(
+          Prediction(
+              count=float(count),
+              density=density,
+              image=view,
+              tiles=tiles,
+              picture_size=tuple(picture_size),
+              points=localization.locate_heads(density, DENSITY_STRIDE, **self._point_options)
+              / scale,
+              regions=region_counts(density, list(regions), tuple(scale), (height, width)),
+              region_polygons=regions,
+          )
+      )
+    return predictions
 
   def _tiled(self, view: np.ndarray) -> tuple[float, np.ndarray, int]:
     """(count, density, tiles) of an (h, w, 3) image with a side longer than
@@ -256,16 +276,20 @@ class CrowdCounter:
 
   def _run(
       self, images: list[np.ndarray], shape: tuple[int, int], batch_size: int
-  ) -> tuple[np.ndarray, np.ndarray]:
-    """(counts (n,), density maps (n, ceil(h/4), ceil(w/4))) of n <= `batch_size`
-    same-size (h, w, 3) images, each padded to `shape` and the batch filled up to
-    `batch_size` with copies of the last."""
-    height, width = images[0].shape[:2]
+  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(counts (n,), n density maps (ceil(h/4), ceil(w/4)) each) of n <= `batch_size`
+    (h, w, 3) images no larger than `shape`, each padded to `shape` and the batch filled
+    up to `batch_size` with copies of the last; each image's own size masks its count."""
     padded = [pad_image(image, shape, self._background) for image in images]
     batch = np.stack(padded + padded[-1:] * (batch_size - len(padded)))
     self._shapes.add(batch.shape[:3])
-    valid_sizes = np.array([(height, width)] * len(batch), np.int32)
+    sizes = [image.shape[:2] for image in images]
+    valid_sizes = np.array(sizes + sizes[-1:] * (batch_size - len(sizes)), np.int32)
     counts, density = jax.device_get(self._count_fn(self._variables, batch, valid_sizes))
-    cells = (ceil_div(height, DENSITY_STRIDE), ceil_div(width, DENSITY_STRIDE))
-    kept = len(images)
-    return counts[:kept], np.ascontiguousarray(density[:kept, : cells[0], : cells[1]])
+    maps = [
+        np.ascontiguousarray(
+            density[i, : ceil_div(height, DENSITY_STRIDE), : ceil_div(width, DENSITY_STRIDE)]
+        )
+        for i, (height, width) in enumerate(sizes)
+    ]
+    return counts[: len(images)], maps

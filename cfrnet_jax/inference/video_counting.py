@@ -44,13 +44,18 @@ def video_predictions(
     every_frames: int | None = None,
     every_seconds: float | None = None,
     regions: RegionSource = None,
+    after_frame: int = -1,
 ) -> Iterator[tuple[video_io.VideoFrame, Prediction]]:
   """(frame, prediction) for each sampled frame of the video at `path`
-  (`video_io.sample_frames`), in order. Raises ValueError naming the file when it cannot
-  be read, when a region reaches outside its frames, and, after the frames decoded
-  before, when it is truncated or damaged."""
+  (`video_io.sample_frames`) whose index is above `after_frame`, in order (a resumed
+  video: the earlier frames are decoded, so that the sample is the same, not counted).
+  Raises ValueError naming the file when it cannot be read, when a region reaches
+  outside its frames, and, after the frames decoded before, when it is truncated or
+  damaged."""
   regions = as_regions(regions)
   frames = video_io.sample_frames(path, every_frames, every_seconds)
+  if after_frame >= 0:
+    frames = (frame for frame in frames if frame.index > after_frame)
   for batch in same_size_batches(frames, counter.config.predict.batch_size):
     height, width = batch[0].pixels.shape[:2]
     check_regions(regions, width, height, str(path))
