@@ -28,6 +28,7 @@ from tests.test_serve import chromium, playwright_api
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
+POINT_THRESHOLD = 0.01  # about 1,000 proposals on IMG_1
 
 
 @pytest.fixture(scope="module")
@@ -320,12 +321,14 @@ def test_non_loopback_host_without_token_exits_2(tmp_path, extra):
 @pytest.fixture
 def annotated_run(trained_workdir, tmp_path):
   """`launch.py --mode serve --annotate` on a copy of sht_sample's pictures with a token,
-  on a free port: yields (URL with the token, the folder)."""
+  on a free port, proposing the 2-step model's peaks above POINT_THRESHOLD (its default
+  threshold keeps none): yields (URL with the token, the folder)."""
   folder = tmp_path / "to_annotate"
   shutil.copytree(shared_data("sht_sample") / "images", folder)
   process = subprocess.Popen(
       [sys.executable, "launch.py", "--mode=serve", f"--workdir={trained_workdir}", "--port=0",
-       f"--annotate={folder}", f"--token={TOKEN}"],  # fmt: skip
+       f"--annotate={folder}", f"--token={TOKEN}", "--config=configs/tiny.py",
+       f"--config.predict.point_threshold={POINT_THRESHOLD}"],  # fmt: skip
       cwd=REPO,
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
@@ -347,6 +350,12 @@ def annotated_run(trained_workdir, tmp_path):
     process.wait(timeout=30)
 
 
+def loaded(page, name, timeout):
+  """Waits until the page shows picture `name` (a selector: the page's policy forbids the
+  `eval` that wait_for_function would use)."""
+  page.locator(f"body[data-loaded='{name}']").wait_for(state="attached", timeout=timeout)
+
+
 def screen(page, point):
   """Where picture pixel `point` is on the screen (CSS pixels), by the page's view."""
   view = page.evaluate("annotator.view()")
@@ -357,9 +366,10 @@ def screen(page, point):
   )
 
 
-def picture_point(page, x, y):
-  view = page.evaluate("annotator.view()")
-  box = page.locator("#canvas").bounding_box()
+def picture_point(page, x, y, view=None, box=None):
+  """The picture pixel at screen position (x, y), by the page's view (or `view`, `box`)."""
+  view = view or page.evaluate("annotator.view()")
+  box = box or page.locator("#canvas").bounding_box()
   return [(x - box["x"] - view["x"]) / view["scale"], (y - box["y"] - view["y"]) / view["scale"]]
 
 
@@ -371,6 +381,7 @@ def far_from(points, candidates, distance):
   raise AssertionError("no free spot")
 
 
+@pytest.mark.slow  # about 50 s on 2 CPU cores, most of it the model's proposals
 def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained_workdir, tmp_path):
   """A person's session, by mouse and keyboard only: accept the proposals of IMG_1, add
   two points, move one, remove one, save, go on and come back; the saved file holds
@@ -380,14 +391,17 @@ def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained
 
   url, folder = annotated_run
   sync_api = playwright_api()
-  proposals = CrowdCounter.from_checkpoint(trained_workdir).predict(folder / "IMG_1.jpg").points
+  config = tiny.get_config()
+  config.predict.point_threshold = POINT_THRESHOLD
+  counter = CrowdCounter.from_checkpoint(trained_workdir, config=config)
+  proposals = counter.predict(folder / "IMG_1.jpg").points
   assert len(proposals) >= 2, "the test needs two proposals to move and remove"
   with sync_api.sync_playwright() as playwright:
     browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
     page = browser.new_page(viewport={"width": 1200, "height": 850})
     page.goto(url)
     assert "token" not in page.url  # taken once, then out of the address bar
-    page.wait_for_function("document.body.dataset.loaded === 'IMG_1.jpg'", timeout=300_000)
+    loaded(page, "IMG_1.jpg", 300_000)
     assert np.allclose(page.evaluate("annotator.proposals()"), proposals, atol=0.01)
     assert page.inner_text("#npoints") == "0"
     page.keyboard.press("a")  # accept the proposals
@@ -395,9 +409,18 @@ def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained
     expected = [list(p) for p in np.round(proposals, 2)]
 
     # Two points added where there is none, at whole screen pixels.
-    spots = [(x, y) for y in range(100, 700, 37) for x in range(100, 900, 41)]
+    box, view = page.locator("#canvas").bounding_box(), page.evaluate("annotator.view()")
+    width, height = Image.open(folder / "IMG_1.jpg").size
+    spots = [
+        (x, y)
+        for y in range(round(box["y"]) + 20, round(box["y"] + box["height"]) - 20, 37)
+        for x in range(round(box["x"]) + 20, round(box["x"] + box["width"]) - 20, 41)
+        if 5 <= picture_point(page, x, y, view, box)[0] <= width - 5
+        and 5 <= picture_point(page, x, y, view, box)[1] <= height - 5
+    ]
+    spots = [np.array(picture_point(page, x, y, view, box)) for x, y in spots]
     for _ in range(2):
-      spot = far_from(expected, [np.array(picture_point(page, *s)) for s in spots], 25)
+      spot = far_from(expected, spots, 15)
       x, y = screen(page, spot)
       page.mouse.click(round(x), round(y))
       expected.append(picture_point(page, round(x), round(y)))
@@ -406,7 +429,6 @@ def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained
     # Move the first proposal 30 screen pixels across and 20 up or down (towards the
     # middle, to stay on the picture), by dragging it.
     x, y = (round(v) for v in screen(page, expected[0]))
-    box = page.locator("#canvas").bounding_box()
     dx = 30 if x < box["x"] + box["width"] / 2 else -30
     dy = 20 if y < box["y"] + box["height"] / 2 else -20
     page.mouse.move(x, y)
@@ -426,22 +448,22 @@ def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained
     assert "Unsaved" in page.inner_text("#status")
 
     page.keyboard.press("s")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('Saved')")
+    page.locator("#status", has_text=re.compile("^Saved ")).wait_for(timeout=60_000)
     assert page.locator("#pictures li.done").count() == 1
     page.keyboard.press("n")
-    page.wait_for_function("document.body.dataset.loaded === 'IMG_2.jpg'", timeout=300_000)
+    loaded(page, "IMG_2.jpg", 300_000)
     page.keyboard.press("p")
-    page.wait_for_function("document.body.dataset.loaded === 'IMG_1.jpg'", timeout=60_000)
+    loaded(page, "IMG_1.jpg", 60_000)
     assert page.inner_text("#npoints") == str(len(expected))
     assert page.inner_text("#status") == "Saved annotation."
 
     # An unsaved change survives a reload (the token stays with the tab).
-    x, y = screen(page, far_from(expected, [np.array(picture_point(page, *s)) for s in spots], 25))
+    x, y = screen(page, far_from(expected, spots, 15))
     page.mouse.click(round(x), round(y))
     page.reload()
-    page.wait_for_function("document.body.dataset.loaded === 'IMG_2.jpg'", timeout=300_000)
+    loaded(page, "IMG_2.jpg", 300_000)
     page.click("#pictures li[data-name='IMG_1.jpg'] button")
-    page.wait_for_function("document.body.dataset.loaded === 'IMG_1.jpg'", timeout=60_000)
+    loaded(page, "IMG_1.jpg", 60_000)
     assert page.inner_text("#npoints") == str(len(expected) + 1)
     assert "Unsaved" in page.inner_text("#status")
     browser.close()
