@@ -21,14 +21,17 @@ the median is reported. What each JAX step does beyond the twin: it takes uint8 
 points and normalises and renders the density targets inside the step, while the twin
 gets normalised float images and finished targets (its step does less work).
 
-On a GPU, the JAX rows also report XLA's FLOP count of the compiled step, the achieved
-TFLOP/s and the fraction of the GPU's dense peak (TF32 for float32 - JAX's default
-precision for float32 convolutions and matmuls on GPU, which the twin is also allowed -
-and BF16). Memory: XLA's plan for each JAX row (`memory_gb`), and on a GPU the allocator's
-peak of every backend (`peak_gb`). A row whose JAX step needs more memory than the machine
-has (XLA's estimate) is skipped with the figure. `--parallel_setup` builds the backends of
-a row in parallel processes (compilation is CPU work; a GPU host has the cores), then
-times them in turns as usual.
+FLOPs: each JAX row reports the model FLOPs of its program (`model_flops`: counted from
+the traced step's convolutions, matmuls and attention, recomputation excluded,
+`cfrnet_jax.training.flops`), XLA's cost analysis beside it (`xla_flops`; on a GPU it
+leaves out the cuDNN convolutions and cuBLAS matmuls, custom calls), the achieved model
+TFLOP/s and, on a device of `flops.PEAKS`, the MFU: model FLOPs / time / the devices' dense
+peak (TF32 for float32 on NVIDIA GPUs - JAX's default precision for float32 convolutions
+and matmuls there, which the twin is also allowed - and BF16). Memory: XLA's plan for each
+JAX row (`memory_gb`), and on a GPU the allocator's peak of every backend (`peak_gb`). A row
+whose JAX step needs more memory than the machine has (XLA's estimate) is skipped with the
+figure. `--parallel_setup` builds the backends of a row in parallel processes (compilation
+is CPU work; a GPU host has the cores), then times them in turns as usual.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks.batches import make_batch, model_config  # noqa: E402
 from benchmarks.torch_twin import model as twin  # noqa: E402
 from cfrnet_jax import evaluation  # noqa: E402
 from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
@@ -66,9 +70,7 @@ from cfrnet_jax.state import (  # noqa: E402
     local_copy,
     model_graphdef,
 )
-from cfrnet_jax.training import sharding, step_cost, trainer  # noqa: E402
-from configs import tiny  # noqa: E402
-from configs.base import get_config  # noqa: E402
+from cfrnet_jax.training import flops, sharding, step_cost, trainer  # noqa: E402
 
 ROWS = {  # name: (kind, batch, height, width)
     "train_4": ("train", 4, 256, 256),
@@ -91,8 +93,6 @@ GPU_ONLY = ("jax_bf16_cudnn",)
 INFER_ONLY = ("onnxruntime",)
 # --smoke: (batch, height, width) of every row for the tiny model.
 SMOKE_SIZES = {"train": (2, 64, 64), "infer": (1, 96, 128), "backbone": (2, 64, 64)}
-# Dense peak FLOP/s by GPU name fragment: (TF32, BF16), NVIDIA's SXM datasheets.
-GPU_PEAKS = {"H100": (494.7e12, 989.4e12), "H200": (494.7e12, 989.4e12), "A100": (156e12, 312e12)}
 TORCH_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -101,28 +101,14 @@ def _sync():
     torch.cuda.synchronize()
 
 
-def make_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
-  """Random crops with 64 heads each, in the fields of `data.pipeline.TrainCrop`."""
-  rng = np.random.default_rng(seed)
-  points = rng.uniform(0, [width, height], (batch, 256, 2)).astype(np.float32)
-  return {
-      "image": rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8),
-      "points": points,
-      "valid": np.arange(256)[None].repeat(batch, 0) < 64,
-      "valid_size": np.tile(np.array([height, width], np.int32), (batch, 1)),
-      "count": np.full((batch,), 64, np.int32),
-  }
-
-
-def model_config(model: str):
-  """The config whose model a benchmark runs: "paper", or "smoke": configs/tiny.py's
-  model without GAM and decoders (add fusion), which XLA compiles in a fraction of the
-  time on a CPU, for checking the benchmark scripts themselves."""
-  if model == "paper":
-    return get_config()
-  config = tiny.get_config()
-  config.model.update(fusion="add", hierarchical=False, axial=False, use_gam=False)
-  return config
+def flop_figures(traced: jax.stages.Traced, compiled: jax.stages.Compiled) -> dict:
+  """The model FLOPs of one call of `traced` (its jaxpr) and XLA's cost analysis of it."""
+  figures = {"xla_flops": step_cost.step_cost(compiled).flops}
+  try:
+    figures["model_flops"] = flops.checked_total(flops.count_jaxpr(traced.jaxpr))
+  except flops.FlopCountError as error:
+    figures["model_flops_error"] = str(error)
+  return figures
 
 
 def _jax_memory_gb(compiled) -> float:
@@ -140,7 +126,8 @@ def peak_memory_gb() -> float | None:
 def jax_runner(
     kind: str, dtype: str, batch_size: int, height: int, width: int, model: str = "paper"
 ):
-  """(run, flops, memory GB) for our JAX code on `kind`."""
+  """(run, FLOP figures (`flop_figures`, with the device count), memory GB) for our JAX
+  code on `kind`."""
   config = model_config(model)
   config.model.dtype = "bfloat16" if dtype.startswith("bfloat16") else dtype
   config.model.attention = "cudnn" if dtype.endswith("cudnn") else "xla"
@@ -153,7 +140,9 @@ def jax_runner(
   if kind == "train":
     step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = sharding.make_global_batch(make_batch(batch_size, height, width), mesh)
-    compiled = step.lower(state, batch).compile()
+    traced = step.trace(state, batch)
+    compiled = traced.lower().compile()
+    devices = mesh.size
     holder = {"state": state}
 
     def run():
@@ -165,12 +154,15 @@ def jax_runner(
     variables = ModelVariables(local_copy(state.params), local_copy(state.batch_stats))
     image = jnp.asarray(make_batch(1, height, width)["image"])
     valid = jnp.array([[height, width]], jnp.int32)
-    compiled = count_fn.lower(variables, image, valid).compile()
+    traced = count_fn.trace(variables, image, valid)
+    compiled = traced.lower().compile()
+    devices = 1
 
     def run():
       jax.block_until_ready(compiled(variables, image, valid))
 
-  return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
+  figures = {**flop_figures(traced, compiled), "devices": devices}
+  return run, figures, _jax_memory_gb(compiled)
 
 
 def _jax_backbone_runner(widths, batch_size, height, width):
@@ -193,17 +185,16 @@ def _jax_backbone_runner(widths, batch_size, height, width):
       np.random.default_rng(0).normal(size=(batch_size, height, width, 3)), jnp.float32
   )
   holder = {"params": params, "opt": tx.init(params)}
-  compiled = (
-      jax.jit(step, donate_argnums=(0, 2))
-      .lower(holder["params"], stats, holder["opt"], images)
-      .compile()
+  traced = jax.jit(step, donate_argnums=(0, 2)).trace(
+      holder["params"], stats, holder["opt"], images
   )
+  compiled = traced.lower().compile()
 
   def run():
     holder["params"], holder["opt"], loss = compiled(holder["params"], stats, holder["opt"], images)
     jax.block_until_ready(loss)
 
-  return run, compiled.cost_analysis().get("flops"), _jax_memory_gb(compiled)
+  return run, {**flop_figures(traced, compiled), "devices": 1}, _jax_memory_gb(compiled)
 
 
 def torch_runner(
@@ -313,12 +304,9 @@ def available_memory_gb() -> float:
   return step_cost.device_memory_bytes(jax.devices()[0]) / 1e9
 
 
-def gpu_peak(dtype: str) -> float | None:
-  kind = jax.devices()[0].device_kind
-  for fragment, (tf32, bf16) in GPU_PEAKS.items():
-    if fragment in kind:
-      return bf16 if dtype.startswith("bfloat16") else tf32
-  return None
+def device_peak(dtype: str) -> float | None:
+  """Dense peak FLOP/s of this machine's first device for `dtype`; None if unknown."""
+  return flops.peak_flops(jax.devices()[0].device_kind, dtype)
 
 
 JAX_DTYPES = {"jax_fp32": "float32", "jax_bf16": "bfloat16", "jax_bf16_cudnn": "bfloat16_cudnn"}
@@ -340,8 +328,8 @@ def _worker(
   try:
     start = time.perf_counter()
     if backend.startswith("jax"):
-      run, flops, memory = jax_runner(kind, JAX_DTYPES[backend], batch_size, height, width, model)
-      info = {"flops": flops, "memory_gb": round(memory, 2)}
+      run, figures, memory = jax_runner(kind, JAX_DTYPES[backend], batch_size, height, width, model)
+      info = {**figures, "memory_gb": round(memory, 2)}
       if memory > 0.9 * available_memory_gb():
         info["skipped"] = (
             f"needs {memory:.1f} GB (XLA), the machine has {available_memory_gb():.0f} GB"
@@ -465,11 +453,13 @@ def bench_row(
     result = row["results"][backend]
     result["median_s"] = statistics.median(values)
     result["runs_s"] = [round(v, 4) for v in values]
-    peak = gpu_peak(JAX_DTYPES.get(backend, "float32"))
-    if result.get("flops") and jax.devices()[0].platform == "gpu":
-      result["tflops"] = result["flops"] / result["median_s"] / 1e12
+    if result.get("model_flops"):  # JAX rows: model TFLOP/s and, on a known device, MFU
+      result["model_tflop_per_s"] = result["model_flops"] / result["median_s"] / 1e12
+      peak = device_peak(JAX_DTYPES[backend])
       if peak:
-        result["peak_fraction"] = result["tflops"] * 1e12 / peak
+        result["mfu"] = flops.mfu(
+            result["model_flops"], result["median_s"], peak, result.get("devices", 1)
+        )
   # Equal precision: JAX float32 against eager float32, JAX bfloat16 against autocast.
   for backend, reference in (
       ("jax_fp32", "torch_eager"),
@@ -482,17 +472,32 @@ def bench_row(
   return row
 
 
+def _flop_cell(results: dict) -> str:
+  """The model FLOPs of a row's program (one figure: float32 and bfloat16 run the same
+  products) and XLA's per JAX dtype."""
+  jax_results = [results.get(b, {}) for b in ("jax_fp32", "jax_bf16")]
+  model = next((r["model_flops"] for r in jax_results if r.get("model_flops")), None)
+  if model is None:
+    return "-"
+  xla = " / ".join(
+      flops.format_flops(r["xla_flops"]) if r.get("xla_flops") else "-" for r in jax_results
+  )
+  return f"{flops.format_flops(model)} ({xla})"
+
+
 def markdown(rows: list[dict]) -> str:
-  """Seconds per unit (median), JAX / PyTorch at equal precision, and per JAX row its
-  fraction of the GPU's peak and XLA's memory figure."""
+  """Seconds per unit (median), JAX / PyTorch at equal precision, and of the JAX rows the
+  model FLOPs (XLA's cost analysis beside them), the MFU on a device of known peak and
+  XLA's memory figure."""
   ratios = (("jax_fp32", "fp32"), ("jax_bf16", "bf16"), ("jax_bf16_cudnn", "bf16 cuDNN"))
   lines = [
       "| row | "
       + " | ".join(BACKENDS)
       + " | "
       + " | ".join(f"JAX/torch {label}" for _, label in ratios)
-      + " | JAX MFU fp32 / bf16 | JAX memory fp32 / bf16 (GB) |",
-      "|---" * (len(BACKENDS) + len(ratios) + 3) + "|",
+      + " | model FLOPs per unit (XLA cost analysis fp32 / bf16) | JAX MFU fp32 / bf16"
+      + " | JAX memory fp32 / bf16 (GB) |",
+      "|---" * (len(BACKENDS) + len(ratios) + 4) + "|",
   ]
   for row in rows:
     results = row["results"]
@@ -508,7 +513,8 @@ def markdown(rows: list[dict]) -> str:
     for backend, _ in ratios:
       ratio = results.get(backend, {}).get("ratio_to_torch")
       cells.append(f"{ratio:.2f}" if ratio else "-")
-    for key, fmt in (("peak_fraction", "{:.0%}"), ("memory_gb", "{:.1f}")):
+    cells.append(_flop_cell(results))
+    for key, fmt in (("mfu", "{:.1%}"), ("memory_gb", "{:.1f}")):
       cells.append(
           " / ".join(
               fmt.format(results[b][key]) if key in results.get(b, {}) else "-"

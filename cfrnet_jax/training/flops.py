@@ -94,9 +94,9 @@ _OPAQUE = {
     "cudnn_fusion",
     "ragged_dot",
     "ragged_dot_general",
-    "shard_map",
-    "xla_pmap",
 }
+# Per-device bodies: their count times the devices they run on is not read here.
+_PER_DEVICE = {"shard_map", "xla_pmap"}
 _ATTENTION_BTNH = 0  # cuDNN attention layouts: (batch, seq, heads, dim) or (b, heads, seq, dim)
 
 
@@ -285,6 +285,8 @@ class _Counter:
         )
     elif name in _OPAQUE:
       self.uncounted.append(f"{name}: work not readable from its shapes")
+    elif name in _PER_DEVICE:
+      self.uncounted.append(f"{name}: a per-device body, not counted")
     else:
       for sub in _sub_jaxprs(eqn.params):  # reductions', scatters' and sorts' combiners
         if self._isolated(sub).total:
@@ -364,9 +366,11 @@ class Peak:
   float32: float | None
 
 
-# Per device (one GPU; one TPU chip, which JAX shows as one device from v4 on).
+# Per device (one GPU; one TPU chip, which JAX shows as one device from v4 on), from
+# NVIDIA's datasheets (dense: half their structured-sparsity figures) and Google Cloud's
+# TPU system architecture pages.
 PEAKS = (
-    Peak("NVIDIA H100 PCIe", r".*h100.*pcie.*", 756e12, 378e12),
+    Peak("NVIDIA H100 PCIe", r".*h100.*pcie.*", 756.5e12, 378e12),
     Peak("NVIDIA H100 SXM", r".*h100(?!.*(pcie|nvl)).*", 989.4e12, 494.7e12),
     Peak("NVIDIA H200 SXM", r".*h200(?!.*nvl).*", 989.4e12, 494.7e12),
     Peak("NVIDIA A100", r".*a100.*", 312e12, 156e12),
