@@ -108,7 +108,7 @@ _MAX_UPLOAD_MB = flags.DEFINE_float(
 def _predict(config):
   """Counts the user's images with the workdir's checkpoint. `--config` is optional here:
   without it the run's own `config.json` is used; a given one may change the prediction
-  settings but not what changes the counts (`checkpointing.check_counting_config`)."""
+  settings but not what changes the counts (`run_config.check_counting_config`)."""
   from cfrnet_jax.inference import video_io
   from cfrnet_jax.inference.counter import CrowdCounter
   from cfrnet_jax.inference.predict_mode import OutputMismatchError, predict_files, predict_videos
@@ -270,15 +270,15 @@ def _checkpoint_errors_as_messages():
   """A checkpoint that cannot be written or read, a config that does not match the
   run's own, or backbone weights that cannot be fetched or read, end the command with
   the message (which says what to do) and status 1, not a traceback."""
-  from cfrnet_jax import checkpointing
+  from cfrnet_jax import checkpoint_repair, checkpointing, run_config
   from cfrnet_jax.models import pretrained
 
   try:
     yield
   except (
       checkpointing.CheckpointSaveError,
-      checkpointing.ConfigMismatchError,
-      checkpointing.DamagedCheckpointError,
+      run_config.ConfigMismatchError,
+      checkpoint_repair.DamagedCheckpointError,
       pretrained.DownloadError,
       pretrained.WeightsError,
   ) as error:

@@ -95,7 +95,7 @@ def child(args) -> None:
   """Counts the photo in this (fresh) process and prints the figures as JSON."""
   import jax
 
-  from cfrnet_jax import checkpointing
+  from cfrnet_jax import run_config
   from cfrnet_jax.inference.counter import CrowdCounter
   from cfrnet_jax.inference.predict_mode import predict_files
   from configs import default
@@ -104,7 +104,7 @@ def child(args) -> None:
   if args.fresh:
     config = default.get_config()
   else:
-    config = checkpointing.load_run_config(args.workdir)
+    config = run_config.load_run_config(args.workdir)
   if args.tile_size:
     config.predict.tile_size = args.tile_size
   if args.fresh:

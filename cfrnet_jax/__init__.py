@@ -7,8 +7,11 @@ Packages by role:
   training/    the training loop, loss, sharding;
   inference/   counting the user's pictures: CrowdCounter, tiling, overlays;
 and, shared by all of them, `state` (model structure and variables), `checkpointing`
-(Orbax), `evaluation` (whole-image counts and metrics) and `cross_validation`
-(UCF_CC_50's five folds).
+(Orbax saves and restores) with `checkpoint_repair` (damaged checkpoints) and
+`orbax_noise` (what a failed read prints), `run_config` (a run's `config.json` and what a
+later use must share with it), `workdir_lock` (one training run per workdir),
+`evaluation` (whole-image counts and metrics) and `cross_validation` (UCF_CC_50's five
+folds).
 """
 
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES, CFRNet, build_model

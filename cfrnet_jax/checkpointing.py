@@ -8,68 +8,42 @@ Saves are asynchronous. Kept: the latest `config.keep_checkpoints` steps and the
 `BEST_KEPT` (2) best steps by evaluation MAE, so that a ranked run whose best checkpoint
 is damaged still has the next best on the same rule.
 
-Training restores everything (`restore`). Evaluation and prediction restore only the
-parameters and BatchNorm statistics (`restore_variables`, a partial restore: the Adam
-moments, twice the parameters' size, are never read). Restoring without this package is
-plain Orbax:
+Training restores everything (`restore`, `restore_newest_intact`). Evaluation and
+prediction restore only the parameters and BatchNorm statistics (`restore_variables`, a
+partial restore: the Adam moments, twice the parameters' size, are never read).
+Restoring without this package is plain Orbax:
     ocp.StandardCheckpointer().restore(WORKDIR + "/checkpoints/STEP/state")
 
-One training run per workdir (`workdir_lock`): a second run started on a workdir that a
-live run is training in stops at once, naming the first, instead of interleaving its
-checkpoints with the other's.
+A checkpoint that does not read is replaced by the next one on the reader's rule:
+training's newest first, evaluation's and prediction's by saved MAE (`steps_by_rank`);
+`checkpoint_repair` says how, and moves what training cannot read aside. A save that
+fails (a full disk) stops the run naming the step, the folder and the error
+(`CheckpointSaveError`); the steps saved before are untouched, and the same command
+resumes from them once there is space.
 
-Damaged checkpoints (a file truncated or missing, say after a disk filled up or a copy
-broke off): training tries the newest first and falls back to the next newest;
-evaluation and prediction try the steps in order of their saved MAE (best first), then
-the unranked ones newest first; each fallback is a warning that names the step, its
-folder and what failed. Training moves a damaged
-step to `WORKDIR/damaged_checkpoints/` (kept for inspection, out of the manager's way)
-and resumes from the newest intact one; when every checkpoint is damaged it stops rather
-than start from scratch over them. A save that fails (a full disk) stops the run naming
-the step, the folder and the error (`CheckpointSaveError`); the steps saved before are
-untouched, and the same command resumes from them once there is space.
-
-A run's `config.json` binds its later uses (`config_differences`): resuming refuses a
-config that trains something else (`check_resumable`), and evaluation and prediction
-refuse one that counts differently (`check_counting_config`), naming each field.
+What else binds a workdir: its `config.json` (`run_config`) and its one training run at a
+time (`workdir_lock`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import gc
 import json
 import logging
-import os
-import re
-import shutil
-import socket
-import sys
-import tempfile
-import time
-import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import grain.python as grain
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cfrnet_jax import checkpoint_repair
 from cfrnet_jax.state import ModelVariables, abstract_variables
 from configs import base
 
 ITEMS = ("state", "data_iter")
-DAMAGED_DIR = "damaged_checkpoints"  # under the workdir: where training moves damaged steps
 # Ranked runs keep this many best steps by MAE: a damaged best falls back to the next best.
 BEST_KEPT = 2
-
-
-class DamagedCheckpointError(RuntimeError):
-  """No checkpoint that was asked for, or none at all, can be read."""
 
 
 class CheckpointSaveError(RuntimeError):
@@ -82,7 +56,8 @@ def create_checkpoint_manager(
   """The run's manager. `keep_checkpoints` (a training run passes its
   `config.keep_checkpoints`; None: the default of `configs/base.py`) is how many of the
   latest steps a save keeps, besides the `BEST_KEPT` best by MAE. The policy runs only
-  after a save, so for a reader, which never saves, the count changes nothing."""
+  after a save, so for a reader, which never saves, the count changes nothing. Raises
+  `checkpoint_repair.DamagedCheckpointError` when a step's metrics file does not read."""
   if keep_checkpoints is None:
     keep_checkpoints = base.get_config().keep_checkpoints
   policy = checkpoint_managers.AnyPreservationPolicy(
@@ -107,66 +82,9 @@ def create_checkpoint_manager(
       # removes what a killed or failed save left instead, in training only.
       cleanup_tmp_directories=False,
   )
+  checkpoint_repair.refuse_damaged_metrics(workdir)  # Orbax would fail on them here
   directory = Path(workdir).absolute() / "checkpoints"
-  damaged = _damaged_metrics(directory)
-  if damaged:  # Orbax reads every step's metrics when it opens the folder, and fails
-    raise DamagedCheckpointError(
-        "; ".join(f"{path} cannot be read ({reason})" for path, reason in damaged)
-        + ". Orbax reads these evaluation metrics to rank checkpoints: move the step "
-        f"folders away (a training run moves them to {Path(workdir) / DAMAGED_DIR} itself)."
-    )
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
-
-
-def _damaged_metrics(directory: Path) -> list[tuple[Path, str]]:
-  """(file, reason) for each finished step whose metrics file is not valid JSON."""
-  found = []
-  for step in _finished_steps(directory):
-    path = directory / str(step) / "metrics" / "metrics"
-    if path.exists():
-      try:
-        json.loads(path.read_text())
-      except (ValueError, OSError) as error:
-        found.append((path, _reason(error)))
-  return found
-
-
-def prepare_for_training(workdir: str | Path) -> None:
-  """Makes `WORKDIR/checkpoints` openable and tidy before a training run opens it, on
-  the first host (the others wait): each step whose metrics file is damaged moves to
-  `WORKDIR/damaged_checkpoints/` (readers get `create_checkpoint_manager`'s error
-  instead), and the temporary folders of saves that a killed or failed run left are
-  deleted (they never become checkpoints); each is logged."""
-  directory = Path(workdir).absolute() / "checkpoints"
-  if jax.process_index() == 0:
-    for path, reason in _damaged_metrics(directory):
-      step = int(path.parent.parent.name)
-      logging.warning("The checkpoint of step %d (%s) cannot be read: %s.", step, path, reason)
-      _move_aside(directory, workdir, step)
-    unfinished = [
-        p for p in sorted(directory.glob(f"*{ocp.path.step.TMP_DIR_SUFFIX}*")) if p.is_dir()
-    ]
-    for path in unfinished:
-      shutil.rmtree(path)
-    if unfinished:
-      logging.warning(
-          "Deleted %d unfinished save(s) that an interrupted run left: %s.",
-          len(unfinished),
-          ", ".join(p.name for p in unfinished),
-      )
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices("prepare the checkpoint folder")
-
-
-def _move_aside(directory: Path, workdir: str | Path, step: int) -> None:
-  target = Path(workdir) / DAMAGED_DIR / str(step)
-  if target.exists():
-    target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
-  target.parent.mkdir(parents=True, exist_ok=True)
-  shutil.move(str(Path(directory) / str(step)), target)
-  logging.warning("Moved the damaged checkpoint of step %d to %s.", step, target)
 
 
 def save(
@@ -199,147 +117,16 @@ def wait_for_saves(manager: ocp.CheckpointManager, step: int) -> None:
 
 
 def _save_error(manager: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointSaveError:
-  kept = _finished_steps(manager.directory)
+  kept = checkpoint_repair.finished_steps(manager.directory)
   return CheckpointSaveError(
       f"Could not write the checkpoint of step {step} in {manager.directory}: "
-      f"{_reason(error)}. "
+      f"{checkpoint_repair.error_reason(error)}. "
       + (
           f"The checkpoints of steps {kept} are intact; free some space (or fix the "
           "folder) and rerun the same command to resume from the newest of them."
           if kept
           else "No earlier checkpoint exists; free some space and rerun the command."
       )
-  )
-
-
-def _finished_steps(directory: Path) -> list[int]:
-  """Steps whose folders Orbax finalised (a save in progress is a temporary folder)."""
-  if not Path(directory).is_dir():
-    return []
-  return sorted(int(p.name) for p in Path(directory).iterdir() if p.name.isdigit())
-
-
-def _reason(error: BaseException) -> str:
-  """The first line of an error and of its cause, shortened: Orbax's messages for a bad
-  file carry a whole TensorStore spec after it, and paths of temporary folders."""
-  lines = []
-  while error is not None and len(lines) < 3:
-    text = str(error).strip().splitlines()
-    line = (text[0] if text else type(error).__name__).split(" See full TensorStore")[0]
-    # The start says what failed, the end why (an OS error comes last): keep both.
-    lines.append(line if len(line) <= 300 else f"{line[:150]} ... {line[-150:]}")
-    error = error.__cause__ or error.__context__
-  return " <- ".join(dict.fromkeys(lines))
-
-
-_ABANDONED_READERS = ("orbax", "tensorstore", "_read_array_index")
-
-
-def _quiet_abandoned_reads() -> None:
-  """When one array of a checkpoint cannot be read, Orbax abandons the reads of all the
-  others, and Python prints each abandoned coroutine and asyncio task when it is
-  collected, up to the process's exit: thousands of lines that hide the one-line
-  warning. Once a checkpoint failed to read, those reports are dropped: only those whose
-  coroutine or traceback is Orbax's or TensorStore's; every other report goes through."""
-  previous = sys.unraisablehook
-  if getattr(previous, "drops_abandoned_reads", False):
-    return
-
-  def hook(unraisable):
-    frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
-    where = repr(unraisable.object) + " ".join(frame.filename for frame in frames)
-    if not any(name in where for name in _ABANDONED_READERS):
-      previous(unraisable)
-
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not (
-          "exception was never retrieved" in record.getMessage()
-          and any(name in record.getMessage() for name in _ABANDONED_READERS)
-      )
-  )
-
-
-def _read_everywhere(read_here: bool) -> bool:
-  """Whether every process read the step: hosts of one run must agree on the step they
-  resume from (and on the steps they move aside), even when one host's read fails."""
-  if jax.process_count() == 1:
-    return read_here
-  from jax.experimental import multihost_utils
-
-  return bool(np.all(multihost_utils.process_allgather(np.int32(read_here))))
-
-
-# The tracebacks TensorStore's native threads print straight to file descriptor 2 when
-# the callbacks of abandoned reads find Orbax's event loop closed (several threads at
-# once: their lines can be spliced into others).
-_LATE_CALLBACK_TRACEBACK = re.compile(
-    r"Traceback \(most recent call last\):"
-    r"|\s*File \"[^\"]*asyncio/base_events\.py\", line \d+, in \w+"
-    r"|\s*self\._check_closed\(\)"
-    r"|\s*raise RuntimeError\('Event loop is closed'\)"
-    r"|RuntimeError: Event loop is closed"
-)
-
-
-@contextlib.contextmanager
-def _without_late_callback_tracebacks(settle_s: float = 0.5) -> Iterator[None]:
-  """Captures file descriptor 2 while a checkpoint is tried (and `settle_s` after a
-  failure, while the abandoned reads finish), then passes on everything except those
-  tracebacks: they come from native threads, past any Python hook."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as capture:
-    os.dup2(capture.fileno(), 2)
-    failed = False
-    try:
-      yield
-    except BaseException:
-      failed = True
-      raise
-    finally:
-      if failed:
-        time.sleep(settle_s)
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      capture.seek(0)
-      text = _LATE_CALLBACK_TRACEBACK.sub("", capture.read().decode(errors="replace"))
-      kept = [line for line in text.splitlines() if line.strip(" ^~")]
-      if kept:
-        sys.stderr.write("\n".join(kept) + "\n")
-
-
-def _try_steps(steps: list[int], directory: Path, read, fall_back: bool):
-  """(step, read(step)) for the first step of `steps` that reads; each one that fails is
-  logged, and with `fall_back=False` the first failure raises. Raises
-  `DamagedCheckpointError` listing every failure when none reads."""
-  failures = []
-  for step in steps:
-    try:
-      with _without_late_callback_tracebacks():
-        result, reason = read(step), None
-    except Exception as error:  # Orbax and TensorStore raise many types for bad files.
-      _quiet_abandoned_reads()
-      gc.collect()
-      result, reason = None, _reason(error)
-    if _read_everywhere(reason is None):
-      return step, result, failures
-    failures.append((step, reason or "another host could not read it"))
-    logging.warning(
-        "The checkpoint of step %d (%s) cannot be read: %s.%s",
-        step,
-        Path(directory) / str(step),
-        failures[-1][1],
-        " Trying the next one." if fall_back and step != steps[-1] else "",
-    )
-    if not fall_back:
-      break
-  raise DamagedCheckpointError(
-      f"No checkpoint in {directory} can be read: "
-      + "; ".join(f"step {step}: {reason}" for step, reason in failures)
-      + ("." if fall_back else f" (the folder also has steps {[s for s in steps[1:]]}).")
   )
 
 
@@ -358,24 +145,18 @@ def restore_newest_intact(
   """The state and data position of the newest checkpoint that reads, for resuming.
 
   Each newer one that does not read on every host is moved to
-  `WORKDIR/damaged_checkpoints/STEP` (by process 0) with a warning, so that the run saves
-  that step again when it gets there. Raises `DamagedCheckpointError` when none reads:
-  a run never starts from scratch over checkpoints it could not read."""
+  `WORKDIR/damaged_checkpoints/STEP` with a warning, so that the run saves that step
+  again when it gets there. Raises `checkpoint_repair.DamagedCheckpointError` when none
+  reads: a run never starts from scratch over checkpoints it could not read."""
   steps = sorted(manager.all_steps(), reverse=True)
-  step, state, failures = _try_steps(
+  step, state, failures = checkpoint_repair.first_readable(
       steps,
       manager.directory,
       lambda step: restore(manager, step, abstract_state, iterator),
       fall_back=True,
   )
   if failures:
-    if jax.process_index() == 0:
-      for damaged, _ in failures:
-        _move_aside(manager.directory, workdir, damaged)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-
-      multihost_utils.sync_global_devices("moved the damaged checkpoints")
+    checkpoint_repair.set_aside(manager.directory, workdir, [damaged for damaged, _ in failures])
     manager.reload()
     logging.warning("Resuming from step %d, the newest checkpoint that reads.", step)
   return state
@@ -462,191 +243,9 @@ def restore_variables(
           ),
       )
 
-  found, restored, failures = _try_steps(order, directory, read, fall_back=step is None)
+  found, restored, failures = checkpoint_repair.first_readable(
+      order, directory, read, fall_back=step is None
+  )
   if failures:
     logging.warning("Using the checkpoint of step %d instead of step %d.", found, order[0])
   return found, ModelVariables(**restored)
-
-
-# Which fields of a run's `config.json` a later use of the run must share. A field is
-# selected by its dotted path or by a section above it ("model" selects model.channels).
-#
-# Resuming (`check_resumable`): the fields that define the parameters, the data and its
-# order, the loss, and the optimizer state's structure (a schedule adds a step count).
-RUN_DEFINING = ("model", "data", "targets", "loss", "freeze", "seed", "batch_size", "lr_schedule")
-# Fields within those that a resumed run may change: how it computes, reads or
-# evaluates, not what it trains or counts.
-RESUMABLE_CHANGES = (
-    "model.dtype",
-    "model.foreground_gate",  # inference only
-    "model.remat",
-    "model.attention",
-    "data.data_dir",
-    "data.num_workers",
-    "data.worker_buffer_size",
-    "data.device_prefetch",
-    "data.eval_split",
-)
-# Counting with the run (evaluate, predict, serve: `check_counting_config`): the fields
-# that change what the trained parameters compute from a picture or mean: the model's
-# structure and density scale, the picture's size and normalisation, and the density
-# maps it was trained to output. The loss, the data order, the training and evaluation
-# splits (UCF_CC_50's folds set them), the dataset and where it is read may all differ.
-COUNT_DEFINING = ("model", "data.max_side", "data.mean", "data.std", "targets")
-# Fields within those that may differ when counting: the resumable ones, and the
-# parameters' initialisation, which the checkpoint's values replace.
-COUNTING_CHANGES = RESUMABLE_CHANGES + ("model.density_init",)
-
-
-class ConfigMismatchError(ValueError):
-  """A config that would resume or count a run as another run (`config_differences`)."""
-
-
-def _flatten(values: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
-
-
-def _selected(path: str, selection: tuple[str, ...]) -> bool:
-  return any(path == name or path.startswith(f"{name}.") for name in selection)
-
-
-def config_differences(
-    saved: dict,
-    config: ml_collections.ConfigDict,
-    defining: tuple[str, ...] = RUN_DEFINING,
-    free: tuple[str, ...] = RESUMABLE_CHANGES,
-) -> list[str]:
-  """'field: saved -> now' for every field selected by `defining` and not by `free` in
-  which `config` differs from a run's saved config (completed by `configs.base.complete`;
-  compared as JSON values, so tuples and lists compare equal). The defaults are the
-  rule for resuming; `check_counting_config` passes COUNT_DEFINING and COUNTING_CHANGES."""
-  return [
-      line
-      for path, line in _differences(saved, config).items()
-      if _selected(path, defining) and not _selected(path, free)
-  ]
-
-
-def _differences(saved: dict, config: ml_collections.ConfigDict) -> dict[str, str]:
-  """{path: 'path: saved -> now'} for every field that differs, sorted by path."""
-  now = _flatten(json.loads(config.to_json_best_effort()))
-  before = _flatten(json.loads(json.dumps(base.complete(saved).to_dict())))
-  return {
-      path: f"{path}: {before.get(path)!r} -> {now.get(path)!r}"
-      for path in sorted(set(before) | set(now))
-      if before.get(path) != now.get(path)
-  }
-
-
-def check_resumable(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
-  """Refuses to resume `workdir`'s run with a config that trains something else (another
-  model, data, order or loss), naming the fields, instead of failing on a shape deep in
-  Orbax, silently training on other data or with another loss (and then recording that
-  config as the run's). Fields in RESUMABLE_CHANGES may differ."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    return
-  differences = config_differences(json.loads(path.read_text()), config)
-  if differences:
-    raise ConfigMismatchError(
-        f"{workdir} holds checkpoints of a run with another configuration ("
-        + "; ".join(differences)
-        + f"). Resume it with the config it was started with ({path}), or start the new "
-        f"run in another workdir."
-    )
-
-
-def check_counting_config(workdir: str | Path, config: ml_collections.ConfigDict) -> None:
-  """Refuses to count with `workdir`'s checkpoints under a `config` whose COUNT_DEFINING
-  fields differ from the run's `config.json` (another density scale, image size or
-  normalisation would give wrong counts and metrics without any error), naming each
-  field as 'saved -> given'. The other differences (prediction settings, the foreground
-  gate, compute dtype, splits, where the data is read, training-only fields) are
-  logged. A workdir without `config.json` cannot be checked: a warning says so."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    logging.warning(
-        "%s has no config.json: the given config cannot be checked against the run's.", workdir
-    )
-    return
-  saved = json.loads(path.read_text())
-  refused = config_differences(saved, config, COUNT_DEFINING, COUNTING_CHANGES)
-  if refused:
-    raise ConfigMismatchError(
-        f"The given config counts differently from the run in {workdir}, which was trained "
-        "with other values of fields that change its counts ("
-        + "; ".join(refused)
-        + f"). Count with the config it was trained with, saved in {path}: the same config "
-        "file and overrides (predict and serve use it when --config is left out)."
-    )
-  others = list(_differences(saved, config).values())
-  if others:
-    logging.info(
-        "The given config differs from %s in fields that do not change the counts: %s.",
-        path,
-        "; ".join(others),
-    )
-
-
-LOCK_FILE = "training.lock"
-
-
-@contextlib.contextmanager
-def workdir_lock(workdir: str | Path) -> Iterator[None]:
-  """Holds `workdir/training.lock` for a training run (process 0 of a multi-host job;
-  the other hosts share its fate).
-
-  An advisory `flock` on the file: the kernel releases it when the process ends in any
-  way, SIGKILL included, so a crashed run never leaves a stale lock, and no one has to
-  delete a file by hand. The file says who holds it (host, pid, start time) for the
-  message that refuses a second run."""
-  if jax.process_index() != 0:
-    yield
-    return
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  path = workdir / LOCK_FILE
-  handle = open(path, "a+")
-  try:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      holder = handle.read().strip() or "another process"
-      raise RuntimeError(
-          f"{workdir} is in use by a running training run ({holder}; lock {path}). Two runs "
-          "in one workdir would overwrite each other's checkpoints: wait for it to end, "
-          "stop it, or give this run another --workdir."
-      ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(
-        f"host {socket.gethostname()}, pid {os.getpid()}, started "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
-    )
-    handle.flush()
-    yield
-  finally:
-    handle.close()  # releases the lock
-
-
-def load_run_config(workdir: str | Path) -> ml_collections.ConfigDict:
-  """The config a training run saved in `workdir/config.json`, completed with today's
-  defaults for fields added since it was written (`configs.base.complete`)."""
-  path = Path(workdir) / "config.json"
-  if not path.exists():
-    raise FileNotFoundError(
-        f"{path} does not exist: is {workdir} a training workdir? "
-        f"Otherwise pass the config that trained it."
-    )
-  try:
-    saved = json.loads(path.read_text())
-  except json.JSONDecodeError as error:
-    raise ValueError(f"{path} is not valid JSON ({error}).") from error
-  return base.complete(saved)

@@ -31,7 +31,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from cfrnet_jax import checkpointing, cross_validation, localization
+from cfrnet_jax import checkpointing, cross_validation, localization, run_config
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.device_ops import normalize_images, valid_mask
 from cfrnet_jax.data.geometry import ceil_div
@@ -215,10 +215,10 @@ def evaluate_checkpoint(
   """Evaluates the best (by MAE, else the latest) checkpoint of `workdir` on `split`
   (default: `config.data.eval_split`) into `workdir/eval/<split>_step_<n>`. Refuses a
   `config` that counts differently from the run's own `config.json`
-  (`checkpointing.check_counting_config`), before anything is restored or written."""
+  (`run_config.check_counting_config`), before anything is restored or written."""
   cross_validation.check_single_run(config)
   workdir = Path(workdir)
-  checkpointing.check_counting_config(workdir, config)
+  run_config.check_counting_config(workdir, config)
   step, variables = checkpointing.restore_variables(workdir, config.model)
   split = split or config.data.eval_split
   count_fn = make_count_fn(model_graphdef(config.model), config.data)

@@ -1,18 +1,21 @@
-"""Checkpoints: what inference restores (parameters and statistics only), run configs."""
+"""Checkpoints: what inference restores (parameters and statistics only), damaged
+checkpoints, run configs, the workdir lock."""
 
+import asyncio
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cfrnet_jax import checkpointing
+from cfrnet_jax import checkpoint_repair, checkpointing, orbax_noise, run_config, workdir_lock
 from cfrnet_jax.inference.counter import CrowdCounter
 from configs import base
 
@@ -31,7 +34,7 @@ def _flat(tree) -> dict:
 
 
 def test_restore_variables_reads_the_saved_parameters_and_statistics(trained_workdir):
-  config = checkpointing.load_run_config(trained_workdir)
+  config = run_config.load_run_config(trained_workdir)
   step, variables = checkpointing.restore_variables(trained_workdir, config.model)
   assert step == 2  # the only (and so the best) evaluated step
   full = _plain_orbax_state(trained_workdir, 2)
@@ -58,23 +61,23 @@ def test_a_checkpoint_without_optimizer_state_still_predicts(trained_workdir, tm
 
 
 def test_missing_step_and_missing_workdir_are_named(trained_workdir, tmp_path):
-  config = checkpointing.load_run_config(trained_workdir)
+  config = run_config.load_run_config(trained_workdir)
   with pytest.raises(FileNotFoundError, match="No checkpoint of step 7 .* steps \\[2\\]"):
     checkpointing.restore_variables(trained_workdir, config.model, step=7)
   with pytest.raises(FileNotFoundError, match="No checkpoint in"):
     checkpointing.restore_variables(tmp_path / "typo", config.model)
   assert not (tmp_path / "typo").exists()  # reading creates nothing
   with pytest.raises(FileNotFoundError, match="config.json does not exist"):
-    checkpointing.load_run_config(tmp_path)
+    run_config.load_run_config(tmp_path)
 
 
 def test_a_run_saved_before_the_predict_settings_existed_loads(trained_workdir, tmp_path):
   saved = json.loads((trained_workdir / "config.json").read_text())
   del saved["predict"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  config = checkpointing.load_run_config(tmp_path)
+  config = run_config.load_run_config(tmp_path)
   assert config.predict.to_dict() == base.get_config().predict.to_dict()
-  assert config.model.to_dict() == checkpointing.load_run_config(trained_workdir).model.to_dict()
+  assert config.model.to_dict() == run_config.load_run_config(trained_workdir).model.to_dict()
 
 
 def test_the_worker_count_of_a_checkpoint_is_read_from_its_data_position(trained_workdir):
@@ -107,11 +110,11 @@ def test_resuming_with_another_loss_is_refused_and_the_saved_config_kept(trained
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
   saved_text = (workdir / "config.json").read_text()
-  changed = checkpointing.load_run_config(workdir)
+  changed = run_config.load_run_config(workdir)
   assert changed.loss.level_balance == "area"
   changed.loss.level_balance = "sum"
   changed.loss.level_weights.f5 = 0.5
-  with pytest.raises(checkpointing.ConfigMismatchError) as raised:
+  with pytest.raises(run_config.ConfigMismatchError) as raised:
     trainer.train_and_evaluate(changed, workdir)  # refused before anything compiles
   message = str(raised.value)
   assert "loss.level_balance: 'area' -> 'sum'" in message
@@ -133,12 +136,12 @@ def test_an_old_config_without_level_balance_completes_to_the_sum_it_trained_wit
   assert completed.best_on_test  # checkpoints were ranked by every evaluation then
   assert "level_balance" not in saved["loss"]  # complete leaves its argument alone
   (tmp_path / "config.json").write_text(json.dumps(saved))
-  assert checkpointing.load_run_config(tmp_path).loss.level_balance == "sum"
-  today = checkpointing.load_run_config(trained_workdir)  # level_balance "area", the default
-  with pytest.raises(checkpointing.ConfigMismatchError, match="level_balance: 'sum' -> 'area'"):
-    checkpointing.check_resumable(tmp_path, today)
+  assert run_config.load_run_config(tmp_path).loss.level_balance == "sum"
+  today = run_config.load_run_config(trained_workdir)  # level_balance "area", the default
+  with pytest.raises(run_config.ConfigMismatchError, match="level_balance: 'sum' -> 'area'"):
+    run_config.check_resumable(tmp_path, today)
   today.loss.level_balance = "sum"
-  checkpointing.check_resumable(tmp_path, today)
+  run_config.check_resumable(tmp_path, today)
 
 
 def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, tmp_path):
@@ -146,11 +149,11 @@ def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, t
   computes (dtype, remat, attention), where it reads and how many steps may change."""
   from cfrnet_jax.training import trainer
 
-  saved = checkpointing.load_run_config(trained_workdir)
-  checkpointing.check_resumable(trained_workdir, saved)  # the same config resumes
+  saved = run_config.load_run_config(trained_workdir)
+  run_config.check_resumable(trained_workdir, saved)  # the same config resumes
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
-  changed = checkpointing.load_run_config(workdir)
+  changed = run_config.load_run_config(workdir)
   changed.model.channels = 32
   changed.data.crop_size = 64
   changed.model.update(dtype="bfloat16", remat="all")
@@ -162,17 +165,17 @@ def test_resuming_with_another_model_or_data_names_the_fields(trained_workdir, t
   assert "dtype" not in message and "remat" not in message and "num_train_steps" not in message
   assert str(workdir / "config.json") in message
   # The saved config is left as it was, for the resume that follows.
-  assert checkpointing.load_run_config(workdir).model.channels == 16
-  relaxed = checkpointing.load_run_config(workdir)
+  assert run_config.load_run_config(workdir).model.channels == 16
+  relaxed = run_config.load_run_config(workdir)
   relaxed.model.update(dtype="bfloat16", remat="all", attention="xla")
   relaxed.data.update(num_workers=-1, data_dir="/elsewhere", eval_split="test[:2]")
-  checkpointing.check_resumable(workdir, relaxed)
+  run_config.check_resumable(workdir, relaxed)
 
 
 HOLD_THE_LOCK = """
 import sys, time
-from cfrnet_jax import checkpointing
-with checkpointing.workdir_lock(sys.argv[1]):
+from cfrnet_jax import workdir_lock
+with workdir_lock.held(sys.argv[1]):
   print("held", flush=True)
   time.sleep(600)
 """
@@ -203,12 +206,12 @@ def test_a_second_run_in_a_live_runs_workdir_is_refused(tmp_path):
         match=rf"{tmp_path} is in use by a running training run \(host .+, pid {holder.pid}, ",
     ):
       trainer.train_and_evaluate(tiny_train_config(None), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpointing.LOCK_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lock.LOCK_FILE]
   finally:
     holder.kill()
     holder.wait()
-  with checkpointing.workdir_lock(tmp_path):
-    assert f"pid {os.getpid()}," in (tmp_path / checkpointing.LOCK_FILE).read_text()
+  with workdir_lock.held(tmp_path):
+    assert f"pid {os.getpid()}," in (tmp_path / workdir_lock.LOCK_FILE).read_text()
 
 
 def _data_files(step_dir) -> list:
@@ -247,7 +250,7 @@ def two_step_workdir(trained_workdir, tmp_path):
 def test_predict_falls_back_past_a_damaged_checkpoint_and_says_so(
     two_step_workdir, trained_workdir, damage, caplog
 ):
-  config = checkpointing.load_run_config(two_step_workdir)
+  config = run_config.load_run_config(two_step_workdir)
   DAMAGES[damage](two_step_workdir / "checkpoints" / "2")
   with caplog.at_level("WARNING"):
     step, variables = checkpointing.restore_variables(two_step_workdir, config.model)
@@ -263,16 +266,18 @@ def test_predict_falls_back_past_a_damaged_checkpoint_and_says_so(
   for key, value in _flat(intact.params).items():
     np.testing.assert_array_equal(_flat(variables.params)[key], value, err_msg=key)
   # An explicit step is not replaced by another: its damage is the error.
-  with pytest.raises(checkpointing.DamagedCheckpointError, match=r"step 2: .*also has steps \[1\]"):
+  with pytest.raises(
+      checkpoint_repair.DamagedCheckpointError, match=r"step 2: .*also has steps \[1\]"
+  ):
     checkpointing.restore_variables(two_step_workdir, config.model, step=2)
 
 
 def test_when_every_checkpoint_is_damaged_the_error_lists_each(two_step_workdir):
-  config = checkpointing.load_run_config(two_step_workdir)
+  config = run_config.load_run_config(two_step_workdir)
   for step in ("1", "2"):
     DAMAGES["truncated data files"](two_step_workdir / "checkpoints" / step)
   with pytest.raises(
-      checkpointing.DamagedCheckpointError,
+      checkpoint_repair.DamagedCheckpointError,
       match=r"No checkpoint in .* can be read: step 2: .*; step 1: ",
   ):
     checkpointing.restore_variables(two_step_workdir, config.model)
@@ -281,26 +286,26 @@ def test_when_every_checkpoint_is_damaged_the_error_lists_each(two_step_workdir)
 def test_a_damaged_metrics_file_is_named_and_training_sets_its_step_aside(two_step_workdir):
   """Orbax reads every step's evaluation metrics when it opens the folder; a damaged one
   would fail there with a bare JSON error, before any fallback."""
-  config = checkpointing.load_run_config(two_step_workdir)
+  config = run_config.load_run_config(two_step_workdir)
   metrics = two_step_workdir / "checkpoints" / "2" / "metrics" / "metrics"
   metrics.write_text(metrics.read_text()[:5])
-  with pytest.raises(checkpointing.DamagedCheckpointError, match=rf"{metrics} cannot be read"):
+  with pytest.raises(checkpoint_repair.DamagedCheckpointError, match=rf"{metrics} cannot be read"):
     checkpointing.restore_variables(two_step_workdir, config.model)
-  checkpointing.prepare_for_training(two_step_workdir)  # what training does first
-  assert (two_step_workdir / checkpointing.DAMAGED_DIR / "2" / "metrics").is_dir()
+  checkpoint_repair.prepare_for_training(two_step_workdir)  # what training does first
+  assert (two_step_workdir / checkpoint_repair.DAMAGED_DIR / "2" / "metrics").is_dir()
   assert checkpointing.restore_variables(two_step_workdir, config.model)[0] == 1
 
 
 def test_only_training_deletes_what_an_interrupted_save_left(two_step_workdir, caplog):
   """A reader (evaluate, predict) must not touch a save that a live run may be writing;
   training deletes such folders before it opens the checkpoints, and says so."""
-  config = checkpointing.load_run_config(two_step_workdir)
+  config = run_config.load_run_config(two_step_workdir)
   unfinished = two_step_workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1764000000"
   (unfinished / "state").mkdir(parents=True)
   step = checkpointing.restore_variables(two_step_workdir, config.model)[0]
   assert unfinished.is_dir()
   with caplog.at_level(logging.WARNING):
-    checkpointing.prepare_for_training(two_step_workdir)
+    checkpoint_repair.prepare_for_training(two_step_workdir)
   assert not unfinished.exists()
   assert "Deleted 1 unfinished save(s) that an interrupted run left: 4.orbax" in caplog.text
   assert checkpointing.restore_variables(two_step_workdir, config.model)[0] == step
@@ -329,6 +334,42 @@ def test_launch_turns_a_damaged_checkpoint_into_one_message(two_step_workdir, tm
   assert "Traceback" not in result.stderr
 
 
+def _unraisable(error: BaseException, where=None):
+  """What Python hands `sys.unraisablehook` for `error`, raised with no one to catch it."""
+  return types.SimpleNamespace(
+      exc_type=type(error),
+      exc_value=error,
+      exc_traceback=error.__traceback__,
+      err_msg=None,
+      object=where,
+  )
+
+
+def test_after_a_failed_read_only_the_abandoned_reads_reports_are_dropped(monkeypatch):
+  """A read result that TensorStore delivers to the event loop Orbax closed is dropped
+  once a read failed; other reports, the same error from elsewhere included, go through."""
+  reached = []
+  monkeypatch.setattr(sys, "unraisablehook", reached.append)
+  orbax_noise.quiet_abandoned_reads()
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)  # what TensorStore's thread does with a late result
+  except RuntimeError as error:
+    late_result = _unraisable(error)
+  try:
+    raise RuntimeError("Event loop is closed")
+  except RuntimeError as error:
+    elsewhere = _unraisable(error)
+  try:
+    raise ValueError("a user's callback failed")
+  except ValueError as error:
+    other = _unraisable(error, where="<function callback>")
+  for report in (late_result, elsewhere, other):
+    sys.unraisablehook(report)
+  assert reached == [elsewhere, other]
+
+
 def _checkpoint_listing(workdir) -> list[str]:
   return sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
 
@@ -355,7 +396,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
     trainer.train_and_evaluate(config, workdir)
   assert "The checkpoint of step 2" in caplog.text and "Trying the next one" in caplog.text
   assert "Resuming from step 1, the newest checkpoint that reads" in caplog.text
-  assert (workdir / checkpointing.DAMAGED_DIR / "2" / "state").is_dir()  # kept, moved aside
+  assert (workdir / checkpoint_repair.DAMAGED_DIR / "2" / "state").is_dir()  # kept, moved aside
   # Step 2 trained again from step 1: the same bits as the first time.
   resumed = _flat(_plain_orbax_state(workdir, 2))
   assert sorted(resumed) == sorted(uninterrupted)
@@ -368,7 +409,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
     DAMAGES["truncated data files"](workdir / "checkpoints" / step)
   before = _checkpoint_listing(workdir)
   with pytest.raises(
-      checkpointing.DamagedCheckpointError,
+      checkpoint_repair.DamagedCheckpointError,
       match=r"No checkpoint in .* can be read: step 2: .*step 1",
   ):
     trainer.train_and_evaluate(config, workdir)
@@ -401,7 +442,7 @@ def test_a_damaged_best_checkpoint_falls_back_to_the_next_best_not_the_newest(
     assert checkpointing.steps_by_rank(manager) == [2, 1, 3, 4]
   finally:
     manager.close()
-  config = checkpointing.load_run_config(workdir)
+  config = run_config.load_run_config(workdir)
   DAMAGES["truncated data files"](checkpoints / "2")
   with caplog.at_level("WARNING"):
     step, _ = checkpointing.restore_variables(workdir, config.model)

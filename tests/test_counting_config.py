@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cfrnet_jax import checkpointing, cross_validation, evaluation
+from cfrnet_jax import cross_validation, evaluation, run_config
 from cfrnet_jax.inference.counter import CrowdCounter
 from configs import ucf_cc_50
 from tests.conftest import REPO
@@ -23,7 +23,7 @@ COUNT_CHANGES = {
 
 
 def _counting_differently(workdir):
-  config = checkpointing.load_run_config(workdir)
+  config = run_config.load_run_config(workdir)
   config.model.density_scale = 100.0
   config.data.update(max_side=512, mean=(0.5, 0.5, 0.5))
   config.targets.sigma = 2.0
@@ -38,7 +38,7 @@ def _assert_names_each_change(message: str):
 def test_evaluate_refuses_a_config_that_counts_differently(trained_workdir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)
-  with pytest.raises(checkpointing.ConfigMismatchError) as raised:
+  with pytest.raises(run_config.ConfigMismatchError) as raised:
     evaluation.evaluate_checkpoint(_counting_differently(workdir), workdir)
   _assert_names_each_change(str(raised.value))
   assert str(workdir / "config.json") in str(raised.value)
@@ -46,13 +46,13 @@ def test_evaluate_refuses_a_config_that_counts_differently(trained_workdir, tmp_
 
 
 def test_predict_and_serve_refuse_a_config_that_counts_differently(trained_workdir):
-  with pytest.raises(checkpointing.ConfigMismatchError) as raised:
+  with pytest.raises(run_config.ConfigMismatchError) as raised:
     CrowdCounter.from_checkpoint(trained_workdir, None, _counting_differently(trained_workdir))
   _assert_names_each_change(str(raised.value))
 
 
 def test_inference_and_training_only_fields_may_differ_and_are_logged(trained_workdir, caplog):
-  config = checkpointing.load_run_config(trained_workdir)
+  config = run_config.load_run_config(trained_workdir)
   config.predict.update(point_threshold=0.2, tile_size=1024)
   config.model.update(foreground_gate=0.5, dtype="bfloat16", remat="all", density_init="zeros")
   config.data.update(
@@ -85,13 +85,13 @@ def test_a_fold_workdir_is_checked_against_the_fold_config_of_its_fold(tmp_path,
   assert name == "fold_2" and fold_2.data.fold == 2
   (tmp_path / "config.json").write_text(fold_2.to_json_best_effort())
   with caplog.at_level(logging.INFO):
-    checkpointing.check_counting_config(tmp_path, fold_2)
+    run_config.check_counting_config(tmp_path, fold_2)
     assert "do not change the counts" not in caplog.text  # identical
-    checkpointing.check_counting_config(tmp_path, config)
+    run_config.check_counting_config(tmp_path, config)
   assert "data.fold: 2 -> 0" in caplog.text and "data.eval_split: 'fold2' -> 'test'" in caplog.text
   config.data.max_side = 2048
-  with pytest.raises(checkpointing.ConfigMismatchError, match="data.max_side: 1024 -> 2048"):
-    checkpointing.check_counting_config(tmp_path, config)
+  with pytest.raises(run_config.ConfigMismatchError, match="data.max_side: 1024 -> 2048"):
+    run_config.check_counting_config(tmp_path, config)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["data"]["fold"] == 2  # checking writes nothing
 

@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cfrnet_jax import checkpointing, evaluation
+from cfrnet_jax import checkpointing, evaluation, run_config
 from cfrnet_jax.training import finetune, sharding, trainer
 from configs import folder
 from tests.conftest import tiny_train_config
@@ -91,7 +91,7 @@ def test_the_model_comes_from_the_source_run(trained_workdir):
   config.init_from = str(trained_workdir)
   config.model.dtype = "bfloat16"
   inherited = finetune.inherit_model(config, {"model.dtype": "bfloat16"})
-  source = checkpointing.load_run_config(trained_workdir).model
+  source = run_config.load_run_config(trained_workdir).model
   assert inherited.model.channels == source.channels == 16  # ... becomes the tiny one
   assert tuple(inherited.model.vgg_widths) == tuple(source.vgg_widths)
   assert inherited.model.dtype == "bfloat16"  # how it computes stays this run's own

@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cfrnet_jax import checkpointing, localization
+from cfrnet_jax import checkpointing, localization, run_config
 from cfrnet_jax.data.geometry import ceil_div, mean_colour, pad_image
 from cfrnet_jax.evaluation import make_count_fn
 from cfrnet_jax.inference import tiling
@@ -128,12 +128,12 @@ class CrowdCounter:
     """The model of `workdir`'s checkpoint at `step` (default: the best by evaluation
     MAE, else the latest), with the config the run saved in `workdir/config.json`
     unless `config` is given; a given config must count as the run's does
-    (`checkpointing.check_counting_config`: prediction settings may differ, the density
+    (`run_config.check_counting_config`: prediction settings may differ, the density
     scale or image size may not). Reads only parameters and BatchNorm statistics."""
     if config is None:
-      config = checkpointing.load_run_config(workdir)
+      config = run_config.load_run_config(workdir)
     else:
-      checkpointing.check_counting_config(workdir, config)
+      run_config.check_counting_config(workdir, config)
     step, variables = checkpointing.restore_variables(workdir, config.model, step)
     logging.info("Restored step %d of %s.", step, workdir)
     return cls(config, variables)

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from cfrnet_jax import checkpointing
+from cfrnet_jax import checkpointing, run_config
 from cfrnet_jax.state import ModelVariables
 
 # The model's top-level modules (section 3: VGG16-BN, GAM, the 1x1 compressors to c
@@ -65,7 +65,7 @@ def model_differences(
 
 def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config the source run `config.init_from` saved (completed with defaults)."""
-  return checkpointing.load_run_config(config.init_from)
+  return run_config.load_run_config(config.init_from)
 
 
 def inherit_model(

@@ -39,7 +39,14 @@ import optax
 from absl import logging
 from flax import nnx
 
-from cfrnet_jax import checkpointing, cross_validation, evaluation
+from cfrnet_jax import (
+    checkpoint_repair,
+    checkpointing,
+    cross_validation,
+    evaluation,
+    run_config,
+    workdir_lock,
+)
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.device_ops import normalize_images
 from cfrnet_jax.data.targets import batch_density_targets
@@ -254,10 +261,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   run had finished before (from `workdir/result.json`). Raises `Preempted` when SIGTERM
   arrived during the run (before its last step, or while the last one was evaluated:
   the command then stops rather than start another run). Refuses a workdir that
-  another live run is training in (`checkpointing.workdir_lock`)."""
+  another live run is training in (`workdir_lock.held`)."""
   cross_validation.check_single_run(config)
   with (
-      checkpointing.workdir_lock(workdir),
+      workdir_lock.held(workdir),
       PreemptionGuard(config.preemption_grace_s) as preemption,
   ):
     return _train_and_evaluate(config, Path(workdir), preemption)
@@ -266,11 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
 ) -> dict | None:
-  checkpointing.prepare_for_training(workdir)
+  checkpoint_repair.prepare_for_training(workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
   if resume_step is not None:
-    checkpointing.check_resumable(workdir, config)
+    run_config.check_resumable(workdir, config)
     if resume_step >= config.num_train_steps:
       return run_result.finished_result(config, manager, workdir)
     config = resume_worker_count(config, checkpointing.saved_worker_count(manager, resume_step))
