@@ -1,5 +1,5 @@
 """What the benchmarks run the product's training step on: synthetic batches, the models,
-and the step itself compiled (`trainer.jit_train_step`, the config's loss).
+and the step itself compiled (`train_step.jit_train_step`, the config's loss).
 
 One place for these, so that every benchmark times the same work (`benchmarks/speed.py`,
 `benchmarks/step_memory.py`, `benchmarks/input_pipeline.py`), and so that a benchmark that
@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from cfrnet_jax.state import model_graphdef
-from cfrnet_jax.training import sharding, trainer
+from cfrnet_jax.training import sharding, train_step
 from configs import tiny
 from configs.base import get_config
 
@@ -55,10 +55,10 @@ def compiled_train_step(
   devices, and `step()`, which takes one step on that batch (the state donated and carried
   from call to call) and returns its loss without waiting for it."""
   mesh = sharding.create_mesh()
-  state, state_sharding = trainer.create_train_state(config, mesh)
+  state, state_sharding = train_step.create_train_state(config, mesh)
   batch = sharding.make_global_batch(host_batch, mesh)
   compiled = (
-      trainer.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
+      train_step.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
       .lower(state, batch)
       .compile()
   )

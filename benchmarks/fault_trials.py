@@ -59,7 +59,9 @@ COMPILED = "Compiled training step"
 KILL_MODES = ("save", "random")
 
 
-def run_command(workdir: Path, data_dir: Path, steps: int, every: int, workers: int) -> list[str]:
+def run_command(
+    workdir: Path, data_dir: Path, steps: int, every: int, workers: int, per_call: int = 1
+) -> list[str]:
   return [
       sys.executable,
       "launch.py",
@@ -75,6 +77,7 @@ def run_command(workdir: Path, data_dir: Path, steps: int, every: int, workers: 
       "--config.data.eval_split=test[:1]",
       f"--config.data.num_workers={workers}",
       f"--config.keep_checkpoints={steps}",  # every step saved stays, for the report
+      f"--config.steps_per_jit={per_call}",
   ]
 
 
@@ -310,6 +313,9 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=12, help="training steps of each run")
   parser.add_argument("--checkpoint_every", type=int, default=2)
   parser.add_argument("--workers", type=int, default=0, help="grain worker processes")
+  parser.add_argument(
+      "--steps_per_jit", type=int, default=1, help="training steps per compiled call"
+  )
   parser.add_argument("--seed", type=int, default=0, help="draws the kill moments")
   parser.add_argument("--folder", help="work folder (default: a temporary one, removed)")
   parser.add_argument("--data_dir", help="synthetic_crowd's TFDS folder (built if absent)")
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
       shutil.rmtree(folder, ignore_errors=True)
     return 0 if identical == len(trials) else 1
   command = lambda workdir: run_command(
-      workdir, data_dir, args.steps, args.checkpoint_every, args.workers
+      workdir, data_dir, args.steps, args.checkpoint_every, args.workers, args.steps_per_jit
   )
   saves = args.steps // args.checkpoint_every
   began = time.monotonic()

@@ -7,10 +7,10 @@
    temporary data dir and times the training loader (decode, crop, flip, grayscale,
    padded points) at batch 32 with 0, 1 and 2 grain worker processes.
 2. Times, on this machine's default JAX device, what the pipeline leaves to the jitted
-   step (`trainer.step_inputs`, the step's own code): normalisation and the
+   step (`train_step.step_inputs`, the step's own code): normalisation and the
    density/foreground targets of the four heads for those crops, i.e. what rendering
    targets on the host would cost instead.
-3. Times the product's training step (`trainer.jit_train_step`: targets, forward, the
+3. Times the product's training step (`train_step.jit_train_step`: targets, forward, the
    config's loss, backward, Adam) on 4 of those crops: the training step's consumption
    here. `--model smoke`: a small model, to check the script quickly on a CPU.
 """
@@ -36,7 +36,7 @@ from absl import flags  # noqa: E402
 from benchmarks.batches import MODELS, compiled_train_step, model_config  # noqa: E402
 from cfrnet_jax.data import pipeline  # noqa: E402
 from cfrnet_jax.models.cfrnet import HEAD_STRIDES  # noqa: E402
-from cfrnet_jax.training import step_cost, trainer  # noqa: E402
+from cfrnet_jax.training import step_cost, train_step  # noqa: E402
 from configs import ucf_cc_50  # noqa: E402
 from tfds_crowd.build import build  # noqa: E402
 
@@ -103,7 +103,7 @@ def main():
     return
 
   heads = batch["valid"].sum(1)
-  preprocess = jax.jit(functools.partial(trainer.step_inputs, config))
+  preprocess = jax.jit(functools.partial(train_step.step_inputs, config))
   on_device = jax.device_put(batch)
   jax.block_until_ready(preprocess(on_device))
   seconds = median_seconds(lambda: preprocess(on_device), 5)
@@ -120,7 +120,7 @@ def main():
   small = {key: value[:STEP_BATCH] for key, value in batch.items()}
   seconds, cost = time_train_step(config, small, args.step_runs)
   print(
-      f"{args.model} model training step (trainer.jit_train_step, loss "
+      f"{args.model} model training step (train_step.jit_train_step, loss "
       f"{config.loss.level_balance!r}), batch {STEP_BATCH} at {config.data.crop_size}x"
       f"{config.data.crop_size} on {platform_name}: {seconds:.2f} s = "
       f"{STEP_BATCH / seconds:.1f} crops/s (median of {args.step_runs}; XLA plans "

@@ -41,7 +41,7 @@ import cfrnet_jax  # noqa: E402
 from benchmarks.batches import make_batch  # noqa: E402
 from cfrnet_jax.models.cfrm import CrossLevelRelocation  # noqa: E402
 from cfrnet_jax.state import model_graphdef  # noqa: E402
-from cfrnet_jax.training import flops, sharding, trainer  # noqa: E402
+from cfrnet_jax.training import flops, sharding, train_step  # noqa: E402
 from configs.base import get_config, get_model_config  # noqa: E402
 
 
@@ -53,15 +53,15 @@ def compiled_flops(function, *args) -> float:
 
 
 def train_step_flops(batch: int, crop: int) -> flops.FlopCount:
-  """Model FLOPs of the paper model's training step (`trainer.jit_train_step`) on `batch`
+  """Model FLOPs of the paper model's training step (`train_step.jit_train_step`) on `batch`
   crops of `crop` x `crop`, from its jaxpr (traced from the state's shapes: nothing is
   allocated or run)."""
   config = get_config()
   config.batch_size = batch
   config.data.crop_size = crop
   mesh = sharding.create_mesh(("data",))
-  abstract, state_sharding = trainer.abstract_train_state(config, mesh)
-  step = trainer.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
+  abstract, state_sharding = train_step.abstract_train_state(config, mesh)
+  step = train_step.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
   return flops.count_flops(step, abstract, make_batch(batch, crop, crop))
 
 

@@ -7,7 +7,7 @@
 Rows: the training step (forward, backward, Adam update) of the paper model at 4 and 32
 crops of 256x256; inference of one 1024x768 and one 2048x1536 image; and, to follow the
 backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of its taps).
-Backends: JAX float32 and bfloat16 (our `trainer.jit_train_step` / `make_count_fn`, the code
+Backends: JAX float32 and bfloat16 (our `train_step.jit_train_step` / `make_count_fn`, the code
 users run; `jax_bf16_cudnn` with cuDNN's fused attention, NVIDIA GPUs only), the PyTorch
 twin (benchmarks/torch_twin) eager in float32 and under bfloat16 autocast, and under
 `torch.compile` (float32); for inference rows also the model exported to ONNX
@@ -70,7 +70,7 @@ from cfrnet_jax.state import (  # noqa: E402
     local_copy,
     model_graphdef,
 )
-from cfrnet_jax.training import flops, sharding, step_cost, trainer  # noqa: E402
+from cfrnet_jax.training import flops, sharding, step_cost, train_step  # noqa: E402
 
 ROWS = {  # name: (kind, batch, height, width)
     "train_4": ("train", 4, 256, 256),
@@ -136,9 +136,9 @@ def jax_runner(
     return _jax_backbone_runner(tuple(config.model.vgg_widths), batch_size, height, width)
   mesh = sharding.create_mesh(("data",))
   graphdef = model_graphdef(config.model)
-  state, state_sharding = trainer.create_train_state(config, mesh)
+  state, state_sharding = train_step.create_train_state(config, mesh)
   if kind == "train":
-    step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
+    step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = sharding.make_global_batch(make_batch(batch_size, height, width), mesh)
     traced = step.trace(state, batch)
     compiled = traced.lower().compile()

@@ -3,7 +3,7 @@
     python benchmarks/step_memory.py [--batch 32] [--size 256] [--out FILE.json]
     python benchmarks/step_memory.py --model smoke --batch 2 --size 64   # a check of the script
 
-Compiles `trainer.jit_train_step` (forward, backward, Adam, targets rendered in the step)
+Compiles `train_step.jit_train_step` (forward, backward, Adam, targets rendered in the step)
 for float32 and bfloat16 with `model.remat` none / backbone / all, and prints, per
 device, what `step_cost` logs at the start of training: the memory XLA's buffer
 assignment needs at once and the FLOPs. Nothing is run, so it works for sizes the
@@ -29,7 +29,7 @@ import jax  # noqa: E402
 from benchmarks.batches import MODELS, make_batch, model_config  # noqa: E402
 from cfrnet_jax.models.layers import REMAT_CHOICES  # noqa: E402
 from cfrnet_jax.state import model_graphdef  # noqa: E402
-from cfrnet_jax.training import sharding, step_cost, trainer  # noqa: E402
+from cfrnet_jax.training import sharding, step_cost, train_step  # noqa: E402
 
 
 def measure(model: str, dtype: str, remat: str, batch: int, size: int) -> dict:
@@ -37,14 +37,14 @@ def measure(model: str, dtype: str, remat: str, batch: int, size: int) -> dict:
   config.model.update(dtype=dtype, remat=remat)
   config.batch_size = batch
   mesh = sharding.create_mesh()
-  abstract, state_sharding = trainer.abstract_train_state(config, mesh)
+  abstract, state_sharding = train_step.abstract_train_state(config, mesh)
   host = make_batch(batch, size, size)
   abstract_batch = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.data_sharding(mesh)), host
   )
   start = time.perf_counter()
   compiled = (
-      trainer.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
+      train_step.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
       .lower(abstract, abstract_batch)
       .compile()
   )

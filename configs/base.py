@@ -107,6 +107,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-5
   config.lr_schedule = "constant"  # or "cosine" (to 0 at num_train_steps)
   config.num_train_steps = 100_000
+  # Training steps per compiled call (lax.scan over this many batches): logging,
+  # evaluation, checkpoints and preemption happen between calls. Same results.
+  config.steps_per_jit = 1
   config.log_every_steps = 100
   config.eval_every_steps = 5_000
   config.checkpoint_every_steps = 1_000

@@ -376,21 +376,27 @@ def _checkpoint_listing(workdir) -> list[str]:
 
 @pytest.mark.slow  # trains twice
 def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_data_dir, caplog):
-  from cfrnet_jax.training import trainer
+  from cfrnet_jax.training import run_result, trainer
   from tests.conftest import tiny_train_config
 
   config = tiny_train_config(
       synthetic_data_dir,
-      num_train_steps=2,
+      num_train_steps=3,
       checkpoint_every_steps=1,
       log_every_steps=1,
       eval_every_steps=1000,
-      keep_checkpoints=2,
+      keep_checkpoints=3,
   )
   config.data.eval_split = "test[:1]"
   workdir = tmp_path / "run"
   trainer.train_and_evaluate(config, workdir)
   uninterrupted = _flat(_plain_orbax_state(workdir, 2))
+
+  def killed_after_step_2():  # what a run killed after saving step 2 leaves
+    shutil.rmtree(workdir / "checkpoints" / "3")
+    (workdir / run_result.RESULT_FILE).unlink()
+
+  killed_after_step_2()
   DAMAGES["truncated data files"](workdir / "checkpoints" / "2")
   with caplog.at_level("WARNING"):
     trainer.train_and_evaluate(config, workdir)
@@ -405,6 +411,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
 
   # Every checkpoint damaged: the run stops before anything else; nothing starts from
   # scratch over them, nothing is moved or written.
+  killed_after_step_2()
   for step in ("1", "2"):
     DAMAGES["truncated data files"](workdir / "checkpoints" / step)
   before = _checkpoint_listing(workdir)

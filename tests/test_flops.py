@@ -15,7 +15,7 @@ from cfrnet_jax.models.backbone import VGG16_BLOCK_DEPTHS, VGG16BN
 from cfrnet_jax.models.cfrm import CrossLevelRelocation
 from cfrnet_jax.models.cfrnet import pad_multiple, padded_side
 from cfrnet_jax.state import model_graphdef
-from cfrnet_jax.training import flops, sharding, trainer
+from cfrnet_jax.training import flops, sharding, train_step
 from tests.conftest import tiny_train_config
 
 f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -235,14 +235,14 @@ def _abstract_batch(config, batch=2):
 def tiny_state():
   """The tiny model's abstract training state (remat and attention leave it alike)."""
   mesh = sharding.create_mesh(("data",))
-  return mesh, *trainer.abstract_train_state(_tiny_config(), mesh)
+  return mesh, *train_step.abstract_train_state(_tiny_config(), mesh)
 
 
 def _train_step_flops(tiny_state, **model) -> float:
   """The training step's model FLOPs at 2 x 64x64 (traced only: nothing runs)."""
   mesh, abstract, state_sharding = tiny_state
   config = _tiny_config(**model)
-  step = trainer.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
+  step = train_step.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
   return flops.model_flops(step, abstract, _abstract_batch(config))
 
 
@@ -267,7 +267,7 @@ def test_training_step_is_3x_the_forward_less_the_image_gradient(tiny_state, ste
   """Forward, then the input and the weight gradient of every convolution and matmul,
   each costing the forward's (tested above): 3x the forward, less the first
   convolution's input gradient (the images are not differentiated), plus the target
-  rendering's matmuls inside the step (`trainer.step_inputs`). Exactly."""
+  rendering's matmuls inside the step (`train_step.step_inputs`). Exactly."""
   _, abstract, _ = tiny_state
   config = _tiny_config()
   graphdef = model_graphdef(config.model)
@@ -280,7 +280,7 @@ def test_training_step_is_3x_the_forward_less_the_image_gradient(tiny_state, ste
   model = flops.model_flops(forward, abstract.params, abstract.batch_stats, f32(2, 64, 64, 3))
   padded = padded_side(64, pad_multiple(config.model))  # 128: the CFRM windows' multiple
   first_conv = 2 * 2 * padded * padded * 3 * config.model.vgg_widths[0] * 9
-  inputs = lambda batch: trainer.step_inputs(config, batch)  # normalisation and targets
+  inputs = lambda batch: train_step.step_inputs(config, batch)  # normalisation and targets
   targets = flops.model_flops(inputs, _abstract_batch(config))
   assert 0 < targets < 0.01 * model
   assert step_without_remat == 3 * model - first_conv + targets

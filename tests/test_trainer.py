@@ -48,12 +48,12 @@ STEP_SCRIPT = textwrap.dedent("""
     from tests.conftest import built_once, tiny_train_config
     from tests.test_trainer import fixed_batch
     from cfrnet_jax.state import local_copy, model_graphdef
-    from cfrnet_jax.training import sharding, trainer
+    from cfrnet_jax.training import sharding, train_step, trainer
     config = tiny_train_config(None)
     mesh = sharding.create_mesh()
     graphdef = model_graphdef(config.model)
-    state, state_sharding = trainer.create_train_state(config, mesh)
-    step = trainer.jit_train_step(config, graphdef, mesh, state_sharding)
+    state, state_sharding = train_step.create_train_state(config, mesh)
+    step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = fixed_batch()
     rows = len(batch["image"]) // jax.process_count()
     mine = {{k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]

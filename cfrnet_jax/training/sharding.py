@@ -30,24 +30,28 @@ def create_mesh(
   )
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over `data`, everything else whole."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def data_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """The batch axis split over `data`, everything else whole; the batch axis leads, or
+  with `stacked` follows a leading axis of steps (`config.steps_per_jit` batches)."""
+  return NamedSharding(
+      mesh, PartitionSpec(None, DATA_AXIS) if stacked else PartitionSpec(DATA_AXIS)
+  )
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def make_global_batch(host_batch: dict, mesh: Mesh) -> dict:
+def make_global_batch(host_batch: dict, mesh: Mesh, stacked: bool = False) -> dict:
   """Host-local numpy batch (this host's rows) -> global `jax.Array`s sharded along
-  `data`. Every host calls it with its own rows, in process order."""
+  `data`. Every host calls it with its own rows, in process order. `stacked`: the
+  arrays lead with an axis of steps, the rows are their second axis."""
   devices_on_axis = mesh.shape[DATA_AXIS]
-  sharding = data_sharding(mesh)
+  sharding = data_sharding(mesh, stacked)
 
   def to_global(array):
     array = np.asarray(array)
-    global_rows = array.shape[0] * jax.process_count()
+    global_rows = array.shape[int(stacked)] * jax.process_count()
     if global_rows % devices_on_axis:
       raise ValueError(
           f"The global batch of {global_rows} does not divide over the "
@@ -59,7 +63,7 @@ def make_global_batch(host_batch: dict, mesh: Mesh) -> dict:
 
 
 class DevicePrefetch:
-  """Global batches placed on the devices `size` steps ahead of the training step.
+  """Global batches placed on the devices `size` calls ahead of the training step.
 
   Wraps this host's grain iterator: each `next` hands out a batch whose host-to-device
   copy started `size` calls earlier and starts the copy of a new one, so the step never
@@ -67,14 +71,18 @@ class DevicePrefetch:
   copies while the devices compute). `get_state` / `set_state` speak for the batches the
   caller received, not the ones held ahead, so a checkpoint resumes at the right batch
   (grain's Orbax handler saves this object like the iterator itself).
+
+  With `steps` > 1 each item stacks that many consecutive host batches along a new
+  leading axis, for a step function that runs them in one call (`config.steps_per_jit`).
   """
 
-  def __init__(self, host_iterator, mesh: Mesh, size: int = 2):
-    if size < 1:
-      raise ValueError(f"DevicePrefetch needs size >= 1, got {size}.")
+  def __init__(self, host_iterator, mesh: Mesh, size: int = 2, steps: int = 1):
+    if size < 1 or steps < 1:
+      raise ValueError(f"DevicePrefetch needs size >= 1 and steps >= 1, got {size}, {steps}.")
     self._host = host_iterator
     self._mesh = mesh
     self._size = size
+    self._steps = steps
     self._ahead: collections.deque = collections.deque()  # (host state before it, batch)
 
   def __iter__(self):
@@ -94,7 +102,13 @@ class DevicePrefetch:
   def _fill(self) -> None:
     while len(self._ahead) < self._size:
       state = self._host.get_state()
-      self._ahead.append((state, make_global_batch(next(self._host), self._mesh)))
+      if self._steps == 1:
+        batch = make_global_batch(next(self._host), self._mesh)
+      else:
+        batches = [next(self._host) for _ in range(self._steps)]
+        stacked = jax.tree.map(lambda *rows: np.stack(rows), *batches)
+        batch = make_global_batch(stacked, self._mesh, stacked=True)
+      self._ahead.append((state, batch))
 
   def get_state(self):
     return self._ahead[0][0] if self._ahead else self._host.get_state()

@@ -7,7 +7,7 @@ Reads top to bottom like big_vision's trainer:
 2. state: resumed from the newest intact checkpoint (state + data position), or new,
    already replicated (`jax.jit(init, out_shardings=...)`), from a trained run's model
    (`init_from`, `training.finetune`) or with the ImageNet backbone;
-3. loop (`_train_loop`): global batch -> jitted `train_step` (donating the old state);
+3. loop (`_train_loop`): global batch -> the jitted step (donating the old state);
    every `log_every_steps` a progress line and TensorBoard scalars; every
    `eval_every_steps` whole-image evaluation through one jitted count function per run;
    every `checkpoint_every_steps` an asynchronous checkpoint. SIGTERM ends the run within
@@ -16,10 +16,8 @@ Reads top to bottom like big_vision's trainer:
 4. result: the checkpoint the model-selection rule picks (`training.run_result`),
    recorded in the workdir so that a later command returns it.
 
-`train_step` is a pure function of (state, batch): the model is rebuilt from its static
-graph definition and the state's parameters and BatchNorm statistics, targets are
-rendered from the padded points inside the step, and a non-finite loss leaves the state
-untouched and records its step in `state.nonfinite_step`; the host checks that flag
+The step itself is `training.train_step`: a pure function of (state, batch); a
+non-finite loss leaves the state untouched and records its step, which the host checks
 before every checkpoint and log line, so nothing corrupt is ever saved.
 """
 
@@ -30,14 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax import nnx
 
 from cfrnet_jax import (
     checkpoint_repair,
@@ -48,157 +42,10 @@ from cfrnet_jax import (
     workdir_lock,
 )
 from cfrnet_jax.data import pipeline
-from cfrnet_jax.data.device_ops import normalize_images
-from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.models import pretrained
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES
-from cfrnet_jax.state import ModelVariables, init_variables, local_copy, model_graphdef, split_model
-from cfrnet_jax.training import finetune, run_result, sharding, step_cost
-from cfrnet_jax.training.losses import cfrnet_loss
+from cfrnet_jax.state import ModelVariables, local_copy, model_graphdef
+from cfrnet_jax.training import finetune, run_result, sharding, step_cost, train_step
 from cfrnet_jax.training.preemption import Preempted, PreemptionGuard
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training. All randomness after initialisation is
-  the data order and augmentation, drawn by grain from `config.seed` and saved as the
-  iterator's state next to this."""
-
-  step: jax.Array
-  params: dict
-  batch_stats: dict
-  opt_state: Any
-  nonfinite_step: jax.Array  # first step whose loss was NaN or inf; -1 if none.
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam (section 4.1). `lr_schedule`: "constant" (the paper) or "cosine" (decay to 0
-    over `num_train_steps`, for short runs such as the CPU quick start). The parts
-  `config.freeze` names get no updates (`finetune.without_updates`)."""
-  if config.lr_schedule == "constant":
-    learning_rate = config.learning_rate
-  elif config.lr_schedule == "cosine":
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.num_train_steps)
-  else:
-    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}.")
-  return finetune.without_updates(optax.adam(learning_rate), finetune.frozen_parts(config))
-
-
-def _init_fn(config: ml_collections.ConfigDict):
-  tx = create_optimizer(config)
-
-  def init() -> TrainState:
-    params, batch_stats = init_variables(config.model, config.seed)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=tx.init(params),
-        nonfinite_step=jnp.full((), -1, jnp.int32),
-    )
-
-  return init
-
-
-def abstract_train_state(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> tuple[TrainState, Any]:
-  """The state's shapes, dtypes and shardings, computed without allocating it, and its
-  sharding tree: parameters replicated over the mesh (a model axis would change only
-  this function)."""
-  shapes = jax.eval_shape(_init_fn(config))
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), shapes)
-  abstract = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, state_sharding
-  )
-  return abstract, state_sharding
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-) -> tuple[TrainState, Any]:
-  """The initial state, created directly with its sharding, and that sharding."""
-  _, state_sharding = abstract_train_state(config, mesh)
-  return jax.jit(_init_fn(config), out_shardings=state_sharding)(), state_sharding
-
-
-def step_inputs(config: ml_collections.ConfigDict, batch: dict) -> tuple[jax.Array, dict]:
-  """What the training step makes of a batch before the model: the normalised images and
-  the density/foreground targets at every head stride (`batch_density_targets`). Traceable;
-  `batch` holds the fields of `data.pipeline.TrainCrop` with a leading batch axis."""
-  images = normalize_images(batch["image"], batch["valid_size"], config.data.mean, config.data.std)
-  targets = batch_density_targets(
-      batch["points"],
-      batch["valid"],
-      images.shape[1:3],
-      valid_size=batch["valid_size"],
-      strides=sorted(set(HEAD_STRIDES.values())),
-      sigma=config.targets.sigma,
-      foreground_radius=config.targets.foreground_radius,
-  )
-  return images, targets
-
-
-def make_train_step(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef):
-  """The pure step `(state, batch) -> (state, metrics)`; `batch` holds the fields of
-  `data.pipeline.TrainCrop` with a leading global-batch axis."""
-  tx = create_optimizer(config)
-  frozen = finetune.frozen_parts(config)
-
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    images, targets = step_inputs(config, batch)
-
-    def loss_fn(params):
-      model = nnx.merge(graphdef, finetune.stop_gradients(params, frozen), state.batch_stats)
-      model.train()
-      finetune.hold_statistics(model, frozen)
-      outputs = model(images)
-      loss, terms = cfrnet_loss(
-          outputs,
-          targets,
-          config.loss.gamma,
-          config.model.density_scale,
-          config.loss.level_balance,
-          config.loss.level_weights.to_dict(),
-      )
-      counts = outputs["density"].astype(jnp.float32).sum(axis=(1, 2, 3))
-      return loss, (terms, split_model(model)[1].batch_stats, counts)
-
-    (loss, (terms, batch_stats, counts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss)
-    keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep_if_finite(params, state.params),
-        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
-        opt_state=keep_if_finite(opt_state, state.opt_state),
-        nonfinite_step=jnp.where(
-            ~finite & (state.nonfinite_step < 0), state.step, state.nonfinite_step
-        ),
-    )
-    metrics = {
-        "loss": loss,
-        **terms,
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(state.params),
-        "crop_count_mae": jnp.mean(jnp.abs(counts - targets["count"])),
-    }
-    return new_state, metrics
-
-  return train_step
-
-
-def jit_train_step(config, graphdef, mesh, state_sharding):
-  return jax.jit(
-      make_train_step(config, graphdef),
-      in_shardings=(state_sharding, sharding.data_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh)),
-      donate_argnums=0,
-  )
 
 
 def resume_worker_count(config: ml_collections.ConfigDict, saved: int | None):
@@ -225,7 +72,9 @@ def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
   its memory and FLOPs logged before anything runs (`step_cost.report`: the model FLOPs
   counted from the traced step, which is then lowered, and XLA's figures)."""
   logging.info("Compiling the training step.")
-  traced = jit_train_step(config, graphdef, mesh, state_sharding).trace(state, batches.peek())
+  traced = train_step.jit_train_step(config, graphdef, mesh, state_sharding).trace(
+      state, batches.peek()
+  )
   compiled = traced.lower().compile()
   step_cost.report(
       compiled,
@@ -238,7 +87,7 @@ def compile_train_step(config, graphdef, mesh, state_sharding, state, batches):
   return compiled
 
 
-def _check_finite(state: TrainState) -> None:
+def _check_finite(state: train_step.TrainState) -> None:
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
     raise FloatingPointError(
@@ -295,17 +144,20 @@ def _train_and_evaluate(
   writer = _metric_writer(workdir)
   try:
     if resume_step is not None:
-      abstract, state_sharding = abstract_train_state(config, mesh)
+      abstract, state_sharding = train_step.abstract_train_state(config, mesh)
       state = checkpointing.restore_newest_intact(manager, workdir, abstract, iterator)
       logging.info("Resumed from the checkpoint of step %d in %s.", int(state.step), workdir)
     else:
       state, state_sharding = _new_state(config, mesh, backbone_weights)
       if config.init_from:  # the source model on this run's data, before any update
         _evaluate(config, count_fn, state, writer, workdir)
-    batches = sharding.DevicePrefetch(iterator, mesh, config.data.device_prefetch)
-    train_step = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
+    _check_steps_per_jit(config, int(state.step))
+    batches = sharding.DevicePrefetch(
+        iterator, mesh, config.data.device_prefetch, config.steps_per_jit
+    )
+    step_fn = compile_train_step(config, graphdef, mesh, state_sharding, state, batches)
     step, metrics = _train_loop(
-        config, count_fn, workdir, manager, preemption, writer, state, batches, train_step
+        config, count_fn, workdir, manager, preemption, writer, state, batches, step_fn
     )
   finally:
     _close(writer, workdir)
@@ -347,10 +199,10 @@ def _check_start(config: ml_collections.ConfigDict) -> str | None:
   return backbone_weights
 
 
-def _new_state(config, mesh, backbone_weights: str | None) -> tuple[TrainState, Any]:
+def _new_state(config, mesh, backbone_weights: str | None) -> tuple[train_step.TrainState, Any]:
   """A new run's state and its sharding: the source run's parameters and BatchNorm
   statistics (`init_from`), or fresh ones with the ImageNet backbone when given."""
-  state, state_sharding = create_train_state(config, mesh)
+  state, state_sharding = train_step.create_train_state(config, mesh)
   if config.init_from:
     source = finetune.load_source_variables(config)
     put = lambda new, current: jax.device_put(np.asarray(new, current.dtype), current.sharding)
@@ -372,7 +224,7 @@ def _new_state(config, mesh, backbone_weights: str | None) -> tuple[TrainState, 
   return state, state_sharding
 
 
-def _evaluate(config, count_fn, state: TrainState, writer, workdir: Path) -> dict | None:
+def _evaluate(config, count_fn, state: train_step.TrainState, writer, workdir: Path) -> dict | None:
   """Whole-image evaluation of `state` on `data.eval_split`, logged and kept in
   `workdir/eval/step_N`."""
   _check_finite(state)
@@ -392,6 +244,9 @@ def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, b
   evaluation) an asynchronous save; on SIGTERM the finished step is saved when at least
   half the grace time is left. Returns (last step, last evaluation's metrics)."""
   ranked = run_result.ranks_checkpoints(config)
+  per_call = config.steps_per_jit
+  # Whether a multiple of `every` was reached by the call that ended at `step`.
+  due = lambda every: step // every > (step - per_call) // every or step == config.num_train_steps
   metrics = None
   step = last_saved = int(state.step)
   window, window_start = [], time.perf_counter()
@@ -401,19 +256,19 @@ def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, b
   try:
     while not stop and step < config.num_train_steps:
       state, step_metrics = step_fn(state, next(batches))
-      step += 1
+      step += per_call
       window.append(step_metrics)
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      if due(config.log_every_steps):
         _check_finite(state)
         _log_progress(writer, step, config, window, time.perf_counter() - window_start)
         window, window_start = [], time.perf_counter()
-      evaluate_now = step % config.eval_every_steps == 0 or step == config.num_train_steps
+      evaluate_now = due(config.eval_every_steps)
       if evaluate_now:
         metrics = _evaluate(config, count_fn, state, writer, workdir)
       stop = preemption.requested or manager.reached_preemption(step)
       # On preemption, save only what fits: at least half the grace time must be left.
       save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
-      if evaluate_now or step % config.checkpoint_every_steps == 0 or save_to_stop:
+      if evaluate_now or due(config.checkpoint_every_steps) or save_to_stop:
         _check_finite(state)
         checkpointing.wait_for_saves(manager, last_saved)
         checkpointing.save(
@@ -465,10 +320,24 @@ def _metric_writer(workdir: Path):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
+def _check_steps_per_jit(config: ml_collections.ConfigDict, start: int) -> None:
+  """Refuses a `steps_per_jit` that cannot end the run at `num_train_steps` exactly."""
+  per_call = config.steps_per_jit
+  if per_call < 1 or (config.num_train_steps - start) % per_call:
+    raise ValueError(
+        f"steps_per_jit = {per_call} must be at least 1 and divide the "
+        f"{config.num_train_steps - start} steps left (num_train_steps "
+        f"{config.num_train_steps}, from step {start}): choose another steps_per_jit or "
+        "num_train_steps."
+    )
+
+
 def _log_progress(writer, step, config, window, seconds):
+  """The mean metrics of the steps since the last line (`window`: one entry per call)."""
   means = {k: float(np.mean([jax.device_get(m[k]) for m in window])) for k in window[0]}
-  images_per_second = len(window) * config.batch_size / max(seconds, 1e-9)
-  remaining = (config.num_train_steps - step) * seconds / max(len(window), 1)
+  steps = len(window) * config.steps_per_jit
+  images_per_second = steps * config.batch_size / max(seconds, 1e-9)
+  remaining = (config.num_train_steps - step) * seconds / max(steps, 1)
   logging.info(
       "step %d/%d  loss %.4f  crop count MAE %.2f  %.1f images/s  ETA %s",
       step,
