@@ -346,6 +346,7 @@ def test_real_photos_keep_their_bytes_and_splits_are_recorded(real_builds, real_
     assert set(example["labels"]) <= {b"head"}
   record = result.builder.info.metadata["folder_import"]
   assert record["format"] == "csv" and record["val_fraction"] == 0.2
+  assert not result.builder.info.description.startswith("None")  # the builder's own text
   by_split = {
       s: sorted(e["filename"].decode() for e in result.builder.as_data_source(split=s))
       for s in result.builder.info.splits

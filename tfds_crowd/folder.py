@@ -246,7 +246,7 @@ def build_folder(
   dataset = data_dir / name
   _check_replaceable(dataset)
   staging = data_dir / f".{name}.building-{uuid.uuid4().hex[:8]}"
-  namespace = {"name": name, "__module__": __name__}
+  namespace = {"name": name, "__module__": __name__, "__doc__": FolderBuilder.__doc__}
   builder_class = type("FolderDataset", (FolderBuilder,), namespace, skip_registration=True)
   try:
     builder = builder_class(plan=plan, data_dir=str(staging), file_format=file_format)
