@@ -9,10 +9,12 @@ a trained run:
 With `init_from`, the model is the source run's (its config.json's model fields); without
 it, the paper's model trains from ImageNet weights. The best checkpoint on the `val`
 split is the run's result and is tested once on `test` (the folder importer makes both
-unless told otherwise: docs/datasets.md). The recipe below (a short run, a learning rate
-decayed to zero, frequent evaluations) is chosen by benchmarks/finetune_study.py
-(docs/real_data_study.md).
+unless told otherwise: docs/datasets.md). The recipe below (a short run at the source
+run's learning rate decayed to zero, frequent evaluations) follows
+benchmarks/finetune_study.py (docs/real_data_study.md).
 """
+
+import ml_collections
 
 from configs import base
 
@@ -24,8 +26,10 @@ def get_config():
   config.data.validation = True
   config.data.test_split = "test"
   config.data.max_side = 1024  # phone and camera pictures: heads at the datasets' scale
-  config.learning_rate = 1e-4
-  config.lr_schedule = "cosine"
+  # None: with init_from, the rate the source run trained with (benchmarks/
+  # finetune_study.py: a tenth of it diverged); without, set --config.learning_rate.
+  config.learning_rate = ml_collections.FieldReference(None, field_type=float)
+  config.lr_schedule = "cosine"  # decayed to zero over the short run
   config.num_train_steps = 500
   config.log_every_steps = 25
   config.eval_every_steps = 100

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cfrnet_jax import checkpointing, evaluation, run_config
-from cfrnet_jax.training import finetune, sharding, trainer
+from cfrnet_jax.training import finetune, sharding, train_step, trainer
 from configs import folder
 from tests.conftest import tiny_train_config
 
@@ -95,6 +95,11 @@ def test_the_model_comes_from_the_source_run(trained_workdir):
   assert inherited.model.channels == source.channels == 16  # ... becomes the tiny one
   assert tuple(inherited.model.vgg_widths) == tuple(source.vgg_widths)
   assert inherited.model.dtype == "bfloat16"  # how it computes stays this run's own
+  assert config.learning_rate is None  # configs/folder.py: the source run's rate ...
+  assert inherited.learning_rate == run_config.load_run_config(trained_workdir).learning_rate
+  config.init_from = ""  # ... and without a source run, one must be given
+  with pytest.raises(ValueError, match="learning_rate is not set"):
+    train_step.create_optimizer(config)
   assert config.model.channels == 256  # the caller's config is left alone
 
 

@@ -74,7 +74,8 @@ def inherit_model(
   """`config` with the source run's model fields when `config.init_from` is set (a copy;
   `config` itself unless it is). `overridden` names the fields the user set
   (`model.channels`, ...): one that defines parameters or counts and contradicts the
-  source run is refused."""
+  source run is refused. An unset `learning_rate` (`configs/folder.py`'s) becomes the
+  source run's."""
   if not config.init_from:
     return config
   source = source_config(config).model
@@ -94,6 +95,8 @@ def inherit_model(
   for name in config.model.keys():
     if name not in COMPUTE_MODEL_FIELDS and name in source:
       config.model[name] = source[name]
+  if config.learning_rate is None:  # configs/folder.py: the source run's own rate
+    config.learning_rate = source_config(config).learning_rate
   return config
 
 

@@ -47,6 +47,12 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   """Adam (section 4.1). `lr_schedule`: "constant" (the paper) or "cosine" (decay to 0
     over `num_train_steps`, for short runs such as the CPU quick start). The parts
   `config.freeze` names get no updates (`finetune.without_updates`)."""
+  if config.learning_rate is None:
+    raise ValueError(
+        "learning_rate is not set: configs/folder.py takes the source run's with "
+        "--config.init_from; without it, give one (--config.learning_rate=1e-5 is the "
+        "paper's)."
+    )
   if config.lr_schedule == "constant":
     learning_rate = config.learning_rate
   elif config.lr_schedule == "cosine":
