@@ -8,7 +8,7 @@ FLOPs counted from its jaxpr (`cfrnet_jax.training.flops`: convolutions, matmuls
 attention by their shapes) and, beside them, XLA's cost analysis of the compiled forward
 (which also counts elementwise work; on a GPU it leaves out cuDNN's and cuBLAS's custom
 calls). With the latency, the MFU against the device's float32 dense peak where the device
-is in `flops.PEAKS`. The training step's model FLOPs (the paper model's `trainer` step,
+is in `device_peaks.PEAKS`. The training step's model FLOPs (the paper model's `trainer` step,
 forward, backward and Adam update, at `--train_batch` x `--train_crop`, 256 head points per
 crop) come from its jaxpr alone, traced on any machine.
 
@@ -41,7 +41,7 @@ import cfrnet_jax  # noqa: E402
 from benchmarks.batches import make_batch  # noqa: E402
 from cfrnet_jax.models.cfrm import CrossLevelRelocation  # noqa: E402
 from cfrnet_jax.state import model_graphdef  # noqa: E402
-from cfrnet_jax.training import flops, sharding, train_step  # noqa: E402
+from cfrnet_jax.training import device_peaks, flops, sharding, train_step  # noqa: E402
 from configs.base import get_config, get_model_config  # noqa: E402
 
 
@@ -137,7 +137,7 @@ def main():
   density = lambda s, x: nnx.merge(graphdef, s)(x)["density"]
   forward = jax.jit(density)
   kind = jax.devices()[0].device_kind
-  peak = flops.peak_flops(kind, "float32")
+  peak = device_peaks.peak_flops(kind, "float32")
   print(
       "\n| input (HxW) | forward model GFLOPs (jaxpr) | XLA cost analysis GFLOPs |"
       f" {kind} latency median (s) | MFU (float32 peak) | runs |"
@@ -159,7 +159,7 @@ def main():
       forward(state, images).block_until_ready()
       times.append(time.perf_counter() - start)
     latency = statistics.median(times)
-    mfu = f"{flops.mfu(model_flops, latency, peak):.1%}" if peak else "- (peak unknown)"
+    mfu = f"{device_peaks.mfu(model_flops, latency, peak):.1%}" if peak else "- (peak unknown)"
     print(
         f"| {height}x{width} | {model_flops / 1e9:.1f} | {xla / 1e9:.1f} | {latency:.3f} |"
         f" {mfu} | {args.runs} |"

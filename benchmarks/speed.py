@@ -25,7 +25,7 @@ FLOPs: each JAX row reports the model FLOPs of its program (`model_flops`: count
 the traced step's convolutions, matmuls and attention, recomputation excluded,
 `cfrnet_jax.training.flops`), XLA's cost analysis beside it (`xla_flops`; on a GPU it
 leaves out the cuDNN convolutions and cuBLAS matmuls, custom calls), the achieved model
-TFLOP/s and, on a device of `flops.PEAKS`, the MFU: model FLOPs / time / the devices' dense
+TFLOP/s and, on a device of `device_peaks.PEAKS`, the MFU: model FLOPs / time / the devices' dense
 peak (TF32 for float32 on NVIDIA GPUs - JAX's default precision for float32 convolutions
 and matmuls there, which the twin is also allowed - and BF16). Memory: XLA's plan for each
 JAX row (`memory_gb`), and on a GPU the allocator's peak of every backend (`peak_gb`). A row
@@ -70,7 +70,7 @@ from cfrnet_jax.state import (  # noqa: E402
     local_copy,
     model_graphdef,
 )
-from cfrnet_jax.training import flops, sharding, step_cost, train_step  # noqa: E402
+from cfrnet_jax.training import device_peaks, flops, sharding, step_cost, train_step  # noqa: E402
 
 ROWS = {  # name: (kind, batch, height, width)
     "train_4": ("train", 4, 256, 256),
@@ -306,7 +306,7 @@ def available_memory_gb() -> float:
 
 def device_peak(dtype: str) -> float | None:
   """Dense peak FLOP/s of this machine's first device for `dtype`; None if unknown."""
-  return flops.peak_flops(jax.devices()[0].device_kind, dtype)
+  return device_peaks.peak_flops(jax.devices()[0].device_kind, dtype)
 
 
 JAX_DTYPES = {"jax_fp32": "float32", "jax_bf16": "bfloat16", "jax_bf16_cudnn": "bfloat16_cudnn"}
@@ -457,7 +457,7 @@ def bench_row(
       result["model_tflop_per_s"] = result["model_flops"] / result["median_s"] / 1e12
       peak = device_peak(JAX_DTYPES[backend])
       if peak:
-        result["mfu"] = flops.mfu(
+        result["mfu"] = device_peaks.mfu(
             result["model_flops"], result["median_s"], peak, result.get("devices", 1)
         )
   # Equal precision: JAX float32 against eager float32, JAX bfloat16 against autocast.

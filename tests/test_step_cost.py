@@ -6,7 +6,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from cfrnet_jax.training import flops, step_cost
+from cfrnet_jax.training import device_peaks, flops, step_cost
 
 
 def _traced_matmul(n=256):
@@ -67,7 +67,7 @@ def test_report_leads_with_the_model_flops_and_keeps_xla_figure_beside_them(capl
 
 def test_model_flops_give_the_step_time_at_full_utilisation_on_a_known_device():
   count = flops.FlopCount({flops.MATMUL: 9.9e12})
-  text = step_cost.describe_model_flops(count, flops.peak_flops("NVIDIA H200", "bfloat16"))
+  text = step_cost.describe_model_flops(count, device_peaks.peak_flops("NVIDIA H200", "bfloat16"))
   assert (
       text == "model FLOPs 9.90 TFLOP per step, 10.0 ms per step at 100% MFU (peak 989.4 TFLOP/s)"
   )

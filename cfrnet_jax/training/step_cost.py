@@ -20,6 +20,7 @@ import os
 import jax
 from absl import logging
 
+from cfrnet_jax.training import device_peaks
 from cfrnet_jax.training import flops as model_flops
 
 # Above this share of the device's memory the step is reported as unlikely to fit: XLA's
@@ -141,7 +142,7 @@ def report(
   cost = step_cost(compiled)
   available = device_memory_bytes(device)
   count = count_traced(traced) if traced is not None else None
-  peak = model_flops.peak_flops(device.device_kind, dtype)
+  peak = device_peaks.peak_flops(device.device_kind, dtype)
   line = describe(cost, available, count, peak, devices, gpu=device.platform == "gpu")
   logging.info("Compiled %s: %s.", what, line)
   if available and cost.memory_bytes > FIT_FRACTION * available:
