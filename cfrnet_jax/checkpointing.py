@@ -37,7 +37,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from cfrnet_jax import checkpoint_repair
+from cfrnet_jax import checkpoint_repair, run_config
 from cfrnet_jax.state import ModelVariables, abstract_variables
 from configs import base
 
@@ -249,3 +249,18 @@ def restore_variables(
   if failures:
     logging.warning("Using the checkpoint of step %d instead of step %d.", found, order[0])
   return found, ModelVariables(**restored)
+
+
+def restore_model(
+    workdir: str | Path, step: int | None = None, config: ml_collections.ConfigDict | None = None
+) -> tuple[ml_collections.ConfigDict, int, ModelVariables]:
+  """(config, step, variables) of a trained run, for inference (predict, serve, export):
+  the run's own `config.json` unless `config` is given, which must then count as the
+  run's does (`run_config.check_counting_config`), and `restore_variables` at `step`."""
+  if config is None:
+    config = run_config.load_run_config(workdir)
+  else:
+    run_config.check_counting_config(workdir, config)
+  step, variables = restore_variables(workdir, config.model, step)
+  logging.info("Restored step %d of %s.", step, workdir)
+  return config, step, variables

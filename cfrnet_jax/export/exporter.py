@@ -52,7 +52,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from cfrnet_jax import checkpointing, run_config
+from cfrnet_jax import checkpointing
 from cfrnet_jax.data.device_ops import normalize_images
 from cfrnet_jax.export.runtime import FORMATS, INPUT_DTYPES, Signature, file_sha256, sidecar_path
 from cfrnet_jax.export.verification import TINY, Verification, verification_picture, verify
@@ -123,12 +123,7 @@ def export(
 ) -> ExportReport:
   """Exports `workdir`'s checkpoint at `step` (default: the best, else the latest, as
   predict mode picks) to `out` and verifies the file (module docstring)."""
-  if config is None:
-    config = run_config.load_run_config(workdir)
-  else:
-    run_config.check_counting_config(workdir, config)
-  step, variables = checkpointing.restore_variables(workdir, config.model, step)
-  logging.info("Restored step %d of %s.", step, workdir)
+  config, step, variables = checkpointing.restore_model(workdir, step, config)
   return export_variables(
       config,
       variables,

@@ -46,9 +46,8 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-from absl import logging
 
-from cfrnet_jax import checkpointing, localization, run_config
+from cfrnet_jax import checkpointing, localization
 from cfrnet_jax.data.geometry import ceil_div, mean_colour, pad_image
 from cfrnet_jax.evaluation import make_count_fn
 from cfrnet_jax.inference import tiling
@@ -130,12 +129,7 @@ class CrowdCounter:
     unless `config` is given; a given config must count as the run's does
     (`run_config.check_counting_config`: prediction settings may differ, the density
     scale or image size may not). Reads only parameters and BatchNorm statistics."""
-    if config is None:
-      config = run_config.load_run_config(workdir)
-    else:
-      run_config.check_counting_config(workdir, config)
-    step, variables = checkpointing.restore_variables(workdir, config.model, step)
-    logging.info("Restored step %d of %s.", step, workdir)
+    config, step, variables = checkpointing.restore_model(workdir, step, config)
     return cls(config, variables)
 
   @classmethod
