@@ -111,7 +111,8 @@ def _predict(config):
   settings but not what changes the counts (`run_config.check_counting_config`)."""
   from cfrnet_jax.inference import video_io
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.predict_mode import OutputMismatchError, predict_files, predict_videos
+  from cfrnet_jax.inference.predict_mode import predict_files, predict_videos
+  from cfrnet_jax.inference.predict_table import OutputMismatchError
   from cfrnet_jax.inference.regions import load_regions
 
   if not _IMAGES.value and not _VIDEO.value:

@@ -1,4 +1,5 @@
-"""Predict mode that resumes, batches and spreads over processes (`predict_mode`)."""
+"""Predict mode that resumes, batches and spreads over processes (`predict_mode`,
+`predict_table`, `predict_batching`, `predict_hosts`)."""
 
 import concurrent.futures
 import csv
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from cfrnet_jax.inference.counter import CrowdCounter
-from cfrnet_jax.inference.predict_mode import OutputMismatchError, predict_files
+from cfrnet_jax.inference.predict_mode import predict_files
+from cfrnet_jax.inference.predict_table import OutputMismatchError
 from tests.conftest import shared_data, tiny_train_config
 from tests.test_user_images import picture
 
@@ -101,7 +103,7 @@ def test_each_process_counts_its_share_and_they_merge_into_one_table(counter, tm
   """Two processes (threads here, meeting at a thread barrier where hosts meet at the
   coordination service's) count their shares into parts, and process 0 merges them into
   the table a single process writes."""
-  import cfrnet_jax.inference.predict_mode as predict_mode
+  from cfrnet_jax.inference import predict_hosts
 
   mixed_folder(tmp_path / "photos")
   patterns = [str(tmp_path / "photos")]
@@ -117,12 +119,12 @@ def test_each_process_counts_its_share_and_they_merge_into_one_table(counter, tm
     own = CrowdCounter(counter.config, counter._variables)
     return predict_files(own, patterns, out, process_index=index, process_count=2)
 
-  original, predict_mode._barrier = predict_mode._barrier, barrier
+  original, predict_hosts.barrier = predict_hosts.barrier, barrier
   try:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       summaries = list(pool.map(host, range(2)))
   finally:
-    predict_mode._barrier = original
+    predict_hosts.barrier = original
   assert sorted(set(passed)) == ["counted", "merged", "tables read"]
   assert summaries[0] == summaries[1]
   assert summaries[0]["counted"] == len(SIZES) and summaries[0]["processes"] == 2
