@@ -403,7 +403,8 @@ def main(argv=None) -> int:
       resumed_log = folder / f"trial_{trial}_resumed.log"
       finish(command(workdir), env, resumed_log, args.timeout_s)
       text = resumed_log.read_text(errors="replace")
-      match = re.search(r"Resumed from the checkpoint of step (\d+)", text)
+      # A run killed after its last save resumes as a finished run, from that step.
+      match = re.search(r"(?:Resumed from the checkpoint of step|finished at step) (\d+)", text)
       lost = differences(reference, read_final(workdir, args.steps))
       resumed_from = int(match.group(1)) if match else 0
       newest = max(kill["steps_saved_at_kill"], default=0)

@@ -10,7 +10,7 @@ import pytest
 from cfrnet_jax.state import model_graphdef
 from cfrnet_jax.training import sharding, train_step, trainer
 from tests.conftest import tiny_train_config
-from tests.test_trainer import fixed_batch
+from tests.test_trainer import _zero_gradient, fixed_batch
 
 K = 4
 
@@ -40,7 +40,8 @@ def test_k_steps_per_call_give_the_state_of_single_steps(batches):
   """The same step count, parameters and BatchNorm statistics to 1e-6, and Adam's
   moments to float tolerance. The scan compiles its body apart from the single step, so
   gradients differ in their last bits (amplified a little through the BatchNorms, as
-  between device layouts: tests/test_trainer.py `assert_same_step`), and Adam turns a
+  between device layouts: tests/test_trainer.py `assert_same_step`; parameters whose
+  true gradient is 0 hold only that noise in their moments and are not compared), and Adam turns a
   near-zero gradient entry into +-learning rate whatever its sign: a learning rate of
   5e-8 keeps such flips below 1e-6, while the moments and statistics, which see every
   batch, show a batch out of order or left out."""
@@ -66,7 +67,7 @@ def test_k_steps_per_call_give_the_state_of_single_steps(batches):
   for (path, a), b in zip(
       jax.tree_util.tree_leaves_with_path(single.opt_state), jax.tree.leaves(multi.opt_state)
   ):
-    if np.ndim(a) and np.linalg.norm(a):
+    if np.ndim(a) and np.linalg.norm(a) and not _zero_gradient(jax.tree_util.keystr(path)):
       error = np.linalg.norm(a - b) / np.linalg.norm(a)
       assert error < 1e-2, (path, error)
 

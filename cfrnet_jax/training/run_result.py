@@ -102,6 +102,11 @@ def finished_result(config, manager, workdir: Path) -> dict | None:
     )
     return json.loads(path.read_text())
   step = manager.latest_step()
+  logging.info(
+      "%s finished at step %d before its result was recorded: evaluating it again.",
+      workdir,
+      step,
+  )
   count_fn = evaluation.make_count_fn(model_graphdef(config.model), config.data)
   _, variables = checkpointing.restore_variables(workdir, config.model, step)
   last = evaluation.evaluate(
