@@ -345,11 +345,7 @@ def main(argv=None) -> int:
         f"uninterrupted run's; {time.monotonic() - began:.0f} s in all.",
         flush=True,
     )
-    if args.out:
-      Path(args.out).write_text(json.dumps({"trials": trials, "identical": identical}, indent=1))
-    if not args.folder:
-      shutil.rmtree(folder, ignore_errors=True)
-    return 0 if identical == len(trials) else 1
+    return _finish(args, folder, trials, identical)
   command = lambda workdir: run_command(
       workdir, data_dir, args.steps, args.checkpoint_every, args.workers, args.steps_per_jit
   )
@@ -438,6 +434,11 @@ def main(argv=None) -> int:
       f"{time.monotonic() - began:.0f} s in all.",
       flush=True,
   )
+  return _finish(args, folder, trials, identical)
+
+
+def _finish(args, folder: Path, trials: list[dict], identical: int) -> int:
+  """Writes `--out`, removes a temporary work folder; status 0 when every trial held."""
   if args.out:
     Path(args.out).write_text(json.dumps({"trials": trials, "identical": identical}, indent=1))
   if not args.folder:
