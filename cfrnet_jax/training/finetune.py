@@ -78,7 +78,8 @@ def inherit_model(
   source run's."""
   if not config.init_from:
     return config
-  source = source_config(config).model
+  source_run = source_config(config)
+  source = source_run.model
   given = {name.removeprefix("model.") for name in overridden if name.startswith("model.")}
   differences = model_differences(config.model, source)
   contradictions = [line for name, line in differences.items() if name in given]
@@ -96,7 +97,7 @@ def inherit_model(
     if name not in COMPUTE_MODEL_FIELDS and name in source:
       config.model[name] = source[name]
   if config.learning_rate is None:  # configs/folder.py: the source run's own rate
-    config.learning_rate = source_config(config).learning_rate
+    config.learning_rate = source_run.learning_rate
   return config
 
 
@@ -119,6 +120,7 @@ def load_source_variables(config: ml_collections.ConfigDict) -> ModelVariables:
       config.init_from, config.model, config.init_step
   )
   arrays = len(jax.tree.leaves(variables))
+  frozen = frozen_parts(config)
   logging.info(
       "Fine-tuning from step %d of %s: loaded %d arrays (every parameter and BatchNorm "
       "statistic of its model); fresh optimizer and data position%s. backbone_weights is "
@@ -126,7 +128,7 @@ def load_source_variables(config: ml_collections.ConfigDict) -> ModelVariables:
       step,
       config.init_from,
       arrays,
-      f"; frozen: {', '.join(frozen_parts(config))}" if frozen_parts(config) else "",
+      f"; frozen: {', '.join(frozen)}" if frozen else "",
   )
   return variables
 
