@@ -225,23 +225,25 @@ def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path, syntheti
 
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, synthetic_data_dir):
-  """A real full disk: the workdir on a 4 MB tmpfs (in a private mount namespace) holds
-  the checkpoint of step 2 but not that of step 4. The run stops naming the step, the
-  folder and the error; step 2 stays intact; with space the same command resumes."""
+  """A real full disk: the workdir on a tmpfs (in a private mount namespace) sized to
+  hold the checkpoint of step 2 but not that of step 4 too (1.5 times the size of step 2,
+  measured by a first run to step 2). The run stops naming the step, the folder and the
+  error; step 2 stays intact; with space the same command resumes."""
   disk, workdir = tmp_path / "disk", tmp_path / "disk" / "run"
   disk.mkdir()
-  command = " ".join(
-      launch(
-          workdir,
-          synthetic_data_dir,
-          "--config.num_train_steps=6",
-          "--config.checkpoint_every_steps=2",
-          "--config.eval_every_steps=1000",
-          "--config.data.eval_split=test[:1]",
-      )
+  flags = (
+      "--config.checkpoint_every_steps=2",
+      "--config.eval_every_steps=1000",
+      "--config.data.eval_split=test[:1]",
   )
+  probe = " ".join(launch(workdir, synthetic_data_dir, "--config.num_train_steps=2", *flags))
+  command = " ".join(launch(workdir, synthetic_data_dir, "--config.num_train_steps=6", *flags))
   script = f"""
-      mount -t tmpfs -o size=4m tmpfs {disk} || exit 90
+      mount -t tmpfs -o size=64m tmpfs {disk} || exit 90
+      {probe} > {tmp_path}/probe.log 2>&1 || exit 91
+      step_2_kb=$(du -sk {workdir}/checkpoints/2 | cut -f1)
+      rm -rf {workdir}
+      mount -o remount,size=$((step_2_kb * 3 / 2 + 256))k {disk}
       {command} > {tmp_path}/full.log 2>&1; echo $? > {tmp_path}/full.status
       cp -r {workdir}/checkpoints {tmp_path}/after_full
       mount -o remount,size=64m {disk}
@@ -256,6 +258,7 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, 
   )
   full = (tmp_path / "full.log").read_text()
   assert (tmp_path / "full.status").read_text().strip() == "1", full[-3000:]
+  assert "Could not write the checkpoint of step 4 in" in full, full[-3000:]
   message = full[full.index("Could not write the checkpoint of step 4 in") :]
   assert str(workdir / "checkpoints") in message.splitlines()[0]
   assert "No space left on device" in message.splitlines()[0]
