@@ -103,6 +103,24 @@ _MAX_UPLOAD_MB = flags.DEFINE_float(
     "serve: largest picture file taken, in MB "
     "(default: cfrnet_jax/inference/serve.py's DEFAULT_MAX_UPLOAD_MB).",
 )
+_QUEUE_SIZE = flags.DEFINE_integer(
+    "queue_size",
+    None,
+    "serve: pictures that may wait for the model while one is counted; one more is "
+    "answered 503 with Retry-After (default: serve.py's DEFAULT_QUEUE_SIZE).",
+)
+_MAX_CONNECTIONS = flags.DEFINE_integer(
+    "max_connections",
+    None,
+    "serve: connections open at once; one more is answered 503 "
+    "(default: inference/http_limits.py's Limits).",
+)
+_READ_DEADLINE_S = flags.DEFINE_float(
+    "read_deadline_s",
+    None,
+    "serve: seconds a request's line and headers may take to arrive (its body: this plus "
+    "its size at 100 kB/s); a slower client is answered 408 (default: http_limits.Limits).",
+)
 
 
 def _predict(config):
@@ -156,7 +174,14 @@ def _serve(config):
   loopback `--host` is served: anyone who reaches the port could count (and, annotating,
   write files); other addresses exit with status 2."""
   from cfrnet_jax.inference.counter import CrowdCounter
-  from cfrnet_jax.inference.serve import DEFAULT_MAX_UPLOAD_MB, is_loopback, resolve_token, serve
+  from cfrnet_jax.inference.http_limits import Limits
+  from cfrnet_jax.inference.serve import (
+      DEFAULT_MAX_UPLOAD_MB,
+      DEFAULT_QUEUE_SIZE,
+      is_loopback,
+      resolve_token,
+      serve,
+  )
 
   token = resolve_token(_TOKEN.value)
   if token is None and not is_loopback(_HOST.value):
@@ -170,6 +195,14 @@ def _serve(config):
     raise app.UsageError("--label needs --annotate.")
   if _ANNOTATE.value and not os.path.isdir(os.path.expanduser(_ANNOTATE.value)):
     raise app.UsageError(f"--annotate {_ANNOTATE.value}: no such folder.")
+  queue_size = DEFAULT_QUEUE_SIZE if _QUEUE_SIZE.value is None else _QUEUE_SIZE.value
+  if queue_size < 0:
+    raise app.UsageError(f"--queue_size must be 0 or more, got {queue_size}.")
+  bounds = {"max_connections": _MAX_CONNECTIONS.value, "header_deadline_s": _READ_DEADLINE_S.value}
+  try:
+    limits = Limits(**{key: value for key, value in bounds.items() if value is not None})
+  except ValueError as error:
+    raise app.UsageError(f"--max_connections, --read_deadline_s: {error}") from error
   counter = CrowdCounter.from_checkpoint(_WORKDIR.value, _STEP.value, config)
   max_upload_mb = DEFAULT_MAX_UPLOAD_MB if _MAX_UPLOAD_MB.value is None else _MAX_UPLOAD_MB.value
   annotation = None
@@ -182,7 +215,7 @@ def _serve(config):
       raise app.UsageError(str(error)) from error
     logging.info("Annotating %d pictures of %s.", len(annotation.pictures), annotation.root)
   try:
-    serve(counter, _HOST.value, _PORT.value, max_upload_mb, token, annotation)
+    serve(counter, _HOST.value, _PORT.value, max_upload_mb, token, annotation, queue_size, limits)
   except OSError as error:
     logging.error("%s", error)
     sys.exit(1)

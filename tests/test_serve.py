@@ -93,7 +93,8 @@ def test_http_errors_are_json_and_the_server_keeps_serving(service):
   base = f"http://127.0.0.1:{server.server_address[1]}"
 
   def post(path, data, headers=None):
-    request = urllib.request.Request(base + path, data=data, headers=headers or {})
+    headers = {"Content-Type": "image/jpeg", **(headers or {})}
+    request = urllib.request.Request(base + path, data=data, headers=headers)
     try:
       with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, json.loads(response.read())
@@ -109,10 +110,17 @@ def test_http_errors_are_json_and_the_server_keeps_serving(service):
     connection.putheader("Content-Length", "-5")
     connection.endheaders()
     response = connection.getresponse()
-    assert (
-        response.status == 411 and "no valid Content-Length" in json.loads(response.read())["error"]
-    )
+    assert response.status == 400 and "'-5' is not valid" in json.loads(response.read())["error"]
     connection.close()
+    # urllib's default type for a body is a form's: refused, as another site's form would be.
+    assert (
+        post(
+            "/api/count?name=f.jpg",
+            jpeg_bytes((64, 48)),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )[0]
+        == 415
+    )
     assert post("/api/count?name=t.txt", b"text")[0] == 400
     assert post("/nothing", b"")[0] == 404
     status, body = post("/api/count?name=ok.jpg", jpeg_bytes((64, 48)))
@@ -191,7 +199,13 @@ def test_page_in_a_browser(served_run, trained_workdir, tmp_path):
   with sync_api.sync_playwright() as playwright:
     browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
     page = browser.new_page(viewport={"width": 1100, "height": 1400})
-    page.goto(served_run)
+    refused = []  # what the content-security policy blocked, as the console reports it
+    page.on("console", lambda m: refused.append(m.text) if "Security Policy" in m.text else 0)
+    answer = page.goto(served_run)
+    policy = answer.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy
+    # The page's own <style>, allowed by its hash, applies; its script (a file) runs.
+    assert page.locator("#drop").evaluate("e => getComputedStyle(e).borderStyle") == "dashed"
     page.set_input_files("#files", [str(photo), str(fake), str(big)])
     card = page.locator(".card").first
     count = card.locator(".count")
@@ -240,4 +254,5 @@ def test_page_in_a_browser(served_run, trained_workdir, tmp_path):
     assert [row["picture"] for row in rows] == [photo.name]
     assert float(rows[0]["count"]) == pytest.approx(expected.count, abs=0.01)
     assert {"region:left half", "region:region 2"} <= set(rows[0])
+    assert refused == []
     browser.close()

@@ -56,12 +56,6 @@ from cfrnet_jax.inference.user_images import check_file, check_pixels, collect_i
 PAGE = Path(__file__).with_name("annotate_page.html")
 SCRIPT = Path(__file__).with_name("annotate_page.js")
 DEFAULT_LABEL = "head"
-# The page runs under this policy: its script is a file of this server, never inline;
-# pictures arrive as blobs; styles are the page's own <style>.
-PAGE_POLICY = (
-    "default-src 'self'; script-src 'self'; img-src 'self' blob: data:; "
-    "style-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'"
-)
 # A top-level key of the JSON files this page writes: a file without it was written by
 # someone else (LabelMe, another tool, a person) and is backed up before it is replaced.
 # The folder importer and LabelMe ignore keys they do not know.
@@ -375,46 +369,35 @@ class AnnotationHandler(_Handler):
   """
 
   annotation: AnnotationService  # set on the subclass `serve.make_server` builds
-  _policy = False  # whether this answer carries PAGE_POLICY
-
-  def end_headers(self):
-    """The page's answer carries its content-security policy (scripts from this server
-    only, no inline script); every answer says its content type is not to be guessed."""
-    if self._policy:
-      self.send_header("Content-Security-Policy", PAGE_POLICY)
-      self._policy = False
-    self.send_header("X-Content-Type-Options", "nosniff")
-    super().end_headers()
 
   def do_GET(self):  # noqa: N802 - http.server's name
     url = urllib.parse.urlparse(self.path)
     name = urllib.parse.parse_qs(url.query).get("name", [None])[0]
     try:
       if url.path in ("/", "/index.html"):
-        self._policy = True
-        self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+        self.send_body(200, PAGE.read_bytes(), "text/html; charset=utf-8")
       elif url.path == "/annotate_page.js":
-        self._send(200, SCRIPT.read_bytes(), "text/javascript; charset=utf-8")
+        self.send_body(200, SCRIPT.read_bytes(), "text/javascript; charset=utf-8")
       elif url.path == "/api/pictures":
-        self._send_json(200, self.annotation.listing())
+        self.send_json(200, self.annotation.listing())
       elif url.path == "/api/picture":
-        self._send_json(200, self.annotation.describe(name))
+        self.send_json(200, self.annotation.describe(name))
       elif url.path == "/api/image":
-        self._send(200, *self.annotation.image_bytes(name))
+        self.send_body(200, *self.annotation.image_bytes(name))
       else:
         super().do_GET()
     except RequestError as error:
-      self._send_json(error.status, {"error": str(error)})
+      self.send_json(error.status, {"error": str(error)})
     except Exception as error:  # never a dead server: log it, tell the client
       logging.exception("GET %s failed.", self.path)
-      self._send_json(500, {"error": f"{url.path} failed: {error!r}"})
+      self.send_json(500, {"error": f"{url.path} failed: {error!r}"})
 
   def do_POST(self):  # noqa: N802
     url = urllib.parse.urlparse(self.path)
     if url.path != "/api/annotation":
       super().do_POST()
       return
-    name = urllib.parse.parse_qs(url.query).get("name", [None])[0]
+    name, body = urllib.parse.parse_qs(url.query).get("name", [None])[0], None
     try:
       # A JSON content type cannot be sent across sites without a CORS preflight, which
       # this server never grants: another web page cannot make the browser save here.
@@ -432,11 +415,12 @@ class AnnotationHandler(_Handler):
             f"{MAX_SAVE_BYTES / 1e6:g} MB; nothing saved.",
             413,
         )
-      self._send_json(200, self.annotation.save(name, self.rfile.read(length)))
+      body = self.read_body(length)  # within the server's deadline (http_limits)
+      self.send_json(200, self.annotation.save(name, body))
     except RequestError as error:
-      if error.status in (411, 413):
+      if body is None:
         self.close_connection = True  # the body is not read
-      self._send_json(error.status, {"error": str(error)})
+      self.send_json(error.status, {"error": str(error)})
     except Exception as error:
       logging.exception("Saving %s failed.", name)
-      self._send_json(500, {"error": f"Saving {name} failed: {error!r}"})
+      self.send_json(500, {"error": f"Saving {name} failed: {error!r}"})

@@ -2,7 +2,7 @@
 
     python launch.py --mode serve --workdir runs/shha [--port 8000] [--host 127.0.0.1]
 
-One page (`serve_page.html`, plain HTML and JavaScript, no framework) where a person
+One page (`serve_page.html` and its script `serve_page.js`, no framework) where a person
 drops one or more pictures and sees, for each, the count, the density overlay with the
 head points, and the count of each region drawn on a picture or typed as JSON; the
 results table downloads as CSV. Python's standard `http.server` serves it: the page
@@ -12,11 +12,13 @@ Each upload goes through exactly what predict mode does with a file (`CrowdCount
 predict` on a temporary copy): the same checks of damaged, truncated and oversized
 pictures (`predict.max_megapixels`), `data.max_side`, tiles, head points and regions. A
 request that cannot be counted gets a JSON error with the reason and status 400 (413 for
-an upload over `max_upload_mb`); nothing a client sends stops the server. One model
-serves every request, one at a time; its forward pass is compiled once per padded input
-shape (the model pads each side to a multiple of 128 up to `predict.tile_size`, beyond
-which pictures run as tiles of that size), and `/api/info` tells how many shapes have
-been compiled so far.
+an upload over `max_upload_mb`, 415 for a body that is not a picture's type); nothing a
+client sends stops the server. One model serves every request, one at a time, with at
+most `queue_size` waiting (more are answered 503 with `Retry-After`); connections, slow
+clients and http.server's own errors are bounded by `inference/http_limits.py`. Its
+forward pass is compiled once per padded input shape (the model pads each side to a
+multiple of 128 up to `predict.tile_size`, beyond which pictures run as tiles of that
+size), and `/api/info` tells how many shapes have been compiled so far.
 
 It listens on 127.0.0.1 (this machine only) unless `--host` says otherwise; on any other
 address `launch.py` refuses to serve without `--token`. With a token (`--token T`, or
@@ -27,6 +29,13 @@ token gets 401, compared in constant time (`hmac.compare_digest`).
 
 `--annotate DIR` adds the annotation page (`inference/annotate.py`): `/` is then that
 page, and the counting page moves to `/count`.
+
+Routes (any other path is 404, any other method 405):
+
+  GET  / /index.html /count   the page (under `http_limits.page_policy`: no inline script)
+  GET  /serve_page.js         its script
+  GET  /api/info              the limits and the number of compiled shapes
+  POST /api/count?name=N[&regions=JSON]   count the body: a picture file named N
 """
 
 from __future__ import annotations
@@ -34,7 +43,6 @@ from __future__ import annotations
 import base64
 import hmac
 import http.cookies
-import http.server
 import io
 import ipaddress
 import json
@@ -49,36 +57,47 @@ import numpy as np
 from absl import logging
 
 from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.http_limits import (
+    GuardedHandler,
+    GuardedHTTPServer,
+    Limits,
+    ModelQueue,
+    RequestError,
+)
 from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.regions import parse_regions
 from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES
 
 PAGE = Path(__file__).with_name("serve_page.html")
+SCRIPT = Path(__file__).with_name("serve_page.js")
 TOKEN_HEADER = "X-Token"
 LOOPBACK_NAMES = ("localhost",)
 # The largest picture file taken, in MB, unless `launch.py --max_upload_mb` says
 # otherwise: a bound on the bytes one request makes the server read and hold.
 DEFAULT_MAX_UPLOAD_MB = 50.0
+# Requests that may wait for the model while one is counted, unless `--queue_size` says
+# otherwise; one more is answered 503 with Retry-After.
+DEFAULT_QUEUE_SIZE = 8
+# The body types /api/count takes: a picture's, a file of unknown type, or none given
+# (a browser's fetch of a File without a type). Form and text types are refused: they
+# are what another site's page can make a browser post here.
+_PICTURE_TYPES = ("application/octet-stream",)
+_MAX_NAME = 255
 # JPEG quality (Pillow's 1-95 scale) of the overlay sent back to the page.
 _OVERLAY_JPEG_QUALITY = 90
-
-
-class RequestError(ValueError):
-  """What the client sent cannot be counted; `status` is the HTTP status to answer."""
-
-  def __init__(self, message: str, status: int = 400):
-    super().__init__(message)
-    self.status = status
 
 
 class CountingService:
   """The server's work, apart from HTTP: counts uploaded picture bytes."""
 
-  def __init__(self, counter: CrowdCounter, max_upload_mb: float):
+  def __init__(
+      self, counter: CrowdCounter, max_upload_mb: float, queue_size: int = DEFAULT_QUEUE_SIZE
+  ):
     if not max_upload_mb > 0:
       raise ValueError(f"max_upload_mb must be positive, got {max_upload_mb}.")
     self.counter = counter
     self.max_upload_bytes = int(max_upload_mb * 1e6)
+    self.queue = ModelQueue(queue_size)
     self._lock = threading.Lock()  # one picture counted at a time, by the one model.
 
   def info(self) -> dict:
@@ -88,6 +107,7 @@ class CountingService:
         "tile_size": predict.tile_size,
         "max_megapixels": predict.max_megapixels,
         "max_upload_mb": self.max_upload_bytes / 1e6,
+        "queue_size": self.queue.size,
     }
 
   def check_size(self, name: str, size: int) -> None:
@@ -108,7 +128,8 @@ class CountingService:
       raise RequestError(f"{name} is empty (0 bytes).")
     parsed = _parse_regions(regions)
     suffix = Path(name).suffix.lower()
-    with tempfile.TemporaryDirectory(prefix="cfrnet_upload_") as folder:
+    with self.queue.turn(), tempfile.TemporaryDirectory(prefix="cfrnet_upload_") as folder:
+      # The name is never part of the path: the file is always `picture` in a new folder.
       path = Path(folder) / ("picture" + (suffix if suffix in IMAGE_SUFFIXES else ""))
       path.write_bytes(data)
       with self._lock:
@@ -143,6 +164,20 @@ class CountingService:
     }
 
 
+def check_name(name: str) -> str:
+  """`name` when it is a file name (what a browser sends for a File); RequestError 400
+  for a path (`/`, `\\`, `..`), control characters (NUL among them), or over 255
+  characters. Uploads are written under a name of the server's own, whatever this says;
+  a name that is a path is refused so that no client can make it look otherwise."""
+  if not name or len(name) > _MAX_NAME:
+    raise RequestError(f"A picture's name must have 1 to {_MAX_NAME} characters.")
+  if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    raise RequestError(f"{name!r}: a picture's name may not hold control characters.")
+  if "/" in name or "\\" in name or name in (".", "..") or ":" in name[:2]:
+    raise RequestError(f"{name!r}: a picture's name is a file name, not a path.")
+  return name
+
+
 def _parse_regions(text: str | None):
   if not text or not text.strip():
     return None
@@ -174,11 +209,10 @@ def resolve_token(value: str | None) -> str | None:
   return secrets.token_urlsafe(18) if value == "auto" else value
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
   service: CountingService  # set on the subclass `make_server` builds
   token: str | None = None  # every route needs it when set
   server_version = "cfrnet-jax"
-  timeout = 60  # seconds a client may stall mid-request before its connection is dropped
   _cookie: str | None = None  # a Set-Cookie value to send with this answer
 
   def parse_request(self) -> bool:
@@ -195,7 +229,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self.close_connection = True
     why = "a wrong token" if given else "no token"
     message = f"This server needs its token ({why} given): open the URL it printed, /?token=..."
-    self._send_json(401, {"error": message})
+    self.send_json(401, {"error": message})
     return False
 
   def _given_token(self) -> str | None:
@@ -224,56 +258,59 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def do_GET(self):  # noqa: N802 - http.server's name
     path = urllib.parse.urlparse(self.path).path
     if path in ("/", "/index.html", "/count"):
-      self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+      self.send_body(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+    elif path == "/serve_page.js":
+      self.send_body(200, SCRIPT.read_bytes(), "text/javascript; charset=utf-8")
     elif path == "/api/info":
-      self._send_json(200, self.service.info())
+      self.send_json(200, self.service.info())
     else:
-      self._send_json(404, {"error": f"No page at {path}."})
+      self.send_json(404, {"error": f"No page at {path}."})
 
   def do_POST(self):  # noqa: N802
     url = urllib.parse.urlparse(self.path)
     if url.path != "/api/count":
-      self._send_json(404, {"error": f"No endpoint at {url.path}."})
+      self.send_json(404, {"error": f"No endpoint at {url.path}."})
       return
     query = urllib.parse.parse_qs(url.query)
-    name = query.get("name", ["picture"])[0]
+    name, data = query.get("name", ["picture"])[0], None
     try:
-      length = int(self.headers.get("Content-Length", ""))
-    except ValueError:
-      length = -1
-    if length < 0:
-      self.close_connection = True
-      self._send_json(411, {"error": "The upload has no valid Content-Length."})
-      return
-    try:
-      self.service.check_size(name, length)
+      check_name(name)
+      data = self.read_body(self.declared_length(self.service.max_upload_bytes, name))
+      self.send_json(200, self.service.count(name, data, query.get("regions", [None])[0]))
     except RequestError as error:
-      # Refused before it is read; the connection closes instead of draining the body.
-      self.close_connection = True
-      self._send_json(error.status, {"error": str(error)})
-      return
-    try:
-      data = self.rfile.read(length)
-      answer = self.service.count(name, data, query.get("regions", [None])[0])
-      self._send_json(200, answer)
-    except RequestError as error:
-      self._send_json(error.status, {"error": str(error)})
+      if data is None:  # refused before its body was read: the connection cannot go on
+        self.close_connection = True
+      self.send_json(error.status, {"error": str(error)}, error.headers)
     except Exception as error:  # never a dead server: log it, tell the client
-      logging.exception("Counting %s failed.", name)
-      self._send_json(500, {"error": f"Counting {name} failed: {error!r}"})
+      logging.exception("Counting %r failed.", name)
+      self.send_json(500, {"error": f"Counting {name!r} failed: {error!r}"})
 
-  def _send_json(self, status: int, body: dict) -> None:
-    self._send(status, json.dumps(body).encode(), "application/json")
+  def declared_length(self, limit: int, name: str = "The upload") -> int:
+    """The body's length from its headers, checked before anything is read: 411 without
+    Content-Length (or with a chunked body), 400 for one that is not a number, 413 over
+    `limit` bytes, 415 for a form or text type."""
+    declared = self.headers.get_all("Content-Length") or []
+    if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not declared:
+      raise RequestError(f"{name}: send it with a Content-Length (not chunked).", 411)
+    if len(set(declared)) > 1 or not declared[0].strip().isdigit():
+      raise RequestError(f"{name}: the Content-Length {', '.join(declared)!r} is not valid.")
+    length = int(declared[0])
+    kind = self.headers.get_content_type() if self.headers.get("Content-Type") else None
+    if kind is not None and not (kind.startswith("image/") or kind in _PICTURE_TYPES):
+      raise RequestError(f"{name}: a body of type {kind} is not a picture; send its bytes.", 415)
+    if length > limit:
+      raise RequestError(
+          f"{name} is {length / 1e6:.1f} MB; this server takes pictures of at most "
+          f"{limit / 1e6:g} MB.",
+          status=413,
+      )
+    return length
 
-  def _send(self, status: int, body: bytes, content_type: str) -> None:
-    self.send_response(status)
-    self.send_header("Content-Type", content_type)
-    self.send_header("Content-Length", str(len(body)))
-    self.send_header("Cache-Control", "no-store")
+  def end_headers(self):
     if self._cookie:
       self.send_header("Set-Cookie", self._cookie)
-    self.end_headers()
-    self.wfile.write(body)
+      self._cookie = None
+    super().end_headers()
 
   def log_message(self, format, *args):  # noqa: A002 - http.server's signature
     logging.debug("%s " + format, self.address_string(), *args)
@@ -285,17 +322,19 @@ def make_server(
     port: int = 8000,
     token: str | None = None,
     annotation=None,
-) -> http.server.ThreadingHTTPServer:
+    limits: Limits | None = None,
+) -> GuardedHTTPServer:
   """A server for `service` (port 0: any free port, `server.server_address` says which);
   every route needs `token` when one is given; `annotation` (an
-  `annotate.AnnotationService`) adds the annotation page."""
+  `annotate.AnnotationService`) adds the annotation page; `limits` bound connections and
+  slow clients (`http_limits.Limits()` when None)."""
   base = _Handler
   if annotation is not None:
     from cfrnet_jax.inference.annotate import AnnotationHandler
 
     base = AnnotationHandler
   handler = type("Handler", (base,), {"service": service, "token": token, "annotation": annotation})
-  return http.server.ThreadingHTTPServer((host, port), handler)
+  return GuardedHTTPServer((host, port), handler, limits)
 
 
 def serve(
@@ -305,13 +344,15 @@ def serve(
     max_upload_mb: float,
     token: str | None = None,
     annotation=None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    limits: Limits | None = None,
 ) -> None:
   """Serves the page until interrupted (Ctrl-C), needing `token` when given, with the
-  annotation page when `annotation` is given. OSError with what to do when the address
-  cannot be taken."""
-  service = CountingService(counter, max_upload_mb)
+  annotation page when `annotation` is given, `queue_size` requests waiting for the
+  model at most. OSError with what to do when the address cannot be taken."""
+  service = CountingService(counter, max_upload_mb, queue_size)
   try:
-    server = make_server(service, host, port, token, annotation)
+    server = make_server(service, host, port, token, annotation, limits)
   except OSError as error:
     raise OSError(
         f"Cannot listen on {host}:{port} ({error.strerror or error}); pick another --port "
@@ -320,6 +361,11 @@ def serve(
   host, port = server.server_address[:2]
   page = "annotation" if annotation is not None else "counting"
   logging.info("Serving the %s page on http://%s:%d/ (Ctrl-C stops it).", page, host, port)
+  logging.info(
+      "At most %d pictures wait for the model and %d connections are open at once.",
+      queue_size,
+      server.limits.max_connections,
+  )
   if token is not None:
     shown = f"[{host}]" if ":" in host else host
     logging.info("Open http://%s:%d/?token=%s (every request needs the token).", shown, port, token)
