@@ -87,33 +87,53 @@ def create_checkpoint_manager(
   return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
 
 
-def save(
-    manager: ocp.CheckpointManager, step: int, state, iterator, metrics: dict | None = None
-) -> None:
-  """Starts an asynchronous save of `state` and the iterator's position at `step`.
+class AsyncSaves:
+  """A training run's asynchronous saves, as a context manager around its loop.
 
-  Call `wait_for_saves` first: Orbax waits for the previous save here and would raise
-  its failure as this step's. Raises `CheckpointSaveError` when the save cannot start."""
-  try:
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data_iter=grain.PyGrainCheckpointSave(iterator)
-        ),
-        metrics=metrics,
-        force=True,
-    )
-  except Exception as error:
-    raise _save_error(manager, step, error) from error
+  `save` starts a save of the state and the iterator's position at a step after waiting
+  for the one under way (Orbax would raise a failed previous save as the new step's);
+  leaving waits for the last one. A save that fails (a full disk, say) raises
+  `CheckpointSaveError` naming the step, the folder and what is kept. When the loop is
+  left by another exception, the saves under way are still waited for, and a failure
+  among them is logged rather than raised, so that the first error is the one reported."""
 
+  def __init__(self, manager: ocp.CheckpointManager, last_saved: int):
+    self.manager = manager
+    self.last_saved = last_saved  # the newest step saved or being saved
 
-def wait_for_saves(manager: ocp.CheckpointManager, step: int) -> None:
-  """Waits for the asynchronous saves under way; a failed one (a full disk, say) raises
-  `CheckpointSaveError` naming `step`, the last one started, and what is kept."""
-  try:
-    manager.wait_until_finished()
-  except Exception as error:
-    raise _save_error(manager, step, error) from error
+  def __enter__(self) -> AsyncSaves:
+    return self
+
+  def save(self, step: int, state, iterator, metrics: dict | None = None) -> None:
+    self._wait()
+    try:
+      self.manager.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data_iter=grain.PyGrainCheckpointSave(iterator),
+          ),
+          metrics=metrics,
+          force=True,
+      )
+    except Exception as error:
+      raise _save_error(self.manager, step, error) from error
+    self.last_saved = step
+
+  def _wait(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as error:
+      raise _save_error(self.manager, self.last_saved, error) from error
+
+  def __exit__(self, error_type, error, traceback) -> None:
+    if error_type is None:
+      self._wait()
+      return
+    try:
+      self._wait()
+    except CheckpointSaveError as save_error:
+      logging.warning("%s", save_error)
 
 
 def _save_error(manager: ocp.CheckpointManager, step: int, error: Exception) -> CheckpointSaveError:

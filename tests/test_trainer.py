@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from cfrnet_jax import checkpoint_repair
 from cfrnet_jax.training import trainer
 from tests.conftest import built_once, tiny_train_config
 
@@ -305,6 +306,49 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
   assert stopped_at >= 5
   params = restore_params(workdir, stopped_at)
   assert params and all(np.isfinite(v).all() for v in params.values())
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_hosts_stops_both_after_the_same_step(tmp_path, synthetic_data_dir):
+  """Two training processes under jax.distributed on 127.0.0.1; SIGTERM reaches process 0
+  only. Both stop after the same step, saved by both, and exit with status 0 (a host
+  left alone would wait in the next step's collectives until its grace time ran out)."""
+  workdir, port = tmp_path / "run", _free_port()
+  procs = [
+      subprocess.Popen(
+          launch(
+              workdir,
+              synthetic_data_dir,
+              "--config.num_train_steps=10000",
+              "--config.checkpoint_every_steps=5",
+              "--config.eval_every_steps=100000",
+          ),
+          cwd=REPO,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+          env={
+              **os.environ,
+              "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+              "JAX_NUM_PROCESSES": "2",
+              "JAX_PROCESS_ID": str(i),
+          },
+      )
+      for i in range(2)
+  ]
+  try:
+    _wait_for(workdir / "checkpoints" / "5", procs[0], timeout=400)
+    procs[0].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert "SIGTERM reached another host: stopping with it." in outputs[1]
+  stopped = [int(out.split("Preempted: saved step ")[1].split()[0]) for out in outputs]
+  assert stopped[0] == stopped[1] >= 5, stopped
+  # Written by both hosts and finished (a 2-process checkpoint restores only on 2 processes).
+  assert stopped[0] in checkpoint_repair.finished_steps(workdir / "checkpoints")
 
 
 @pytest.mark.slow  # compiles a training step of its own

@@ -8,11 +8,13 @@ also taken where it arrives: `signal.set_wakeup_fd` makes the interpreter's C-le
 handler write the signal's number to a socket at once, and a watcher thread reading that
 socket (threads run while native calls release the GIL) starts the grace clock.
 
-`PreemptionGuard(grace_s)`:
-* `requested` turns true at SIGTERM; the training loop checks it after every step and
-  before the first;
-* `remaining()` is the grace time left; the loop saves the step it just finished only
-  when it is newer than the last checkpoint and at least half the grace time remains;
+`PreemptionGuard(grace_s)` is the training run's one preemption mechanism:
+* `stop_agreed()`, asked by the training loop before its first step and after every
+  call, is true once SIGTERM reached this process or, in a multi-host run, any other
+  (one all-gather of a flag per call): every host stops after the same step, since a
+  host that left would leave the others waiting in the next step's collectives;
+* `save_fits()`: the loop saves the step it just finished only when at least half the
+  grace time is left;
 * when the grace time is over and the run has not left the guard, the watcher logs why,
   terminates the process's children (the data workers) and ends the process with status
   143 (128 + SIGTERM). A checkpoint being written then is never half-visible: Orbax
@@ -30,7 +32,10 @@ import socket
 import threading
 import time
 
+import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 EXIT_STATUS = 128 + signal.SIGTERM  # how a process ended by SIGTERM reports itself
 
@@ -60,6 +65,36 @@ class PreemptionGuard:
     if self._requested_at is None:
       return self.grace_s
     return self.grace_s - (time.monotonic() - self._requested_at)
+
+  def stop_agreed(self) -> bool:
+    """Whether the run stops now: SIGTERM reached this process or, in a multi-host run,
+    any of them. Every process must call it at the same point of the run."""
+    if jax.process_count() == 1:
+      return self.requested
+    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    if np.any(flags) and not self.requested:
+      logging.warning("SIGTERM reached another host: stopping with it.")
+      self._request()
+    return bool(np.any(flags))
+
+  def save_fits(self) -> bool:
+    """Whether saving the step just finished fits: at least half the grace time left."""
+    return self.remaining() >= self.grace_s / 2
+
+  def log_stop(self, step: int, last_saved: int, ran: bool) -> None:
+    """The run's last line before it stops after `step` (`ran`: steps ran in this run)."""
+    if not ran:
+      logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
+    elif last_saved == step:
+      logging.warning("Preempted: saved step %d and stopping.", step)
+    else:
+      logging.warning(
+          "Preempted: step %d not saved (%.1f s of the grace time left, less than half); "
+          "the next run resumes from step %d.",
+          step,
+          self.remaining(),
+          last_saved,
+      )
 
   def __enter__(self) -> PreemptionGuard:
     self._receive, send = socket.socketpair()

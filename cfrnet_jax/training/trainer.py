@@ -10,9 +10,10 @@ Reads top to bottom like big_vision's trainer:
 3. loop (`_train_loop`): global batch -> the jitted step (donating the old state);
    every `log_every_steps` a progress line and TensorBoard scalars; every
    `eval_every_steps` whole-image evaluation through one jitted count function per run;
-   every `checkpoint_every_steps` an asynchronous checkpoint. SIGTERM ends the run within
-   `config.preemption_grace_s`, saving the finished step when that fits
-   (`training.preemption`), even when it arrives during compilation;
+   every `checkpoint_every_steps` an asynchronous checkpoint (`checkpointing.AsyncSaves`,
+   which reports a failed save). SIGTERM ends the run within `config.preemption_grace_s`,
+   on every host after the same step, saving it when that fits (`training.preemption`,
+   the one mechanism), even when it arrives during compilation;
 4. result: the checkpoint the model-selection rule picks (`training.run_result`),
    recorded in the workdir so that a later command returns it.
 
@@ -172,7 +173,7 @@ def _train_and_evaluate(
       else run_result.final_result(config, count_fn, manager, workdir, metrics)
   )
   run_result.record(workdir, result)
-  if preemption.requested:  # during the last evaluation: this run is done, the command stops
+  if preemption.stop_agreed():  # during the last evaluation: this run is done, the command stops
     raise Preempted(
         f"Preempted after the last step of {workdir}, whose result is recorded: rerun the "
         "same command to go on."
@@ -239,21 +240,20 @@ def _evaluate(config, count_fn, state: train_step.TrainState, writer, workdir: P
 
 
 def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, batches, step_fn):
-  """Steps until `num_train_steps` or SIGTERM: every `log_every_steps` a progress line,
-  every `eval_every_steps` an evaluation, every `checkpoint_every_steps` (and after each
-  evaluation) an asynchronous save; on SIGTERM the finished step is saved when at least
-  half the grace time is left. Returns (last step, last evaluation's metrics)."""
+  """Steps until `num_train_steps` or an agreed preemption: every `log_every_steps` a
+  progress line, every `eval_every_steps` an evaluation, every `checkpoint_every_steps`
+  (and after each evaluation) an asynchronous save; on preemption the finished step is
+  saved when that fits (`PreemptionGuard.save_fits`). Failed saves are
+  `checkpointing.AsyncSaves`' to report. Returns (last step, last evaluation's metrics)."""
   ranked = run_result.ranks_checkpoints(config)
   per_call = config.steps_per_jit
   # Whether a multiple of `every` was reached by the call that ended at `step`.
   due = lambda every: step // every > (step - per_call) // every or step == config.num_train_steps
   metrics = None
-  step = last_saved = int(state.step)
+  step = start = int(state.step)
   window, window_start = [], time.perf_counter()
-  stop = preemption.requested  # during the restore or compilation
-  if stop:
-    logging.warning("Preempted before step %d: nothing new to save; stopping.", step + 1)
-  try:
+  stop = preemption.stop_agreed()  # during the restore or compilation
+  with checkpointing.AsyncSaves(manager, step) as saves:
     while not stop and step < config.num_train_steps:
       state, step_metrics = step_fn(state, next(batches))
       step += per_call
@@ -265,29 +265,13 @@ def _train_loop(config, count_fn, workdir, manager, preemption, writer, state, b
       evaluate_now = due(config.eval_every_steps)
       if evaluate_now:
         metrics = _evaluate(config, count_fn, state, writer, workdir)
-      stop = preemption.requested or manager.reached_preemption(step)
-      # On preemption, save only what fits: at least half the grace time must be left.
-      save_to_stop = stop and preemption.remaining() >= preemption.grace_s / 2
-      if evaluate_now or due(config.checkpoint_every_steps) or save_to_stop:
+      stop = preemption.stop_agreed()
+      if evaluate_now or due(config.checkpoint_every_steps) or (stop and preemption.save_fits()):
         _check_finite(state)
-        checkpointing.wait_for_saves(manager, last_saved)
-        checkpointing.save(
-            manager,
-            step,
-            state,
-            batches,
-            metrics=metrics if evaluate_now and metrics and ranked else None,
-        )
-        last_saved = step
-      if stop:
-        _log_preemption(step, last_saved, preemption)
-  except BaseException:
-    try:
-      checkpointing.wait_for_saves(manager, last_saved)
-    except checkpointing.CheckpointSaveError as error:  # the first error is the one raised
-      logging.warning("%s", error)
-    raise
-  checkpointing.wait_for_saves(manager, last_saved)
+        ranked_by = metrics if evaluate_now and metrics and ranked else None
+        saves.save(step, state, batches, metrics=ranked_by)
+  if stop:
+    preemption.log_stop(step, saves.last_saved, ran=step > start)
   return step, metrics
 
 
@@ -297,19 +281,6 @@ def _close(writer, workdir: Path) -> None:
       writer.close()
     except OSError as error:  # a full disk: the checkpoint's error is the one to report
       logging.warning("Could not write the TensorBoard log in %s: %s", workdir, error)
-
-
-def _log_preemption(step: int, last_saved: int, preemption: PreemptionGuard) -> None:
-  if last_saved == step:
-    logging.warning("Preempted: saved step %d and stopping.", step)
-  else:
-    logging.warning(
-        "Preempted: step %d not saved (%.1f s of the grace time left, less than half); the "
-        "next run resumes from step %d.",
-        step,
-        preemption.remaining(),
-        last_saved,
-    )
 
 
 def _metric_writer(workdir: Path):
