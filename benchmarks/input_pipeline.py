@@ -90,8 +90,9 @@ def main():
     source = pipeline.open_split(config.data, "fold1+fold2+fold3+fold4+fold5")
     print(f"| workers | crops/s (batch {config.batch_size}) | batches timed |")
     print("|---|---|---|")
-    for workers in [pipeline.worker_count(w) for w in args.workers]:
-      config.data.num_workers = workers
+    for requested in args.workers:
+      config.data.num_workers = requested
+      config.data.num_workers = workers = pipeline.worker_count(config.data)
       iterator = iter(pipeline.create_train_loader(config, source))
       batch = next(iterator)  # start-up (worker processes) is not timed
       start = time.perf_counter()

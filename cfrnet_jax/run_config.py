@@ -34,6 +34,8 @@ RESUMABLE_CHANGES = (
     "model.attention",
     "data.data_dir",
     "data.num_workers",
+    "data.max_auto_workers",  # the count a run resumes with is its checkpoint's
+    "data.points_multiple",  # padding of the points: same losses
     "data.worker_buffer_size",
     "data.device_prefetch",
     "data.eval_split",

@@ -67,13 +67,17 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.grayscale_prob = 0.1
   data.max_side = 0  # resize so that the longer side is at most this; 0 = never.
   # Head points shipped per crop; 0: the training split's largest image count, rounded up
-  # to 256 (cfrnet_jax/data/pipeline.py, max_points_per_crop), so no crop can overflow.
+  # to a multiple of points_multiple (cfrnet_jax/data/pipeline.py, max_points_per_crop),
+  # so no crop can overflow; the rounding lets splits of similar density share a shape.
   data.max_points = 0
+  data.points_multiple = 256
   data.mean = (0.485, 0.456, 0.406)  # ImageNet, as the VGG16-BN weights expect.
   data.std = (0.229, 0.224, 0.225)
   # grain worker processes for decoding and cropping; 0 = inline; -1 = one per CPU core
-  # this process may use, less one for the training loop, at most 16.
+  # this process may use, less one for the training loop, at most max_auto_workers
+  # (beyond it, more workers only cost memory).
   data.num_workers = -1
+  data.max_auto_workers = 16
   data.worker_buffer_size = 2
   data.device_prefetch = 2  # global batches copied to the devices ahead of the step.
   return data
@@ -115,8 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1_000
   config.keep_checkpoints = 3  # the latest k, plus the 2 best by MAE (ranked runs).
   # SIGTERM (a preempted VM): the run ends within this many seconds, saving the step it
-  # finished if that fits (cfrnet_jax/training/preemption.py); clouds allow about 30.
+  # finished when at least preemption_save_fraction of that time is left (a save takes
+  # seconds; cfrnet_jax/training/preemption.py); clouds allow about 30.
   config.preemption_grace_s = 20.0
+  config.preemption_save_fraction = 0.5
   # The backbone's start (cfrnet_jax/models/pretrained.py, resolve_backbone_weights):
   # "imagenet" (downloaded, checked, converted and cached once, as the paper starts), a
   # path or URL of a .msgpack / .pth / .safetensors file, or "none" (random weights).
@@ -166,7 +172,8 @@ def get_config() -> ml_collections.ConfigDict:
 # before it existed (model.density_init: Flax's lecun_normal; model.foreground_gate: no
 # gate; model.remat, model.attention: none, xla; loss.level_weights: all 1;
 # data.validation, data.test_split: none), or says how to run, not what was trained
-# (predict.*, preemption_grace_s, data.device_prefetch). Fields whose default changed but
+# (predict.*, preemption_grace_s, preemption_save_fraction, data.device_prefetch,
+# data.max_auto_workers, data.points_multiple). Fields whose default changed but
 # that every saved config holds (data.max_points, data.num_workers, backbone_weights) keep
 # their saved values.
 DEFAULTS_OF_OLDER_RUNS = {

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -341,9 +342,13 @@ def test_each_host_reads_only_its_shard():
 
 
 def test_automatic_worker_count_is_the_usable_cores_but_one_capped(monkeypatch):
-  for cores, expected in ((1, 0), (2, 1), (8, 7), (96, pipeline.MAX_AUTO_WORKERS)):
+  data = lambda workers, cap=16: ml_collections.ConfigDict(
+      {"num_workers": workers, "max_auto_workers": cap}
+  )
+  for cores, expected in ((1, 0), (2, 1), (8, 7), (96, 16)):
     monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
-    assert pipeline.worker_count(-1) == expected
-  assert pipeline.worker_count(0) == 0 and pipeline.worker_count(3) == 3
+    assert pipeline.worker_count(data(-1)) == expected
+  assert pipeline.worker_count(data(-1, cap=4)) == 4  # 96 cores
+  assert pipeline.worker_count(data(0)) == 0 and pipeline.worker_count(data(3)) == 3
   with pytest.raises(ValueError, match="num_workers must be >= 0, or -1"):
-    pipeline.worker_count(-2)
+    pipeline.worker_count(data(-2))

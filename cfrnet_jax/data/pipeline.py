@@ -39,7 +39,6 @@ from cfrnet_jax.data.geometry import decode_image, mean_colour, pad_image, pad_t
 from cfrnet_jax.models.cfrnet import pad_multiple
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights (Pillow's "L" mode uses them).
-MAX_AUTO_WORKERS = 16  # data.num_workers = -1: beyond this, more workers only cost memory.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -157,17 +156,18 @@ def host_batch_size(global_batch_size: int, process_count: int | None = None) ->
   return global_batch_size // process_count
 
 
-def worker_count(num_workers: int) -> int:
+def worker_count(data_config: ml_collections.ConfigDict) -> int:
   """`data.num_workers`, with -1 resolved to the CPU cores this process may use (its
   affinity mask, which containers and schedulers set) less one for the training loop, at
-  most MAX_AUTO_WORKERS. Batches are made inside the workers, so the count is part of
-  the data order: a run resumes with the count it started with."""
+  most `data.max_auto_workers`. Batches are made inside the workers, so the count is part
+  of the data order: a run resumes with the count it started with."""
+  num_workers = data_config.num_workers
   if num_workers >= 0:
     return num_workers
   if num_workers != -1:
     raise ValueError(f"data.num_workers must be >= 0, or -1 for automatic; got {num_workers}.")
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return max(0, min((cores or 1) - 1, MAX_AUTO_WORKERS))
+  return max(0, min((cores or 1) - 1, data_config.max_auto_workers))
 
 
 def _data_loader(
@@ -176,7 +176,7 @@ def _data_loader(
     sampler: grain.IndexSampler,
     operations: list,
 ) -> grain.DataLoader:
-  workers = worker_count(config.data.num_workers)
+  workers = worker_count(config.data)
   if workers and not flags.FLAGS.is_parsed():
     raise RuntimeError(
         f"data.num_workers = {config.data.num_workers} ({workers} workers): grain's worker "
@@ -194,14 +194,10 @@ def _data_loader(
   )
 
 
-# Points per crop from the data are rounded up to a multiple of this.
-POINTS_MULTIPLE = 256
-
-
 def max_points_per_crop(data_config: ml_collections.ConfigDict, data_source: Any) -> int:
   """Head points each training crop ships: `data.max_points` when positive, else (0,
   the default) the largest number of heads of any image of the split, rounded up to a
-  multiple of `POINTS_MULTIPLE`. A crop never holds more heads than its image, so no
+  multiple of `data.points_multiple`. A crop never holds more heads than its image, so no
   crop can overflow, however dense (NWPU-Crowd has an image of 20,033 heads); reading
   every record's points once takes seconds."""
   if data_config.max_points > 0:
@@ -212,7 +208,8 @@ def max_points_per_crop(data_config: ml_collections.ConfigDict, data_source: Any
     heads = np.asarray(element["points"]).size // 2
     if heads > largest:
       largest, name = heads, _name(element)
-  max_points = POINTS_MULTIPLE * max(1, -(-largest // POINTS_MULTIPLE))
+  multiple = data_config.points_multiple
+  max_points = multiple * max(1, -(-largest // multiple))
   logging.info(
       "data.max_points = %d: the training split's densest image, %s, has %d heads.",
       max_points,

@@ -13,8 +13,8 @@ socket (threads run while native calls release the GIL) starts the grace clock.
   call, is true once SIGTERM reached this process or, in a multi-host run, any other
   (one all-gather of a flag per call): every host stops after the same step, since a
   host that left would leave the others waiting in the next step's collectives;
-* `save_fits()`: the loop saves the step it just finished only when at least half the
-  grace time is left;
+* `save_fits()`: the loop saves the step it just finished only when at least
+  `config.preemption_save_fraction` of the grace time is left;
 * when the grace time is over and the run has not left the guard, the watcher logs why,
   terminates the process's children (the data workers) and ends the process with status
   143 (128 + SIGTERM). A checkpoint being written then is never half-visible: Orbax
@@ -48,10 +48,13 @@ class Preempted(Exception):
 class PreemptionGuard:
   """A context manager: SIGTERM handling for the duration of a training run."""
 
-  def __init__(self, grace_s: float):
+  def __init__(self, grace_s: float, save_fraction: float):
     if not grace_s > 0:
       raise ValueError(f"preemption_grace_s must be > 0, got {grace_s}.")
+    if not 0 <= save_fraction <= 1:
+      raise ValueError(f"preemption_save_fraction must be in [0, 1], got {save_fraction}.")
     self.grace_s = grace_s
+    self.save_fraction = save_fraction
     self._requested = threading.Event()
     self._finished = threading.Event()
     self._requested_at = None
@@ -78,8 +81,8 @@ class PreemptionGuard:
     return bool(np.any(flags))
 
   def save_fits(self) -> bool:
-    """Whether saving the step just finished fits: at least half the grace time left."""
-    return self.remaining() >= self.grace_s / 2
+    """Whether saving the step just finished fits: `save_fraction` of the grace time left."""
+    return self.remaining() >= self.save_fraction * self.grace_s
 
   def log_stop(self, step: int, last_saved: int, ran: bool) -> None:
     """The run's last line before it stops after `step` (`ran`: steps ran in this run)."""
@@ -89,7 +92,8 @@ class PreemptionGuard:
       logging.warning("Preempted: saved step %d and stopping.", step)
     else:
       logging.warning(
-          "Preempted: step %d not saved (%.1f s of the grace time left, less than half); "
+          "Preempted: step %d not saved (%.1f s of the grace time left, less than "
+          "preemption_save_fraction of it); "
           "the next run resumes from step %d.",
           step,
           self.remaining(),

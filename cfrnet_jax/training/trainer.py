@@ -53,7 +53,7 @@ def resume_worker_count(config: ml_collections.ConfigDict, saved: int | None):
   """`config` with the grain worker count of the checkpoint being resumed (`saved`):
   with `data.num_workers = -1` the automatic count could differ on another host, and
   grain restores a data position only with the count that made it."""
-  if saved is None or pipeline.worker_count(config.data.num_workers) == saved:
+  if saved is None or pipeline.worker_count(config.data) == saved:
     return config
   if config.data.num_workers != -1:
     raise ValueError(
@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   cross_validation.check_single_run(config)
   with (
       workdir_lock.held(workdir),
-      PreemptionGuard(config.preemption_grace_s) as preemption,
+      PreemptionGuard(config.preemption_grace_s, config.preemption_save_fraction) as preemption,
   ):
     return _train_and_evaluate(config, Path(workdir), preemption)
 
