@@ -3,16 +3,27 @@
     python benchmarks/speed.py                                  # every row
     python benchmarks/speed.py --rows train_4 infer_1024x768 --repeats 5
     python benchmarks/speed.py --backends jax_fp32 torch_eager
+    python benchmarks/speed.py --runs train_4:jax_bf16 train_4_k8:jax_bf16 \
+        train_32:jax_bf16,jax_bf16@triton_gemm_any          # row:backend[@flag set], ...
 
 Rows: the training step (forward, backward, Adam update) of the paper model at 4 and 32
 crops of 256x256; inference of one 1024x768 and one 2048x1536 image; and, to follow the
 backbone alone, a VGG16-BN training step at 4 x 256x256 (loss: mean square of its taps).
+train_4_k8 and train_4_k32 run K = 8 and 32 training steps of 4 crops per call
+(`config.steps_per_jit`, the product's `make_train_steps`: a `lax.scan` over K stacked
+batches); their "s per call" is K steps, and steps/s and images/s count every step.
 Backends: JAX float32 and bfloat16 (our `train_step.jit_train_step` / `make_count_fn`, the code
 users run; `jax_bf16_cudnn` with cuDNN's fused attention, NVIDIA GPUs only), the PyTorch
 twin (benchmarks/torch_twin) eager in float32 and under bfloat16 autocast, and under
-`torch.compile` (float32); for inference rows also the model exported to ONNX
-(`cfrnet_jax.export`) in ONNX Runtime's CPU provider (float32; `benchmarks/export.py`).
+`torch.compile` in float32 and under bfloat16 autocast; for inference rows also the model
+exported to ONNX (`cfrnet_jax.export`) in ONNX Runtime's CPU provider (float32;
+`benchmarks/export.py`).
 `--smoke` runs a small model at small sizes, to check the script quickly on a CPU.
+
+`--runs ROW:BACKEND[@FLAG_SET],...` names each row's backends instead of `--rows` x
+`--backends`; `@FLAG_SET` runs that JAX backend with the XLA flags of `FLAG_SETS` (in its
+own process: XLA reads XLA_FLAGS once, when its backend starts). The flag sets are GPU
+flags: on another platform such a run goes without them and says so in its result.
 
 Each backend of a row runs in its own process (in one process, PyTorch slows XLA's CPU
 step; docs/performance.md), is built and warmed up (compilation excluded), then the
@@ -39,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
 import statistics
@@ -74,11 +86,15 @@ from cfrnet_jax.training import device_peaks, flops, sharding, step_cost, train_
 
 ROWS = {  # name: (kind, batch, height, width)
     "train_4": ("train", 4, 256, 256),
+    "train_4_k8": ("train", 4, 256, 256),
+    "train_4_k32": ("train", 4, 256, 256),
     "train_32": ("train", 32, 256, 256),
     "infer_1024x768": ("infer", 1, 768, 1024),
     "infer_2048x1536": ("infer", 1, 1536, 2048),
     "backbone_train_4": ("backbone", 4, 256, 256),
 }
+# Training rows of K steps per call (`config.steps_per_jit`); every other row is one step.
+ROW_STEPS = {"train_4_k8": 8, "train_4_k32": 32}
 BACKENDS = (
     "jax_fp32",
     "jax_bf16",
@@ -86,8 +102,19 @@ BACKENDS = (
     "torch_eager",
     "torch_bf16",
     "torch_compile",
+    "torch_compile_bf16",
     "onnxruntime",
 )
+# XLA flags a JAX run may take (`--runs ROW:BACKEND@NAME`), appended to the XLA_FLAGS of
+# the environment. Command buffers (CUDA graphs): the command types recorded, here with
+# cuDNN's (the convolutions) beside the fusions, cuBLAS/cuBLASLt matmuls and custom calls.
+FLAG_SETS = {
+    "baseline": "",
+    "triton_gemm_any": "--xla_gpu_triton_gemm_any=true",
+    "command_buffer_cudnn": (
+        "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+    ),
+}
 GPU_ONLY = ("jax_bf16_cudnn",)
 # The model exported by cfrnet_jax.export and run by ONNX Runtime's CPU provider.
 INFER_ONLY = ("onnxruntime",)
@@ -124,11 +151,18 @@ def peak_memory_gb() -> float | None:
 
 
 def jax_runner(
-    kind: str, dtype: str, batch_size: int, height: int, width: int, model: str = "paper"
+    kind: str,
+    dtype: str,
+    batch_size: int,
+    height: int,
+    width: int,
+    model: str = "paper",
+    steps: int = 1,
 ):
   """(run, FLOP figures (`flop_figures`, with the device count), memory GB) for our JAX
-  code on `kind`."""
+  code on `kind`; a training `run` takes `steps` steps in one call (`steps_per_jit`)."""
   config = model_config(model)
+  config.steps_per_jit = steps
   config.model.dtype = "bfloat16" if dtype.startswith("bfloat16") else dtype
   config.model.attention = "cudnn" if dtype.endswith("cudnn") else "xla"
   config.batch_size = batch_size
@@ -139,7 +173,12 @@ def jax_runner(
   state, state_sharding = train_step.create_train_state(config, mesh)
   if kind == "train":
     step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
-    batch = sharding.make_global_batch(make_batch(batch_size, height, width), mesh)
+    if steps == 1:
+      host = make_batch(batch_size, height, width)
+    else:  # K different batches stacked on a leading axis, as `DevicePrefetch` hands them.
+      batches = [make_batch(batch_size, height, width, seed) for seed in range(steps)]
+      host = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+    batch = sharding.make_global_batch(host, mesh, stacked=steps > 1)
     traced = step.trace(state, batch)
     compiled = traced.lower().compile()
     devices = mesh.size
@@ -198,12 +237,19 @@ def _jax_backbone_runner(widths, batch_size, height, width):
 
 
 def torch_runner(
-    kind: str, backend: str, batch_size: int, height: int, width: int, model: str = "paper"
+    kind: str,
+    backend: str,
+    batch_size: int,
+    height: int,
+    width: int,
+    model: str = "paper",
+    compile_backend: str = "inductor",
 ):
   """`run` for the PyTorch twin: `backend` torch_eager, torch_bf16 (eager under bfloat16
-  autocast, PyTorch's usual mixed precision) or torch_compile."""
-  compiled = backend == "torch_compile"
-  autocast = torch.autocast(TORCH_DEVICE, torch.bfloat16, enabled=backend == "torch_bf16")
+  autocast, PyTorch's usual mixed precision), torch_compile or torch_compile_bf16 (the
+  same under autocast), compiled by torch.compile's `compile_backend`."""
+  compiled = backend.startswith("torch_compile")
+  autocast = torch.autocast(TORCH_DEVICE, torch.bfloat16, enabled=backend.endswith("bf16"))
   config = model_config(model)
   torch.manual_seed(0)
   if kind == "backbone":
@@ -228,7 +274,7 @@ def torch_runner(
   )
   if kind == "infer":
     network.eval()
-    forward = torch.compile(network) if compiled else network
+    forward = torch.compile(network, backend=compile_backend) if compiled else network
 
     def run():
       with torch.inference_mode(), autocast:
@@ -265,7 +311,7 @@ def torch_runner(
           config.loss.level_balance,
       )
 
-  loss_fn = torch.compile(loss_fn) if compiled else loss_fn
+  loss_fn = torch.compile(loss_fn, backend=compile_backend) if compiled else loss_fn
 
   def run():
     optimizer.zero_grad(set_to_none=True)
@@ -312,6 +358,42 @@ def device_peak(dtype: str) -> float | None:
 JAX_DTYPES = {"jax_fp32": "float32", "jax_bf16": "bfloat16", "jax_bf16_cudnn": "bfloat16_cudnn"}
 
 
+def parse_runs(specs: list[str]) -> list[tuple[str, list[tuple[str, str, str | None]]]]:
+  """`--runs` specs "ROW:BACKEND[@FLAG_SET],..." -> [(row, [(key, backend, flag set)])],
+  rows in the order first named, a row named twice gathering its runs; `key` (how results
+  are named) is the backend, with "@FLAG_SET" when it has one. Raises ValueError on an
+  unknown row, backend or flag set, a flag set on a PyTorch or ONNX backend, or a run
+  named twice."""
+  rows: dict[str, list[tuple[str, str, str | None]]] = {}
+  for spec in specs:
+    row, colon, runs = spec.partition(":")
+    if row not in ROWS or not colon or not runs:
+      raise ValueError(f"{spec!r}: expected ROW:BACKEND[@FLAG_SET],... with ROW of {list(ROWS)}")
+    for key in runs.split(","):
+      backend, at, flag_set = key.partition("@")
+      if backend not in BACKENDS:
+        raise ValueError(f"{spec!r}: unknown backend {backend!r} (one of {BACKENDS})")
+      if at and flag_set not in FLAG_SETS:
+        raise ValueError(f"{spec!r}: unknown flag set {flag_set!r} (one of {list(FLAG_SETS)})")
+      if at and backend not in JAX_DTYPES:
+        raise ValueError(f"{spec!r}: XLA flags apply to JAX backends, not {backend!r}")
+      if any(k == key for k, _, _ in rows.get(row, [])):
+        raise ValueError(f"{spec!r}: {row}:{key} named twice")
+      rows.setdefault(row, []).append((key, backend, flag_set if at else None))
+  return list(rows.items())
+
+
+def run_xla_flags(flag_set: str | None, on_gpu: bool, environment: str) -> tuple[str | None, str]:
+  """(XLA_FLAGS for a run's process, None to leave them; a note for its result): the flag
+  set's flags after the environment's, on a GPU; elsewhere none of a set's (GPU flags)."""
+  if flag_set is None:
+    return None, ""
+  flags = FLAG_SETS[flag_set]
+  if flags and not on_gpu:
+    return environment, f"gpu flags: ran without {flags}"
+  return " ".join(f for f in (environment, flags) if f), flags or "no extra flags"
+
+
 def _worker(
     connection,
     backend: str,
@@ -321,14 +403,25 @@ def _worker(
     width: int,
     warmup: int,
     model: str,
+    steps: int = 1,
+    xla_flags: str | None = None,
+    compile_backend: str = "inductor",
 ) -> None:
   """One backend in its own process. Builds it (XLA compiles here) and reports; on
   "warmup" runs it `warmup` times (torch.compile compiles here) and reports again; then
-  times one unit per "run" until "stop"."""
+  times one unit per "run" until "stop". `xla_flags` replaces XLA_FLAGS first (XLA reads
+  them when this process first uses JAX)."""
+  if xla_flags is not None:
+    os.environ["XLA_FLAGS"] = xla_flags
+  if TORCH_DEVICE == "cuda":  # per process: the settings do not travel to spawned ones.
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default on GPU.
   try:
     start = time.perf_counter()
     if backend.startswith("jax"):
-      run, figures, memory = jax_runner(kind, JAX_DTYPES[backend], batch_size, height, width, model)
+      run, figures, memory = jax_runner(
+          kind, JAX_DTYPES[backend], batch_size, height, width, model, steps
+      )
       info = {**figures, "memory_gb": round(memory, 2)}
       if memory > 0.9 * available_memory_gb():
         info["skipped"] = (
@@ -337,7 +430,8 @@ def _worker(
     elif backend == "onnxruntime":
       run, info = onnx_runner(height, width, model)
     else:
-      run, info = torch_runner(kind, backend, batch_size, height, width, model), {}
+      run = torch_runner(kind, backend, batch_size, height, width, model, compile_backend)
+      info = {} if compile_backend == "inductor" else {"compile_backend": compile_backend}
     connection.send(info)
     if "skipped" in info or connection.recv() != "warmup":
       return
@@ -364,112 +458,176 @@ def row_shape(name: str, smoke: bool) -> tuple[str, int, int, int]:
   return (kind, *SMOKE_SIZES[kind]) if smoke else (kind, batch_size, height, width)
 
 
+def row_runs(name: str, runs: list[tuple[str, str, str | None]], on_gpu: bool) -> list:
+  """The runs of row `name` that apply to it and to this machine, JAX first: a JAX step
+  that cannot fit means PyTorch's will not either (it keeps the same activations for
+  backward), so those are not started in sequential setup."""
+  kind = ROWS[name][0]
+  chosen = [
+      run
+      for run in runs
+      if (kind != "backbone" or run[1] in ("jax_fp32", "torch_eager"))
+      and (on_gpu or run[1] not in GPU_ONLY)
+      and (kind == "infer" or run[1] not in INFER_ONLY)
+  ]
+  return sorted(chosen, key=lambda run: not run[1].startswith("jax"))
+
+
+class Workers:
+  """The processes of every run of a benchmark: started, and their first report (built)."""
+
+  def __init__(self, smoke: bool, warmup: int, compile_backend: str = "inductor"):
+    self.smoke, self.warmup, self.compile_backend = smoke, warmup, compile_backend
+    self.context = multiprocessing.get_context("spawn")
+    self.on_gpu = jax.devices()[0].platform == "gpu"
+    self.started: dict[tuple[str, str], tuple] = {}  # (row, key) -> (process, connection)
+    self.built: dict[tuple[str, str], dict] = {}  # (row, key) -> the build report
+    self.notes: dict[tuple[str, str], str] = {}
+
+  def start(self, name: str, run: tuple[str, str, str | None]):
+    key, backend, flag_set = run
+    kind, batch_size, height, width = row_shape(name, self.smoke)
+    flags, note = run_xla_flags(flag_set, self.on_gpu, os.environ.get("XLA_FLAGS", ""))
+    if note:
+      self.notes[name, key] = note
+    connection, child = self.context.Pipe()
+    process = self.context.Process(
+        target=_worker,
+        args=(child, backend, kind, batch_size, height, width, self.warmup)
+        + ("smoke" if self.smoke else "paper", ROW_STEPS.get(name, 1), flags)
+        + (self.compile_backend,),
+    )
+    process.start()
+    self.started[name, key] = (process, connection)
+    return process, connection
+
+  def wait_built(self, limit_s: float) -> None:
+    """Every started process's build report, printed as each arrives, within `limit_s`:
+    so that no compilation shares the host with the runs timed after it."""
+    waiting = {c: k for k, (_, c) in self.started.items() if k not in self.built}
+    deadline = time.monotonic() + limit_s
+    while waiting and time.monotonic() < deadline:
+      for connection in multiprocessing.connection.wait(
+          list(waiting), max(deadline - time.monotonic(), 0.0)
+      ):
+        name, key = waiting.pop(connection)
+        self.built[name, key] = connection.recv()
+        print(f"  built {name} {key}: {self.built[name, key]}", flush=True)
+
+
 def bench_row(
     name: str,
-    backends: list[str],
+    runs: list[tuple[str, str, str | None]],
     repeats: int,
     warmup: int,
     setup_limit_s: float,
     smoke: bool = False,
     parallel_setup: bool = False,
+    workers: Workers | None = None,
 ) -> dict:
-  """Every backend in its own process (PyTorch and XLA in one process slow XLA's CPU
-  step). Sequential setup: built and warmed up one after the other, then timed in turns,
-  run by run, so that machine noise hits all alike. `parallel_setup`: all built at once,
-  then each warmed up, timed and stopped in turn (one holds the GPU's memory at a time)."""
+  """Every run (a backend, with its XLA flags) in its own process (PyTorch and XLA in one
+  process slow XLA's CPU step). Sequential setup: built and warmed up one after the
+  other, then timed in turns, run by run, so that machine noise hits all alike.
+  `parallel_setup`: all built at once (by `workers`, which may have started them with
+  other rows'), then each warmed up, timed and stopped in turn (one holds the GPU's
+  memory at a time)."""
   kind, batch_size, height, width = row_shape(name, smoke)
-  model = "smoke" if smoke else "paper"
+  steps = ROW_STEPS.get(name, 1)
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
-  context = multiprocessing.get_context("spawn")
-  on_gpu = jax.devices()[0].platform == "gpu"
-  chosen = [
-      b
-      for b in backends
-      if (kind != "backbone" or b in ("jax_fp32", "torch_eager"))
-      and (on_gpu or b not in GPU_ONLY)
-      and (kind == "infer" or b not in INFER_ONLY)
-  ]
-  # JAX first: a JAX step that cannot fit means PyTorch's will not either (it keeps the
-  # same activations for backward), so those are not started in sequential setup.
-  chosen.sort(key=lambda b: not b.startswith("jax"))
-
-  def start(backend):
-    connection, child = context.Pipe()
-    process = context.Process(
-        target=_worker, args=(child, backend, kind, batch_size, height, width, warmup, model)
-    )
-    process.start()
-    return process, connection
+  if steps > 1:
+    row["steps_per_call"] = steps
+  workers = workers or Workers(smoke, warmup)
+  chosen = row_runs(name, runs, workers.on_gpu)
+  for key, backend, _ in runs:
+    if backend in GPU_ONLY and not workers.on_gpu:
+      row["results"][key] = {"skipped": "needs an NVIDIA GPU"}
+      print(f"  {name} {key}: skipped, needs an NVIDIA GPU", flush=True)
 
   def receive(connection, limit):
     if connection.poll(max(limit, 0.0)):
       return connection.recv()
     return {"failed": f"not built, or not warmed up, within {setup_limit_s:.0f} s"}
 
-  def time_runs(backend, connection):
+  def time_runs(key, connection):
     for _ in range(repeats):
       connection.send("run")
-      times[backend].append(connection.recv())
+      times[key].append(connection.recv())
 
   def stop(process, connection):
     connection.send("stop")
     process.join()
 
-  # Parallel setup: every backend builds at once (XLA compiles on the host's cores),
-  # then each in turn warms up, is timed and exits, so that only one holds the
-  # accelerator's activation memory at a time.
-  started = {b: start(b) for b in chosen} if parallel_setup else {}
+  if parallel_setup:  # built at once (compilation is host CPU work), then timed in turn.
+    for run in chosen:
+      if (name, run[0]) not in workers.started:
+        workers.start(name, run)
+    workers.wait_built(setup_limit_s)
   deadline = time.monotonic() + setup_limit_s
-  workers, too_big, times = {}, None, {}
-  for backend in chosen:
-    if too_big and not backend.startswith("jax") and backend not in started:
-      row["results"][backend] = {"skipped": too_big}
+  held, too_big, times = {}, None, {}
+  for key, backend, _ in chosen:
+    if too_big and not backend.startswith("jax") and (name, key) not in workers.started:
+      row["results"][key] = {"skipped": too_big}
       continue
-    process, connection = started.get(backend) or start(backend)
-    ready_by = deadline if parallel_setup else time.monotonic() + setup_limit_s
-    result = receive(connection, ready_by - time.monotonic())
+    process, connection = workers.started.get((name, key)) or workers.start(name, (key, backend, _))
+    if (name, key) in workers.built:
+      result = workers.built[name, key]
+    else:
+      ready_by = deadline if parallel_setup else time.monotonic() + setup_limit_s
+      result = receive(connection, ready_by - time.monotonic())
     if not {"failed", "skipped"} & set(result):
       connection.send("warmup")  # its own time limit: a parallel build used the shared one.
       result = {**result, **receive(connection, setup_limit_s)}
-    row["results"][backend] = result
+    if (name, key) in workers.notes:
+      result["xla_flags"] = workers.notes[name, key]
+    row["results"][key] = result
     too_big = too_big or result.get("skipped")
-    print(f"  {name} {backend}: {result}", flush=True)
+    print(f"  {name} {key}: {result}", flush=True)
     if "setup_s" not in result:
       process.kill()
       continue
-    times[backend] = []
+    times[key] = []
     if parallel_setup:
-      time_runs(backend, connection)
+      time_runs(key, connection)
       stop(process, connection)
     else:
-      workers[backend] = (process, connection)
+      held[key] = (process, connection)
   for _ in range(repeats):  # sequential setup: the backends take turns, run by run.
-    for backend, (_, connection) in workers.items():
+    for key, (_, connection) in held.items():
       connection.send("run")
-      times[backend].append(connection.recv())
-  for process, connection in workers.values():
+      times[key].append(connection.recv())
+  for process, connection in held.values():
     stop(process, connection)
-  for backend, values in times.items():
-    result = row["results"][backend]
+  backends = {key: backend for key, backend, _ in chosen}
+  for key, values in times.items():
+    result = row["results"][key]
     result["median_s"] = statistics.median(values)
     result["runs_s"] = [round(v, 4) for v in values]
+    if kind != "infer":
+      result["steps_per_s"] = steps / result["median_s"]
+    result["images_per_s"] = batch_size * steps / result["median_s"]
     if result.get("model_flops"):  # JAX rows: model TFLOP/s and, on a known device, MFU
       result["model_tflop_per_s"] = result["model_flops"] / result["median_s"] / 1e12
-      peak = device_peak(JAX_DTYPES[backend])
+      peak = device_peak(JAX_DTYPES[backends[key]])
       if peak:
         result["mfu"] = device_peaks.mfu(
             result["model_flops"], result["median_s"], peak, result.get("devices", 1)
         )
-  # Equal precision: JAX float32 against eager float32, JAX bfloat16 against autocast.
-  for backend, reference in (
-      ("jax_fp32", "torch_eager"),
-      ("jax_bf16", "torch_bf16"),
-      ("jax_bf16_cudnn", "torch_bf16"),
-  ):
+  # Equal precision: JAX float32 against float32 PyTorch, JAX bfloat16 against autocast.
+  for backend, reference, field in EQUAL_PRECISION:
     baseline = row["results"].get(reference, {}).get("median_s")
     if baseline and "median_s" in row["results"].get(backend, {}):
-      row["results"][backend]["ratio_to_torch"] = row["results"][backend]["median_s"] / baseline
+      row["results"][backend][field] = row["results"][backend]["median_s"] / baseline
   return row
+
+
+# (JAX backend, the PyTorch backend at its precision, the field of their time ratio).
+EQUAL_PRECISION = (
+    ("jax_fp32", "torch_eager", "ratio_to_torch"),
+    ("jax_bf16", "torch_bf16", "ratio_to_torch"),
+    ("jax_bf16_cudnn", "torch_bf16", "ratio_to_torch"),
+    ("jax_fp32", "torch_compile", "ratio_to_torch_compile"),
+    ("jax_bf16", "torch_compile_bf16", "ratio_to_torch_compile"),
+)
 
 
 def _flop_cell(results: dict) -> str:
@@ -525,9 +683,45 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def throughput_markdown(rows: list[dict]) -> str:
+  """One line per run timed: steps per call (K), seconds per call, steps/s, images/s,
+  model TFLOP/s and MFU (JAX), JAX / torch.compile at equal precision, XLA flags."""
+  header = "| row | run | K | s per call | steps/s | images/s | model TFLOP/s | MFU"
+  lines = [
+      header + " | JAX/torch.compile | XLA flags |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for row in rows:
+    for key, result in row["results"].items():
+      if "median_s" not in result:
+        outcome = result.get("skipped") or result.get("failed") or "not timed"
+        lines.append(f"| {row['row']} | {key} | {outcome} |" + " |" * 7)
+        continue
+      cells = [
+          str(row.get("steps_per_call", 1)),
+          f"{result['median_s']:.4f}",
+          f"{result['steps_per_s']:.2f}" if "steps_per_s" in result else "-",
+          f"{result['images_per_s']:.1f}",
+          f"{result['model_tflop_per_s']:.3g}" if "model_tflop_per_s" in result else "-",
+          f"{result['mfu']:.1%}" if "mfu" in result else "-",
+          f"{result['ratio_to_torch_compile']:.2f}" if "ratio_to_torch_compile" in result else "-",
+          result.get("xla_flags", "-"),
+      ]
+      label = f"{row['row']} ({row['batch']} x {row['size']})"
+      lines.append(f"| {label} | {key} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+  parser.add_argument(
+      "--runs",
+      nargs="+",
+      help="ROW:BACKEND[@FLAG_SET],... instead of --rows x --backends (FLAG_SETS: "
+      + ", ".join(FLAG_SETS)
+      + ")",
+  )
   parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=2)
@@ -538,17 +732,28 @@ def main():
       help="a backend not compiled and warmed up by then is reported as failed "
       "(torch.compile of the larger inference rows takes minutes on 2 CPU cores)",
   )
+  parser.add_argument(
+      "--torch_compile_backend",
+      default="inductor",
+      help="torch.compile's backend (aot_eager: its tracing and autograd without code "
+      "generation, to check the path quickly on a CPU)",
+  )
   parser.add_argument("--out", help="also write the results as JSON here")
   parser.add_argument(
       "--smoke", action="store_true", help="a small model at small sizes (a check of the script)"
   )
   parser.add_argument(
-      "--parallel_setup", action="store_true", help="build a row's backends in parallel processes"
+      "--parallel_setup",
+      action="store_true",
+      help="build every row's runs at once, in parallel processes, then time them in turn",
   )
   args = parser.parse_args()
-  if TORCH_DEVICE == "cuda":
-    torch.backends.cudnn.benchmark = True
-    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default on GPU.
+  try:
+    plan = parse_runs(args.runs) if args.runs else None
+  except ValueError as error:
+    parser.error(str(error))
+  if plan is None:
+    plan = [(name, [(b, b, None) for b in args.backends]) for name in args.rows]
   header = {
       "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
       f"{jax.devices()[0].device_kind}",
@@ -562,16 +767,22 @@ def main():
   }
   print(json.dumps(header), flush=True)
   rows = []
-  for name in args.rows:
+  workers = Workers(args.smoke, args.warmup, args.torch_compile_backend)
+  if args.parallel_setup:  # every row's runs compile at once; timed row by row after.
+    for name, runs in plan:
+      for run in row_runs(name, runs, workers.on_gpu):
+        workers.start(name, run)
+  for name, runs in plan:
     rows.append(
         bench_row(
             name,
-            args.backends,
+            runs,
             args.repeats,
             args.warmup,
             args.setup_limit_s,
             smoke=args.smoke,
             parallel_setup=args.parallel_setup,
+            workers=workers,
         )
     )
     print(json.dumps(rows[-1]), flush=True)
@@ -579,6 +790,7 @@ def main():
       with open(args.out, "w") as out:
         json.dump({**header, "rows": rows}, out, indent=2)
   print(markdown(rows))
+  print(throughput_markdown(rows))
 
 
 if __name__ == "__main__":
