@@ -235,6 +235,12 @@ def summary(records) -> dict:
     }
 
   lost = [f"{r[1]}: {r[4]}" for r in records if r[4]]
+  kinds = collections.defaultdict(lambda: {"tried": 0, "survived": 0, "lost": 0, "statuses": {}})
+  for _, kind, status, _, why in records:
+    row = kinds[kind]
+    row["tried"] += 1
+    row["lost" if why else "survived"] += 1
+    row["statuses"][str(status)] = row["statuses"].get(str(status), 0) + 1
   return {
       "requests": len(records),
       "by_status": dict(sorted(collections.Counter(str(r[2]) for r in records).items())),
@@ -242,6 +248,7 @@ def summary(records) -> dict:
       "lost_examples": lost[:10],
       "latency_s": percentiles(seconds),
       "latency_200_s": percentiles(counted),
+      "by_kind": dict(sorted(kinds.items())),
   }
 
 

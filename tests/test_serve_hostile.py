@@ -160,8 +160,8 @@ def test_only_the_pages_routes_answer_under_the_policy(served):
 
 def test_a_full_queue_answers_503_with_retry_after(counter, uploads):
   """With the model busy (its lock held by the test), three requests take the queue's
-  places (one to be counted, two waiting); a fourth gets 503 at once, and the three are
-  then counted right."""
+  places (one to be counted, two waiting); a fourth gets 503 at once, a non-picture and
+  a bomb still their 400, and the three are then counted right."""
   served = Served(counter, queue_size=2)
   request = f"POST /api/count?name=q.jpg HTTP/1.1\r\nContent-Length: {len(PHOTO)}\r\n\r\n"
   answers = []
@@ -180,6 +180,9 @@ def test_a_full_queue_answers_503_with_retry_after(counter, uploads):
       status, headers, body = send_raw(served.port, request.encode() + PHOTO, timeout=10)
       assert status == 503 and int(headers["Retry-After"]) >= 1, body
       assert "busy" in body["error"] and served.service.queue.refused == 1
+      # What the header alone refuses needs no model: 400 at once, even now.
+      for kind in ("not a picture", "decompression bomb"):
+        assert send_raw(served.port, HOSTILE[kind][0], timeout=10)[0] == 400, kind
     for thread in waiting:
       thread.join(60)
     counted = served.service.counter.predict(_saved(uploads.parent, PHOTO)).count

@@ -44,6 +44,7 @@ import time
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 _STYLE_BLOCK = re.compile(rb"<style>(.*?)</style>", re.S)
 _CHUNK = 1 << 20  # bytes of a body read at a time
+_MAX_NAME = 255  # characters of a picture's name
 
 
 class RequestError(ValueError):
@@ -71,6 +72,20 @@ class Limits:
     for name in ("header_deadline_s", "min_upload_bytes_per_s", "stall_timeout_s"):
       if not getattr(self, name) > 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+
+
+def check_name(name: str) -> str:
+  """`name` when it is a file name (what a browser sends for a File); RequestError 400
+  for a path (`/`, `\\`, `..`), control characters (NUL among them), or over 255
+  characters. Uploads are written under a name of the server's own, whatever this says;
+  a name that is a path is refused so that no client can make it look otherwise."""
+  if not name or len(name) > _MAX_NAME:
+    raise RequestError(f"A picture's name must have 1 to {_MAX_NAME} characters.")
+  if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    raise RequestError(f"{name!r}: a picture's name may not hold control characters.")
+  if "/" in name or "\\" in name or name in (".", "..") or ":" in name[:2]:
+    raise RequestError(f"{name!r}: a picture's name is a file name, not a path.")
+  return name
 
 
 def page_policy(page: bytes) -> str:

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import logging
+from PIL import Image, UnidentifiedImageError
 
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.http_limits import (
@@ -63,10 +64,11 @@ from cfrnet_jax.inference.http_limits import (
     Limits,
     ModelQueue,
     RequestError,
+    check_name,
 )
 from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.regions import parse_regions
-from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES
+from cfrnet_jax.inference.user_images import IMAGE_SUFFIXES, _without_pillow_guard, check_pixels
 
 PAGE = Path(__file__).with_name("serve_page.html")
 SCRIPT = Path(__file__).with_name("serve_page.js")
@@ -82,7 +84,6 @@ DEFAULT_QUEUE_SIZE = 8
 # (a browser's fetch of a File without a type). Form and text types are refused: they
 # are what another site's page can make a browser post here.
 _PICTURE_TYPES = ("application/octet-stream",)
-_MAX_NAME = 255
 # JPEG quality (Pillow's 1-95 scale) of the overlay sent back to the page.
 _OVERLAY_JPEG_QUALITY = 90
 
@@ -128,11 +129,12 @@ class CountingService:
       raise RequestError(f"{name} is empty (0 bytes).")
     parsed = _parse_regions(regions)
     suffix = Path(name).suffix.lower()
-    with self.queue.turn(), tempfile.TemporaryDirectory(prefix="cfrnet_upload_") as folder:
+    with tempfile.TemporaryDirectory(prefix="cfrnet_upload_") as folder:
       # The name is never part of the path: the file is always `picture` in a new folder.
       path = Path(folder) / ("picture" + (suffix if suffix in IMAGE_SUFFIXES else ""))
       path.write_bytes(data)
-      with self._lock:
+      self._check_header(name, path, data)
+      with self.queue.turn(), self._lock:
         compiled_before, start = self.counter.compilations, time.perf_counter()
         try:
           prediction = self.counter.predict(path, parsed)
@@ -163,19 +165,23 @@ class CountingService:
         "overlay": "data:image/jpeg;base64," + base64.b64encode(encoded.getvalue()).decode(),
     }
 
-
-def check_name(name: str) -> str:
-  """`name` when it is a file name (what a browser sends for a File); RequestError 400
-  for a path (`/`, `\\`, `..`), control characters (NUL among them), or over 255
-  characters. Uploads are written under a name of the server's own, whatever this says;
-  a name that is a path is refused so that no client can make it look otherwise."""
-  if not name or len(name) > _MAX_NAME:
-    raise RequestError(f"A picture's name must have 1 to {_MAX_NAME} characters.")
-  if any(ord(c) < 32 or ord(c) == 127 for c in name):
-    raise RequestError(f"{name!r}: a picture's name may not hold control characters.")
-  if "/" in name or "\\" in name or name in (".", "..") or ":" in name[:2]:
-    raise RequestError(f"{name!r}: a picture's name is a file name, not a path.")
-  return name
+  def _check_header(self, name: str, path: Path, data: bytes) -> None:
+    """Refuses, before the queue, what predict mode refuses from a file's header alone,
+    with its message: not a picture Pillow reads, or more than `predict.max_megapixels`
+    declared (a decompression bomb). Such a request needs no model; in the queue, a busy
+    server would answer it 503 and the client would retry what can never pass."""
+    try:
+      with _without_pillow_guard(), Image.open(path) as image:  # the header only
+        size = image.size
+    except UnidentifiedImageError:
+      message = f"is not a picture in a format Pillow reads (it starts with {data[:8]!r})."
+      raise RequestError(f"{name}: {message}") from None
+    except Exception:  # damaged in another way: predict says how, in the queue
+      return
+    try:
+      check_pixels(size, self.counter.config.predict.max_megapixels)
+    except ValueError as error:
+      raise RequestError(f"{name}: {error}") from None
 
 
 def _parse_regions(text: str | None):
