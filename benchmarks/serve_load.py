@@ -156,8 +156,8 @@ def send_raw(port: int, data: bytes, how: str = "all", timeout: float = 120.0):
     try:
       answer.begin()
       body = answer.read()
-    except (OSError, http.client.HTTPException):
-      return 0, {}, {}
+    except (OSError, http.client.HTTPException) as error:
+      return 0, {}, {"no answer": repr(error)}
     try:
       parsed = json.loads(body)
     except ValueError:
@@ -276,6 +276,7 @@ def _start_server(args, temporary: Path) -> tuple[subprocess.Popen, int]:
       threading.Thread(
           target=lambda: [lines.append(x) for x in process.stdout], daemon=True
       ).start()
+      process.log = lines
       return process, int(found.group(1))
   raise SystemExit("launch.py --mode serve did not start:\n" + "".join(lines[-30:]))
 
@@ -317,7 +318,7 @@ def main():
   parser.add_argument("--queue_size", type=int, default=4)
   parser.add_argument("--hostile_every", type=int, default=3, help="every Nth request is hostile")
   parser.add_argument("--max_upload_mb", type=float, default=5.0)
-  parser.add_argument("--read_deadline_s", type=float, default=3.0)
+  parser.add_argument("--read_deadline_s", type=float, default=10.0)
   parser.add_argument("--max_connections", type=int, default=32)
   parser.add_argument("--time_limit_s", type=float, default=1200.0)
   parser.add_argument("--out", help="write the figures as JSON here")
@@ -361,6 +362,9 @@ def main():
       process.terminate()
       process.wait(timeout=60)
   print(json.dumps(figures, indent=1))
+  if figures["lost"]:
+    print("The server's warnings and errors:")
+    print("".join(line for line in process.log if line[:1] in "WEF" or "Error" in line)[-5000:])
   if args.out:
     Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
   failed = figures["lost"] or figures["answers_after"] != 200 or not figures["server_alive"]

@@ -40,6 +40,8 @@ import socket
 import threading
 import time
 
+from absl import logging
+
 # Answers that are not pages (JSON, the scripts) load nothing and may not be framed.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 _STYLE_BLOCK = re.compile(rb"<style>(.*?)</style>", re.S)
@@ -218,6 +220,7 @@ class GuardedHTTPServer(http.server.ThreadingHTTPServer):
       for handler in late:
         del self._watched[handler]
     for handler in late:
+      logging.warning("%s did not send its request in time; answered 408.", handler.client_address)
       handler.expired = True
       with contextlib.suppress(OSError):
         handler.connection.shutdown(socket.SHUT_RD)
