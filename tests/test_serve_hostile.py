@@ -125,6 +125,15 @@ def test_a_picture_named_like_a_path_is_refused_whatever_its_bytes(served, write
   assert writes == []
 
 
+@pytest.mark.parametrize("lengths", [["\u00b2"], ["9" * 5000], ["1e3"], ["5, 6"], ["5", "6"], [""]])
+def test_content_lengths_that_are_not_one_number_get_400(served, lengths):
+  head = "".join(f"Content-Length: {value}\r\n" for value in lengths)
+  request = f"POST /api/count?name=a.jpg HTTP/1.1\r\n{head}\r\n".encode("latin-1")
+  status, _, body = send_raw(served.port, request + b"12345")
+  assert status == 400 and "Content-Length" in body["error"], body
+  assert served.get("/api/info")[0] == 200
+
+
 def test_a_decompression_bomb_is_refused_from_its_header(served):
   bomb = HOSTILE["decompression bomb"][0]
   status, _, body = send_raw(served.port, bomb)

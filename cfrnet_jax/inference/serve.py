@@ -298,9 +298,11 @@ class _Handler(GuardedHandler):
     declared = self.headers.get_all("Content-Length") or []
     if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not declared:
       raise RequestError(f"{name}: send it with a Content-Length (not chunked).", 411)
-    if len(set(declared)) > 1 or not declared[0].strip().isdigit():
-      raise RequestError(f"{name}: the Content-Length {', '.join(declared)!r} is not valid.")
-    length = int(declared[0])
+    value = declared[0].strip()
+    # ASCII digits only ("²".isdigit() holds), and few: int() refuses over 4300 digits.
+    if len(set(declared)) > 1 or not (value.isascii() and value.isdigit() and len(value) < 19):
+      raise RequestError(f"{name}: the Content-Length {', '.join(declared)!r:.80} is not valid.")
+    length = int(value)
     kind = self.headers.get_content_type() if self.headers.get("Content-Type") else None
     if kind is not None and not (kind.startswith("image/") or kind in _PICTURE_TYPES):
       raise RequestError(f"{name}: a body of type {kind} is not a picture; send its bytes.", 415)
