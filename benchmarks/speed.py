@@ -431,7 +431,9 @@ def _worker(
       run, info = onnx_runner(height, width, model)
     else:
       run = torch_runner(kind, backend, batch_size, height, width, model, compile_backend)
-      info = {} if compile_backend == "inductor" else {"compile_backend": compile_backend}
+      info = {}
+      if backend.startswith("torch_compile") and compile_backend != "inductor":
+        info["compile_backend"] = compile_backend
     connection.send(info)
     if "skipped" in info or connection.recv() != "warmup":
       return
@@ -473,6 +475,18 @@ def row_runs(name: str, runs: list[tuple[str, str, str | None]], on_gpu: bool) -
   return sorted(chosen, key=lambda run: not run[1].startswith("jax"))
 
 
+def _ask(connection, process, message: str | None = None):
+  """Send `message` (if any) to a worker and return its next report; a failure report
+  when its process has ended without one (a crash, or XLA refusing a flag, ends it)."""
+  try:
+    if message is not None:
+      connection.send(message)
+    return connection.recv()
+  except (EOFError, OSError):
+    process.join(5)
+    return {"failed": f"its process ended without a report (exit code {process.exitcode})"}
+
+
 class Workers:
   """The processes of every run of a benchmark: started, and their first report (built)."""
 
@@ -490,12 +504,12 @@ class Workers:
     flags, note = run_xla_flags(flag_set, self.on_gpu, os.environ.get("XLA_FLAGS", ""))
     if note:
       self.notes[name, key] = note
+    model, steps = "smoke" if self.smoke else "paper", ROW_STEPS.get(name, 1)
     connection, child = self.context.Pipe()
     process = self.context.Process(
         target=_worker,
-        args=(child, backend, kind, batch_size, height, width, self.warmup)
-        + ("smoke" if self.smoke else "paper", ROW_STEPS.get(name, 1), flags)
-        + (self.compile_backend,),
+        args=(child, backend, kind, batch_size, height, width, self.warmup, model, steps)
+        + (flags, self.compile_backend),
     )
     process.start()
     self.started[name, key] = (process, connection)
@@ -511,7 +525,7 @@ class Workers:
           list(waiting), max(deadline - time.monotonic(), 0.0)
       ):
         name, key = waiting.pop(connection)
-        self.built[name, key] = connection.recv()
+        self.built[name, key] = _ask(connection, self.started[name, key][0])
         print(f"  built {name} {key}: {self.built[name, key]}", flush=True)
 
 
@@ -543,15 +557,25 @@ def bench_row(
       row["results"][key] = {"skipped": "needs an NVIDIA GPU"}
       print(f"  {name} {key}: skipped, needs an NVIDIA GPU", flush=True)
 
-  def receive(connection, limit):
+  def receive(process, connection, limit):
     if connection.poll(max(limit, 0.0)):
-      return connection.recv()
+      return _ask(connection, process)
     return {"failed": f"not built, or not warmed up, within {setup_limit_s:.0f} s"}
 
-  def time_runs(key, connection):
+  def time_run(key, process, connection):
+    value = _ask(connection, process, "run")
+    if isinstance(value, dict):  # its process ended: the times so far are not a result.
+      row["results"][key].update(value)
+      held.pop(key, None)
+      times.pop(key, None)
+      return False
+    times[key].append(value)
+    return True
+
+  def time_runs(key, process, connection):
     for _ in range(repeats):
-      connection.send("run")
-      times[key].append(connection.recv())
+      if not time_run(key, process, connection):
+        return
 
   def stop(process, connection):
     connection.send("stop")
@@ -573,10 +597,10 @@ def bench_row(
       result = workers.built[name, key]
     else:
       ready_by = deadline if parallel_setup else time.monotonic() + setup_limit_s
-      result = receive(connection, ready_by - time.monotonic())
+      result = receive(process, connection, ready_by - time.monotonic())
     if not {"failed", "skipped"} & set(result):
       connection.send("warmup")  # its own time limit: a parallel build used the shared one.
-      result = {**result, **receive(connection, setup_limit_s)}
+      result = {**result, **receive(process, connection, setup_limit_s)}
     if (name, key) in workers.notes:
       result["xla_flags"] = workers.notes[name, key]
     row["results"][key] = result
@@ -587,14 +611,14 @@ def bench_row(
       continue
     times[key] = []
     if parallel_setup:
-      time_runs(key, connection)
-      stop(process, connection)
+      time_runs(key, process, connection)
+      if key in times:
+        stop(process, connection)
     else:
       held[key] = (process, connection)
   for _ in range(repeats):  # sequential setup: the backends take turns, run by run.
-    for key, (_, connection) in held.items():
-      connection.send("run")
-      times[key].append(connection.recv())
+    for key, (process, connection) in list(held.items()):
+      time_run(key, process, connection)
   for process, connection in held.values():
     stop(process, connection)
   backends = {key: backend for key, backend, _ in chosen}
