@@ -275,13 +275,12 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, 
   assert int(before["step"]) == 2 and int(after["step"]) == 6
 
 
-@pytest.mark.slow
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen(
+def _start_long_run(workdir: Path, data_dir, env: dict | None = None) -> subprocess.Popen:
+  """A run of 10,000 steps, saving every 5, for a test to stop; output in `.stdout`."""
+  return subprocess.Popen(
       launch(
           workdir,
-          synthetic_data_dir,
+          data_dir,
           "--config.num_train_steps=10000",
           "--config.checkpoint_every_steps=5",
           "--config.eval_every_steps=100000",
@@ -290,7 +289,14 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
       stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT,
       text=True,
+      env={**os.environ, **(env or {})},
   )
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "run"
+  proc = _start_long_run(workdir, synthetic_data_dir)
   _wait_for(workdir / "checkpoints" / "5", proc)
   proc.send_signal(signal.SIGTERM)
   sent = time.monotonic()
@@ -314,28 +320,12 @@ def test_sigterm_to_one_of_two_hosts_stops_both_after_the_same_step(tmp_path, sy
   only. Both stop after the same step, saved by both, and exit with status 0 (a host
   left alone would wait in the next step's collectives until its grace time ran out)."""
   workdir, port = tmp_path / "run", _free_port()
-  procs = [
-      subprocess.Popen(
-          launch(
-              workdir,
-              synthetic_data_dir,
-              "--config.num_train_steps=10000",
-              "--config.checkpoint_every_steps=5",
-              "--config.eval_every_steps=100000",
-          ),
-          cwd=REPO,
-          stdout=subprocess.PIPE,
-          stderr=subprocess.STDOUT,
-          text=True,
-          env={
-              **os.environ,
-              "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-              "JAX_NUM_PROCESSES": "2",
-              "JAX_PROCESS_ID": str(i),
-          },
-      )
-      for i in range(2)
-  ]
+  host = lambda i: {
+      "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+      "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": str(i),
+  }
+  procs = [_start_long_run(workdir, synthetic_data_dir, host(i)) for i in range(2)]
   try:
     _wait_for(workdir / "checkpoints" / "5", procs[0], timeout=400)
     procs[0].send_signal(signal.SIGTERM)
