@@ -117,7 +117,8 @@ print(jax.devices())"
 # each flag set (GPU flags: on a CPU those runs go without them and say so).
 RUNS=(train_4:jax_bf16 train_4_k8:jax_bf16 train_4_k32:jax_bf16
   train_32:jax_bf16,jax_bf16_cudnn,jax_bf16@triton_gemm_any,jax_bf16@command_buffer_cudnn)
-# One path for both modes; --smoke changes only sizes, repeats and which test files run.
+# One path for both modes; --smoke changes sizes, repeats, limits, torch.compile's backend and
+# the test files, and leaves predict out.
 if ((SMOKE)); then
   # Built one after the other: the smoke sizes make train_32 train_4's program, and the
   # flag runs without their flags the baseline's, which JAX's cache then holds.
