@@ -11,6 +11,8 @@ import http.client
 import io
 import re
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -253,3 +255,39 @@ def test_short_load_every_answer_right_and_the_server_still_answers(counter, upl
     assert list(uploads.iterdir()) == []
   finally:
     served.close()
+
+
+def test_every_route_of_the_counting_page_needs_the_token(counter, uploads):
+  service = CountingService(counter, max_upload_mb=0.5)
+  server = make_server(service, port=0, token="t0ken")
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  port = server.server_address[1]
+  try:
+    for path in ("/", "/count", "/serve_page.js", "/api/info", "/nothing"):
+      for headers in ("", "X-Token: wrong\r\n"):
+        request = f"GET {path} HTTP/1.1\r\n{headers}\r\n".encode()
+        status, answer, body = send_raw(port, request)
+        assert status == 401 and "needs its token" in body["error"], (path, headers)
+        assert "unsafe-inline" not in answer["Content-Security-Policy"]
+      status, _, _ = send_raw(port, f"GET {path} HTTP/1.1\r\nX-Token: t0ken\r\n\r\n".encode())
+      assert status == (404 if path == "/nothing" else 200), path
+    upload = f"POST /api/count?name=a.jpg HTTP/1.1\r\nContent-Length: {len(PHOTO)}\r\n\r\n"
+    assert send_raw(port, upload.encode() + PHOTO)[0] == 401
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--queue_size=-1", "--queue_size must be 0 or more"), ("--max_connections=0", "at least 1")],
+)
+def test_launch_refuses_bad_bounds(tmp_path, flag, message):
+  result = subprocess.run(
+      [sys.executable, "launch.py", "--mode=serve", f"--workdir={tmp_path}", flag],
+      cwd=Path(__file__).resolve().parents[1],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert result.returncode == 1 and message in result.stderr, result.stderr[-2000:]
