@@ -7,7 +7,7 @@
   more is answered 503 with `Retry-After` at once and closed, so a flood of clients
   cannot make the server start threads without end;
 * slow clients: a request's line and headers must arrive within
-  `Limits.header_deadline_s`, its body within that plus its length at
+  `Limits.header_deadline_s`, and its body, from then, within that plus its length at
   `Limits.min_upload_bytes_per_s`; a client still sending then (a slowloris trickling
   one byte at a time, a body shorter than its Content-Length) is answered 408 and
   disconnected. One check in the server's own loop (`service_actions`) enforces it, not
