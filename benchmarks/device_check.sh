@@ -22,7 +22,7 @@
 # eager and under torch.compile, bfloat16, batch 32; (4) step_memory: remat none against
 # backbone at batch 128, bfloat16: XLA's memory plan, seconds per step and the allocator's
 # peak; then, in what is left, (5) tests: the PyTorch-twin test on the device and (6)
-# predict mode's pictures/s (not in --smoke). --smoke doubles the limits (two CPU cores
+# predict mode's pictures/s (--smoke: four pictures). --smoke doubles the limits (two CPU cores
 # compile what a GPU host's 16 do) and uses torch.compile's aot_eager backend.
 # The limits are estimates from the H200 run of the earlier, 9-minute version, whose
 # figures are in docs/performance.md ("On one H200"); its sections with figures there were
@@ -117,8 +117,8 @@ print(jax.devices())"
 # each flag set (GPU flags: on a CPU those runs go without them and say so).
 RUNS=(train_4:jax_bf16 train_4_k8:jax_bf16 train_4_k32:jax_bf16
   train_32:jax_bf16,jax_bf16_cudnn,jax_bf16@triton_gemm_any,jax_bf16@command_buffer_cudnn)
-# One path for both modes; --smoke changes sizes, repeats, limits, torch.compile's backend and
-# the test files, and leaves predict out.
+# One path for both modes; --smoke changes sizes, repeats, limits, torch.compile's backend,
+# the test files and predict's folder.
 if ((SMOKE)); then
   # Built one after the other: the smoke sizes make train_32 train_4's program, and the
   # flag runs without their flags the baseline's, which JAX's cache then holds.
@@ -129,7 +129,8 @@ if ((SMOKE)); then
   ATTENTION=(--model tiny --size 64 --batch 1)
   MEMORY=(--model smoke --batch 2 --size 64 --jobs 1 --time_steps 1)
   TESTS=(tests/test_accelerators.py)  # the section runs; CI has run the suite already
-  PREDICT=()  # predict mode's CPU path is the suite's (tests/test_predict_*.py)
+  # Four pictures of three sizes (one compilation per padded shape and batch size on a CPU).
+  PREDICT=(--config configs/tiny.py --photos 2 --scales 0.5 --synthetic 2 --batch_sizes 4)
   LIMIT_SCALE=2  # two CPU cores compile what 16 do on a GPU host
   BUDGET=600
 else
@@ -159,12 +160,8 @@ section step_memory 70 "$PYTHON" benchmarks/step_memory.py "${MEMORY[@]}" --dtyp
 # not depend on the weights), into speed.log.
 OPTIONAL=1 section tests 100 env NVIDIA_TF32_OVERRIDE=0 JAX_DEFAULT_MATMUL_PRECISION=highest \
   "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider "${TESTS[@]}"
-if ((${#PREDICT[@]})); then
-  OPTIONAL=1 LOG_AS=speed section predict 90 "$PYTHON" benchmarks/predict.py --images_only \
-    "${PREDICT[@]}"
-else  # 19 picture sizes compile one program each: minutes of a 2-core CPU.
-  echo "| predict | not in --smoke (one compilation per picture size) |" | tee -a "$OUT/summary.md"
-fi
+OPTIONAL=1 LOG_AS=speed section predict 90 "$PYTHON" benchmarks/predict.py --images_only \
+  "${PREDICT[@]}"
 
 echo "Total: $((SECONDS - START)) s, $FAILED section(s) not passed" | tee -a "$OUT/summary.md"
 cat "$OUT/summary.md"

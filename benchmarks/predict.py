@@ -7,6 +7,8 @@
     python benchmarks/predict.py --workdir runs/quickstart --figure docs/predict_overlay.png
 
     python benchmarks/predict.py --images_only --batch_sizes 4 8    # the device check's row
+    python benchmarks/predict.py --images_only --config configs/tiny.py --photos 2 \
+        --scales 0.5 --synthetic 2                                  # its --smoke row
 
 The folder: the five real photos of ../shared/data/sht_sample, each also at 0.5x and
 0.75x, and 10 synthetic_crowd test images (25 images, 19 distinct sizes). It runs
@@ -54,16 +56,19 @@ from tfds_crowd.synthetic_crowd import render_crowd_image  # noqa: E402
 SHT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sht_sample" / "images"
 
 
-def make_folder(folder: Path) -> list[tuple[int, int]]:
+def make_folder(
+    folder: Path, photos: int = 5, scales=(1.0, 0.75, 0.5), synthetic: int = 10
+) -> list[tuple[int, int]]:
+  """The first `photos` sample photos at each of `scales`, and `synthetic` test images."""
   sizes = []
-  for path in sorted(SHT_SAMPLE.glob("*.jpg")):
+  for path in sorted(SHT_SAMPLE.glob("*.jpg"))[:photos]:
     with Image.open(path) as photo:
       photo = photo.convert("RGB")
-      for scale in (1.0, 0.75, 0.5):
+      for scale in scales:
         size = (round(photo.width * scale), round(photo.height * scale))
         photo.resize(size, Image.BILINEAR).save(folder / f"{path.stem}_{scale}.jpg", quality=95)
         sizes.append(size)
-  for index in range(10):
+  for index in range(synthetic):
     data, _ = render_crowd_image(np.random.default_rng([1, index]))
     (folder / f"synthetic_{index}.jpg").write_bytes(data)
     with Image.open(folder / f"synthetic_{index}.jpg") as image:
@@ -147,13 +152,14 @@ def video_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
   return result
 
 
-def folder_check(counter: CrowdCounter, batch_sizes: list[int]) -> dict:
-  """pictures/s of `predict_files` on the mixed folder, cold and warm, per batch size."""
+def folder_check(counter: CrowdCounter, batch_sizes: list[int], **folder_options) -> dict:
+  """pictures/s of `predict_files` on the mixed folder (`make_folder(**folder_options)`),
+  cold and warm, per batch size."""
   result = {}
   with tempfile.TemporaryDirectory() as tmp:
     folder = Path(tmp) / "images"
     folder.mkdir()
-    sizes = make_folder(folder)
+    sizes = make_folder(folder, **folder_options)
     result["images"], result["distinct_sizes"] = len(sizes), len(set(sizes))
     for batch_size in [1, *batch_sizes]:
       config = counter.config.copy_and_resolve_references()
@@ -187,6 +193,9 @@ def main():
   parser.add_argument("--video_batch_sizes", type=int, nargs="+", default=[4, 8])
   parser.add_argument("--batch_sizes", type=int, nargs="+", default=[4], help="pictures")
   parser.add_argument("--images_only", action="store_true", help="only the folder's pictures/s")
+  parser.add_argument("--photos", type=int, default=5, help="sample photos in the folder")
+  parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75, 0.5])
+  parser.add_argument("--synthetic", type=int, default=10, help="synthetic images in it")
   parser.add_argument("--figure", help="only write the README's overlay picture to this path")
   args = parser.parse_args()
   if args.workdir:
@@ -213,7 +222,15 @@ def main():
   if args.video_only or not (args.tile_check_only or args.no_video or args.images_only):
     result["video"] = video_check(counter, args.video_batch_sizes)
   if not (args.tile_check_only or args.video_only):
-    result.update(folder_check(counter, args.batch_sizes))
+    result.update(
+        folder_check(
+            counter,
+            args.batch_sizes,
+            photos=args.photos,
+            scales=tuple(args.scales),
+            synthetic=args.synthetic,
+        )
+    )
   if args.workdir and not (args.video_only or args.images_only):
     result["tiled_vs_whole"] = tile_check(counter)
   print(json.dumps(result, indent=2))
