@@ -11,11 +11,13 @@ once to compile its shape, then runs `--clients` threads of `--requests` request
 every `--hostile_every`-th request is one of the hostile classes of `HOSTILE` in turn,
 the others a photo. Each answer is checked: a photo's 200 must carry predict's count
 for that photo, a 503 a `Retry-After`; a hostile request must get its class's 4xx.
-Anything else is a lost request. At the end the server must still answer, its
-temporary folder must be empty, and nothing may have been written under the names the
-path tricks aim at. Prints requests, answers by status, latency percentiles and the
-server's peak resident memory (VmHWM); `--out` writes them as JSON. Bounded in time:
-clients stop starting requests after `--time_limit_s`, and each request times out.
+Anything else is a lost request. Every photo must be counted (a 200) at least once,
+and the queue must have been full (a 503) at least once. At the end the server must
+still answer, its temporary folder must be empty, and nothing may have been written
+under the names the path tricks aim at. Prints requests, answers by status, latency
+percentiles and the server's peak resident memory (VmHWM); `--out` writes them as JSON.
+Bounded in time: clients stop starting requests after `--time_limit_s`, and each
+request times out.
 """
 
 from __future__ import annotations
@@ -222,6 +224,13 @@ def _judge(kind, status, headers, body, wanted, count):
   return None
 
 
+def without_a_200(records, names) -> list[str]:
+  """The photo `names` that no request of `records` got counted (a 200): a server
+  answering every photo 503 would lose nothing and count nothing."""
+  counted = {r[1] for r in records if r[2] == 200}
+  return sorted(set(names) - counted)
+
+
 def summary(records) -> dict:
   """Requests, answers by status, lost ones, latency percentiles (all, and 200s)."""
   seconds = np.array([r[3] for r in records]) if records else np.zeros(1)
@@ -357,6 +366,7 @@ def main():
           "left_in_temporary_folder": sorted(os.listdir(temporary)),
           "escaped_files": escaped_files(),
           "server_alive": process.poll() is None,
+          "photos_without_a_200": without_a_200(records, photos),
       }
     finally:
       process.terminate()
@@ -368,6 +378,8 @@ def main():
   if args.out:
     Path(args.out).write_text(json.dumps(figures, indent=1) + "\n")
   failed = figures["lost"] or figures["answers_after"] != 200 or not figures["server_alive"]
+  # Every photo counted at least once, and the queue full at least once (a 503).
+  failed = failed or figures["photos_without_a_200"] or "503" not in figures["by_status"]
   sys.exit(1 if failed or figures["left_in_temporary_folder"] or figures["escaped_files"] else 0)
 
 

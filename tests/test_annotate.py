@@ -18,10 +18,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.serve_load import send_raw
 from benchmarks.serve_screenshot import CHROMIUM_FLAGS
 from cfrnet_jax.inference.annotate import MAX_SAVE_BYTES, AnnotationService
 from cfrnet_jax.inference.counter import CrowdCounter
-from cfrnet_jax.inference.serve import CountingService, RequestError, is_loopback, make_server
+from cfrnet_jax.inference.serve import (
+    DEFAULT_QUEUE_SIZE,
+    CountingService,
+    RequestError,
+    is_loopback,
+    make_server,
+)
 from configs import tiny
 from tests.conftest import shared_data
 from tests.test_serve import chromium, playwright_api
@@ -70,9 +77,9 @@ def folder(tmp_path):
 class Client:
   """A server for `folder` on a free port, and requests to it."""
 
-  def __init__(self, counter, folder, token=None, label="head"):
+  def __init__(self, counter, folder, token=None, label="head", queue_size=DEFAULT_QUEUE_SIZE):
     self.annotation = AnnotationService(counter, folder, label)
-    service = CountingService(counter, max_upload_mb=1)
+    service = CountingService(counter, max_upload_mb=1, queue_size=queue_size)
     self.server = make_server(service, port=0, token=token, annotation=self.annotation)
     threading.Thread(target=self.server.serve_forever, daemon=True).start()
     self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -239,12 +246,53 @@ def test_oversized_declared_body_and_wrong_content_type_are_refused_unread(clien
       b"{}",
       {"Content-Type": "application/json", "Content-Length": str(MAX_SAVE_BYTES + 1)},
   )
-  assert status == 413 and "nothing saved" in json.loads(body)["error"]
+  assert status == 413 and "at most 5 MB" in json.loads(body)["error"]
   status, body, _ = client.request(
       "/api/annotation?name=a.jpg", b'{"points": []}', {"Content-Type": "text/plain"}
   )
   assert status == 415 and "application/json" in json.loads(body)["error"]
   assert tree(folder) == before
+
+
+@pytest.mark.parametrize(
+    "lengths, status",
+    [(["+5"], 400), (["1_0"], 400), (["\u00b2"], 400), (["9" * 5000], 400), (["5", "6"], 400),
+     ([], 411)],
+)  # fmt: skip
+def test_the_save_route_takes_only_one_plain_content_length(client, folder, lengths, status):
+  """The counting route's rules (`_Handler.declared_length`): ASCII digits, one value,
+  few of them, and no chunked body."""
+  before = tree(folder)
+  head = "".join(f"Content-Length: {value}\r\n" for value in lengths)
+  if not lengths:
+    head = "Transfer-Encoding: chunked\r\n"
+  request = (
+      f"POST /api/annotation?name=a.jpg HTTP/1.1\r\nContent-Type: application/json\r\n{head}\r\n"
+  ).encode("latin-1")
+  answer, headers, body = send_raw(client.server.server_address[1], request + b'{"points": []}')
+  assert answer == status and "Content-Length" in body["error"], body
+  assert headers["Content-Type"] == "application/json"
+  assert tree(folder) == before and client.json("/api/pictures")[0] == 200
+
+
+def test_proposals_wait_in_the_counting_pages_queue(counter, folder):
+  """With `--annotate` both pages share one model queue: while the model is busy and the
+  queue full, a proposal gets 503 with Retry-After, and it is computed once free."""
+  client = Client(counter, folder, queue_size=0)
+  service = client.server.RequestHandlerClass.service
+  try:
+    assert client.annotation.queue is service.queue and client.annotation._lock is service._lock
+    with service.queue.turn():  # the queue's one place (queue_size 0 below) taken
+      status, body, headers = client.request("/api/picture?name=a.jpg")
+      assert status == 503 and int(headers["Retry-After"]) >= 1, body
+      assert "busy" in json.loads(body)["error"]
+      status, body, headers = client.request("/api/image?name=sub/turned.jpg")
+      assert status == 503 and int(headers["Retry-After"]) >= 1, body
+    status, described = client.json("/api/picture?name=a.jpg")
+    assert status == 200
+    assert described["count"] == pytest.approx(counter.predict(folder / "a.jpg").count, rel=1e-6)
+  finally:
+    client.close()
 
 
 def test_a_json_this_page_did_not_write_is_backed_up_first(client, folder):
@@ -285,6 +333,8 @@ def test_every_route_needs_the_token(counter, folder):
     assert client.save("a.jpg", [[1, 1]], headers={"X-Token": TOKEN[:-1]})[0] == 401
     assert tree(folder) == before
     assert client.save("a.jpg", [[1, 1]], headers={"X-Token": TOKEN})[0] == 200
+    status, _, headers = client.request("/?token=wrong")
+    assert status == 401 and headers["Set-Cookie"] is None  # a wrong token is not kept
     status, _, headers = client.request("/?token=" + TOKEN)
     assert status == 200
     cookie = headers["Set-Cookie"]

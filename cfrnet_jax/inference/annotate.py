@@ -50,6 +50,7 @@ from absl import logging
 from PIL import Image, ImageOps
 
 from cfrnet_jax.inference.counter import CrowdCounter
+from cfrnet_jax.inference.http_limits import ModelQueue
 from cfrnet_jax.inference.serve import RequestError, _Handler
 from cfrnet_jax.inference.user_images import check_file, check_pixels, collect_images
 
@@ -82,7 +83,9 @@ class AnnotationService:
     self.counter = counter
     self.root = root.resolve()
     self.label = label
-    self._lock = threading.Lock()  # one prediction at a time, by the one model.
+    # The model's queue and lock; `use_model_queue` shares the counting page's, so that
+    # both pages wait in one bounded queue for the one model.
+    self.queue, self._lock = ModelQueue(0), threading.Lock()
     self._proposals: dict[str, dict] = {}
     files, _ = collect_images([str(self.root)])
     # Pictures whose real path leaves the folder (a symbolic link out of it) are not
@@ -95,6 +98,11 @@ class AnnotationService:
         logging.warning("%s leads outside %s; not offered for annotation.", path, self.root)
     # Drafts in the browser's storage are kept per folder.
     self.folder_id = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+
+  def use_model_queue(self, queue: ModelQueue, lock: threading.Lock) -> None:
+    """Waits for the model in `queue` under `lock` (the counting service's): a proposal
+    or a turned picture's decoding beyond the queue's places gets 503 with Retry-After."""
+    self.queue, self._lock = queue, lock
 
   # Naming ---------------------------------------------------------------------------
 
@@ -166,6 +174,7 @@ class AnnotationService:
       orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
       if orientation in (None, 1) and image.format in ("JPEG", "PNG", "GIF", "WEBP", "BMP"):
         return path.read_bytes(), Image.MIME[image.format]
+    with self.queue.turn(), Image.open(path) as image:  # a decoded picture: a queue place
       turned = ImageOps.exif_transpose(image)
       encoded = io.BytesIO()
       if turned.mode in ("RGBA", "LA", "P"):
@@ -192,7 +201,10 @@ class AnnotationService:
     }
 
   def _proposals_for(self, name: str, path: Path) -> dict:
-    with self._lock:
+    """The model's count and points for `name`, computed once, in the model's queue."""
+    if name in self._proposals:
+      return self._proposals[name]
+    with self.queue.turn(), self._lock:
       if name not in self._proposals:
         try:
           prediction = self.counter.predict(path)
@@ -387,7 +399,7 @@ class AnnotationHandler(_Handler):
       else:
         super().do_GET()
     except RequestError as error:
-      self.send_json(error.status, {"error": str(error)})
+      self.send_json(error.status, {"error": str(error)}, error.headers)
     except Exception as error:  # never a dead server: log it, tell the client
       logging.exception("GET %s failed.", self.path)
       self.send_json(500, {"error": f"{url.path} failed: {error!r}"})
@@ -403,18 +415,7 @@ class AnnotationHandler(_Handler):
       # this server never grants: another web page cannot make the browser save here.
       if self.headers.get_content_type() != "application/json":
         raise RequestError("Send the annotation as Content-Type: application/json.", 415)
-      try:
-        length = int(self.headers.get("Content-Length", ""))
-      except ValueError:
-        length = -1
-      if length < 0:
-        raise RequestError("The request has no valid Content-Length.", 411)
-      if length > MAX_SAVE_BYTES:
-        raise RequestError(
-            f"The annotation is {length / 1e6:.1f} MB; this server takes at most "
-            f"{MAX_SAVE_BYTES / 1e6:g} MB; nothing saved.",
-            413,
-        )
+      length = self.declared_length(MAX_SAVE_BYTES, "The annotation", picture=False)
       body = self.read_body(length)  # within the server's deadline (http_limits)
       self.send_json(200, self.annotation.save(name, body))
     except RequestError as error:

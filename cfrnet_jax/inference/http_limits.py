@@ -10,9 +10,13 @@
   `Limits.header_deadline_s`, and its body, from then, within that plus its length at
   `Limits.min_upload_bytes_per_s`; a client still sending then (a slowloris trickling
   one byte at a time, a body shorter than its Content-Length) is answered 408 and
-  disconnected. One check in the server's own loop (`service_actions`) enforces it, not
-  a thread per connection. A client that sends nothing for `Limits.stall_timeout_s`
-  mid-read is disconnected by the socket's timeout;
+  disconnected. The headers' deadline is one check in the server's own loop
+  (`service_actions`, not a thread per connection), which ends the read of a late
+  request; the body's is `GuardedHandler.read_body`'s own (each read's timeout is what
+  is left of it), so that its 408 is read by a client still sending. A client that sends
+  nothing for `Limits.stall_timeout_s` mid-read is disconnected by the socket's timeout;
+  every connection closes after draining what the client still sends (1 s at most), so
+  that an answer is not lost to a reset;
 * the model's queue: `ModelQueue` lets at most `size` requests wait while one is
   counted; one more is answered 503 with `Retry-After` rather than waiting in a queue
   that grows without end;
@@ -23,7 +27,9 @@
   allowed by hash, so no policy holds `unsafe-inline`; `X-Content-Type-Options: nosniff`.
 
 Memory is bounded by these: at most `max_connections` bodies of at most `max_upload_mb`
-are held, and at most the queue's requests hold a decoded picture.
+are held, and at most the queue's requests decode a picture for the model (an answer
+being drawn, JPEG-encoded and sent holds its picture too, after its turn in the queue:
+at most one per connection).
 """
 
 from __future__ import annotations
@@ -156,6 +162,7 @@ class GuardedHTTPServer(http.server.ThreadingHTTPServer):
     self.limits = limits or Limits()
     self._active = 0
     self._watched: dict = {}  # handler -> the time its request must have arrived by
+    self._read_shut: set = set()  # connections whose reading `service_actions` ended
     self._count_lock = threading.Lock()
     self.refused_connections = 0
     super().__init__(address, handler)
@@ -188,18 +195,15 @@ class GuardedHTTPServer(http.server.ThreadingHTTPServer):
 
   def shutdown_request(self, request, linger: bool = True):
     """Closes a connection; first, with `linger`, reads and drops what the client still
-    sends (up to 1 MiB, 1 s): closing a socket with unread data resets the connection,
-    and the client would lose the answer it was sent."""
+    sends (up to 1 MiB, for 1 s or until the client closes): closing a socket with
+    unread data resets the connection, and the client would lose the answer it was sent."""
+    with self._count_lock:
+      read_shut = request in self._read_shut
+      self._read_shut.discard(request)
     with contextlib.suppress(OSError):
       request.shutdown(socket.SHUT_WR)
       if linger:
-        request.settimeout(1.0)
-        deadline, dropped = time.monotonic() + 1.0, 0
-        while dropped < _CHUNK and time.monotonic() < deadline:
-          data = request.recv(65536)
-          if not data:
-            break
-          dropped += len(data)
+        _drain(request, 1.0, read_shut)
     self.close_request(request)
 
   def watch(self, handler, seconds: float) -> None:
@@ -213,17 +217,39 @@ class GuardedHTTPServer(http.server.ThreadingHTTPServer):
 
   def service_actions(self):
     """Each turn of `serve_forever`'s loop (every 0.5 s at most): ends the reading of
-    requests past their deadline (the blocked read returns; the handler answers 408)."""
+    requests whose line and headers are past their deadline (the blocked read returns;
+    the handler answers 408). Under the lock that `unwatch` takes: a handler that
+    unwatched itself in time is never cut."""
     now = time.monotonic()
     with self._count_lock:
       late = [handler for handler, deadline in self._watched.items() if deadline < now]
       for handler in late:
         del self._watched[handler]
+        handler.expired = True
+        self._read_shut.add(handler.connection)
+        with contextlib.suppress(OSError):
+          handler.connection.shutdown(socket.SHUT_RD)
     for handler in late:
-      logging.warning("%s did not send its request in time; answered 408.", handler.client_address)
-      handler.expired = True
-      with contextlib.suppress(OSError):
-        handler.connection.shutdown(socket.SHUT_RD)
+      logging.warning("%s did not send its headers in time; answered 408.", handler.client_address)
+
+
+def _drain(request: socket.socket, seconds: float, read_shut: bool) -> None:
+  """Reads and drops what the client sends on `request`, up to 1 MiB, for `seconds` or
+  until the client closes. After SHUT_RD a read returns b"" at once whether or not the
+  client closed (data still arriving is queued and read): then it polls."""
+  deadline, dropped = time.monotonic() + seconds, 0
+  while dropped < _CHUNK:
+    left = deadline - time.monotonic()
+    if left <= 0:
+      return
+    request.settimeout(left)
+    data = request.recv(65536)
+    if data:
+      dropped += len(data)
+    elif not read_shut:
+      return  # the client closed its side
+    else:
+      time.sleep(min(0.05, left))
 
 
 class GuardedHandler(http.server.BaseHTTPRequestHandler):
@@ -251,39 +277,52 @@ class GuardedHandler(http.server.BaseHTTPRequestHandler):
 
   def parse_request(self) -> bool:
     """http.server's parsing; a request whose line or headers were cut by the deadline
-    is answered 408. Without a body, the request's reading is over here."""
+    is answered 408. The headers are in: the watch ends, and a body has its own
+    deadline (`read_body`), from now."""
     parsed = not self.expired and super().parse_request()
+    self.server.unwatch(self)  # under the watcher's lock: `expired` is final after it
+    self._headers_read_at = time.monotonic()
     if self.expired:
       self._too_slow()
       return False
-    if not parsed:
-      return False
-    if self.command != "POST":
-      self.server.unwatch(self)
-    return True
+    return parsed
 
   def read_body(self, length: int) -> bytes:
     """The request's body, `length` bytes (checked against the limits by the caller),
-    read within its deadline; RequestError 408 for a client too slow, 400 for a body
-    that ends before `length`."""
+    read within its deadline (`Limits.header_deadline_s` plus `length` at
+    `min_upload_bytes_per_s`, from the end of the headers): each read waits for what is
+    left of it, or `stall_timeout_s` if less. RequestError 408 for a client too slow,
+    400 for a body that ends before `length`; the connection then closes, after the
+    lingering drain reads what the client still sends (its answer is not reset)."""
     limits = self.server.limits
-    self.server.watch(self, limits.header_deadline_s + length / limits.min_upload_bytes_per_s)
-    chunks, left = [], length
+    deadline = (
+        getattr(self, "_headers_read_at", time.monotonic())
+        + limits.header_deadline_s
+        + length / limits.min_upload_bytes_per_s
+    )
+    chunks, left, late = [], length, False
     try:
       while left > 0:
-        chunk = self.rfile.read(min(left, _CHUNK))
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+          late = True
+          break
+        self.connection.settimeout(min(wait, limits.stall_timeout_s))
+        chunk = self.rfile.read1(min(left, _CHUNK))
         if not chunk:
           break
         chunks.append(chunk)
         left -= len(chunk)
     except TimeoutError:
-      self.expired = True
+      late = True
     finally:
-      self.server.unwatch(self)
+      with contextlib.suppress(OSError):
+        self.connection.settimeout(limits.stall_timeout_s)
     if left > 0:
       self.close_connection = True
       got = length - left
-      if self.expired:
+      if late:
+        logging.warning("%s did not send its body in time; answered 408.", self.client_address)
         raise RequestError(f"The upload was too slow: {got} of {length} bytes arrived.", 408)
       raise RequestError(f"The upload ended after {got} of its {length} bytes.", 400)
     return b"".join(chunks)

@@ -223,14 +223,20 @@ class _Handler(GuardedHandler):
 
   def parse_request(self) -> bool:
     """http.server's parsing, then the token check: a request without the right token
-    is answered 401 here, before any route sees it."""
+    is answered 401 here, before any route sees it. A right token given in the query is
+    set as a cookie in the answer; a wrong one never is."""
     if not super().parse_request():
       return False
     self._cookie = None
     if self.token is None:
       return True
-    given = self._given_token()
+    given, in_query = self._given_token()
     if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
+      if in_query:
+        cookie = http.cookies.SimpleCookie()
+        cookie[self._cookie_name()] = given
+        cookie[self._cookie_name()].update({"httponly": True, "samesite": "Strict", "path": "/"})
+        self._cookie = cookie.output(header="").strip()
       return True
     self.close_connection = True
     why = "a wrong token" if given else "no token"
@@ -238,25 +244,21 @@ class _Handler(GuardedHandler):
     self.send_json(401, {"error": message})
     return False
 
-  def _given_token(self) -> str | None:
-    """The token the request carries (header, query, then cookie), or None; a token in
-    the query is also set as a cookie in the answer."""
+  def _given_token(self) -> tuple[str | None, bool]:
+    """(the token the request carries: header, query, then cookie, or None; whether it
+    came in the query)."""
     if self.headers.get(TOKEN_HEADER):
-      return self.headers[TOKEN_HEADER]
+      return self.headers[TOKEN_HEADER], False
     query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
     if query.get("token"):
-      cookie = http.cookies.SimpleCookie()
-      cookie[self._cookie_name()] = query["token"][0]
-      cookie[self._cookie_name()].update({"httponly": True, "samesite": "Strict", "path": "/"})
-      self._cookie = cookie.output(header="").strip()
-      return query["token"][0]
+      return query["token"][0], True
     cookies = http.cookies.SimpleCookie()
     try:
       cookies.load(self.headers.get("Cookie", ""))
     except http.cookies.CookieError:
-      return None
+      return None, False
     morsel = cookies.get(self._cookie_name())
-    return morsel.value if morsel else None
+    return (morsel.value if morsel else None), False
 
   def _cookie_name(self) -> str:
     return f"cfrnet_token_{self.server.server_address[1]}"  # one per port: per server
@@ -291,10 +293,11 @@ class _Handler(GuardedHandler):
       logging.exception("Counting %r failed.", name)
       self.send_json(500, {"error": f"Counting {name!r} failed: {error!r}"})
 
-  def declared_length(self, limit: int, name: str = "The upload") -> int:
+  def declared_length(self, limit: int, name: str = "The upload", picture: bool = True) -> int:
     """The body's length from its headers, checked before anything is read: 411 without
     Content-Length (or with a chunked body), 400 for one that is not a number, 413 over
-    `limit` bytes, 415 for a form or text type."""
+    `limit` bytes; with `picture`, 415 for a form or text type (the annotation's save
+    route checks its own type)."""
     declared = self.headers.get_all("Content-Length") or []
     if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or not declared:
       raise RequestError(f"{name}: send it with a Content-Length (not chunked).", 411)
@@ -304,11 +307,12 @@ class _Handler(GuardedHandler):
       raise RequestError(f"{name}: the Content-Length {', '.join(declared)!r:.80} is not valid.")
     length = int(value)
     kind = self.headers.get_content_type() if self.headers.get("Content-Type") else None
-    if kind is not None and not (kind.startswith("image/") or kind in _PICTURE_TYPES):
+    if picture and kind is not None and not (kind.startswith("image/") or kind in _PICTURE_TYPES):
       raise RequestError(f"{name}: a body of type {kind} is not a picture; send its bytes.", 415)
     if length > limit:
+      what = "pictures of " if picture else ""
       raise RequestError(
-          f"{name} is {length / 1e6:.1f} MB; this server takes pictures of at most "
+          f"{name} is {length / 1e6:.1f} MB; this server takes {what}at most "
           f"{limit / 1e6:g} MB.",
           status=413,
       )
@@ -341,6 +345,7 @@ def make_server(
     from cfrnet_jax.inference.annotate import AnnotationHandler
 
     base = AnnotationHandler
+    annotation.use_model_queue(service.queue, service._lock)  # one model, one queue
   handler = type("Handler", (base,), {"service": service, "token": token, "annotation": annotation})
   return GuardedHTTPServer((host, port), handler, limits)
 
