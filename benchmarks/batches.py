@@ -35,6 +35,29 @@ def make_batch(batch: int, height: int, width: int, seed: int = 0) -> dict:
   }
 
 
+class _SeededBatches:
+  """`make_batch` with seeds 0, 1, 2, ...: a host iterator for `sharding.DevicePrefetch`."""
+
+  def __init__(self, batch: int, height: int, width: int):
+    self._shape, self._seed = (batch, height, width), 0
+
+  def __next__(self) -> dict:
+    self._seed += 1
+    return make_batch(*self._shape, self._seed - 1)
+
+  def get_state(self) -> int:
+    return self._seed
+
+
+def device_batch(batch: int, height: int, width: int, mesh, steps: int = 1) -> dict:
+  """The global batch of a training step that takes `steps` steps per call
+  (`config.steps_per_jit`), as the product's `DevicePrefetch` hands it to the step: one
+  `make_batch` (seed 0), or with `steps` > 1 that many different ones (seeds 0 to
+  steps - 1) stacked on a new leading axis."""
+  host = _SeededBatches(batch, height, width)
+  return sharding.DevicePrefetch(host, mesh, size=1, steps=steps).peek()
+
+
 def model_config(model: str) -> ml_collections.ConfigDict:
   """The config whose model a benchmark runs: "paper", or "smoke": configs/tiny.py's
   model without GAM and decoders (add fusion), which XLA compiles in a fraction of the

@@ -39,7 +39,12 @@ def main():
   args = parser.parse_args()
   rows = [
       speed.bench_row(
-          row, args.backends, args.repeats, args.warmup, args.setup_limit_s, smoke=args.smoke
+          row,
+          [(b, b, None) for b in args.backends],
+          args.repeats,
+          args.warmup,
+          args.setup_limit_s,
+          smoke=args.smoke,
       )
       for row in args.rows
   ]

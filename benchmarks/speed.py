@@ -41,22 +41,27 @@ peak (TF32 for float32 on NVIDIA GPUs - JAX's default precision for float32 conv
 and matmuls there, which the twin is also allowed - and BF16). Memory: XLA's plan for each
 JAX row (`memory_gb`), and on a GPU the allocator's peak of every backend (`peak_gb`). A row
 whose JAX step needs more memory than the machine has (XLA's estimate) is skipped with the
-figure. `--parallel_setup` builds the backends of a row in parallel processes (compilation
-is CPU work; a GPU host has the cores), then times them in turns as usual.
+figure. Each run must be built and warmed up within `--setup_limit_s` of its process's
+start. `--parallel_setup` starts every run of every row at once, in parallel processes
+(compilation is CPU work; a GPU host has the cores), and times each, alone and in the order
+named, as soon as it is built, while later ones may still compile (their count is its
+`timed_while_building`). The script exits 1 when a run failed (not built in time, or its
+process ended); a skipped one (a GPU-only backend elsewhere, a step too big) is no failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
-import multiprocessing.connection
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Several backends share one GPU: JAX must not take 75% of its memory up front.
@@ -69,7 +74,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from benchmarks.batches import make_batch, model_config  # noqa: E402
+from benchmarks.batches import device_batch, make_batch, model_config  # noqa: E402
 from benchmarks.torch_twin import model as twin  # noqa: E402
 from cfrnet_jax import evaluation  # noqa: E402
 from cfrnet_jax.data.device_ops import normalize_images  # noqa: E402
@@ -106,13 +111,15 @@ BACKENDS = (
     "onnxruntime",
 )
 # XLA flags a JAX run may take (`--runs ROW:BACKEND@NAME`), appended to the XLA_FLAGS of
-# the environment. Command buffers (CUDA graphs): the command types recorded, here with
-# cuDNN's (the convolutions) beside the fusions, cuBLAS/cuBLASLt matmuls and custom calls.
+# the environment. Command buffers (CUDA graphs): the command types recorded (XLA's
+# DebugOptions.CommandBufferCmdType), here the convolutions (CONVOLUTION) and cuDNN's graph
+# fusions and fused attention (CUDNN) beside the fusions, the cuBLAS/cuBLASLt matmuls and
+# the custom calls.
 FLAG_SETS = {
     "baseline": "",
     "triton_gemm_any": "--xla_gpu_triton_gemm_any=true",
-    "command_buffer_cudnn": (
-        "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN"
+    "command_buffer_conv": (
+        "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONVOLUTION"
     ),
 }
 GPU_ONLY = ("jax_bf16_cudnn",)
@@ -173,12 +180,7 @@ def jax_runner(
   state, state_sharding = train_step.create_train_state(config, mesh)
   if kind == "train":
     step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
-    if steps == 1:
-      host = make_batch(batch_size, height, width)
-    else:  # K different batches stacked on a leading axis, as `DevicePrefetch` hands them.
-      batches = [make_batch(batch_size, height, width, seed) for seed in range(steps)]
-      host = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-    batch = sharding.make_global_batch(host, mesh, stacked=steps > 1)
+    batch = device_batch(batch_size, height, width, mesh, steps)  # K stacked when K > 1
     traced = step.trace(state, batch)
     compiled = traced.lower().compile()
     devices = mesh.size
@@ -488,17 +490,19 @@ def _ask(connection, process, message: str | None = None):
 
 
 class Workers:
-  """The processes of every run of a benchmark: started, and their first report (built)."""
+  """The processes of every run of a benchmark: started, each with one deadline for its
+  build and warm-up together (`limit_s` from its start), and their build reports."""
 
   def __init__(self, smoke: bool, warmup: int, compile_backend: str = "inductor"):
     self.smoke, self.warmup, self.compile_backend = smoke, warmup, compile_backend
     self.context = multiprocessing.get_context("spawn")
     self.on_gpu = jax.devices()[0].platform == "gpu"
     self.started: dict[tuple[str, str], tuple] = {}  # (row, key) -> (process, connection)
+    self.deadlines: dict[tuple[str, str], tuple[float, float]] = {}  # -> (deadline, limit_s)
     self.built: dict[tuple[str, str], dict] = {}  # (row, key) -> the build report
     self.notes: dict[tuple[str, str], str] = {}
 
-  def start(self, name: str, run: tuple[str, str, str | None]):
+  def start(self, name: str, run: tuple[str, str, str | None], limit_s: float):
     key, backend, flag_set = run
     kind, batch_size, height, width = row_shape(name, self.smoke)
     flags, note = run_xla_flags(flag_set, self.on_gpu, os.environ.get("XLA_FLAGS", ""))
@@ -513,20 +517,64 @@ class Workers:
     )
     process.start()
     self.started[name, key] = (process, connection)
+    self.deadlines[name, key] = (time.monotonic() + limit_s, limit_s)
     return process, connection
 
-  def wait_built(self, limit_s: float) -> None:
-    """Every started process's build report, printed as each arrives, within `limit_s`:
-    so that no compilation shares the host with the runs timed after it."""
-    waiting = {c: k for k, (_, c) in self.started.items() if k not in self.built}
-    deadline = time.monotonic() + limit_s
-    while waiting and time.monotonic() < deadline:
-      for connection in multiprocessing.connection.wait(
-          list(waiting), max(deadline - time.monotonic(), 0.0)
-      ):
-        name, key = waiting.pop(connection)
-        self.built[name, key] = _ask(connection, self.started[name, key][0])
-        print(f"  built {name} {key}: {self.built[name, key]}", flush=True)
+  def _report(self, name: str, key: str, what: str) -> dict:
+    """The next report of a run's process, waited for until the run's deadline."""
+    process, connection = self.started[name, key]
+    deadline, limit_s = self.deadlines[name, key]
+    if connection.poll(max(deadline - time.monotonic(), 0.0)):
+      return _ask(connection, process)
+    return {"failed": f"not {what} within {limit_s:g} s of its start"}
+
+  def build_report(self, name: str, key: str) -> dict:
+    """A run's build report (XLA's figures, or why it failed or was skipped)."""
+    if (name, key) not in self.built:
+      self.built[name, key] = self._report(name, key, "built")
+    return self.built[name, key]
+
+  def warm_up(self, name: str, key: str) -> dict:
+    """Warms a built run up; its report (`setup_s`, the allocator's peak)."""
+    with contextlib.suppress(OSError):  # an ended process's failure is its report
+      self.started[name, key][1].send("warmup")
+    return self._report(name, key, "built and warmed up")
+
+  def building(self) -> int:
+    """How many started runs have not reported their build yet (collecting, without
+    waiting, the reports that have arrived)."""
+    for run, (process, connection) in self.started.items():
+      if run not in self.built and connection.poll(0):
+        self.built[run] = _ask(connection, process)
+    return sum(run not in self.built for run in self.started)
+
+
+def summarize(
+    result: dict, values: list[float], kind: str, batch_size: int, steps: int, backend: str
+) -> None:
+  """Adds a run's figures to its `result` from the seconds of its timed calls: the median
+  call, steps/s and images/s (counting each of a call's `steps` steps) and, for JAX, the
+  model TFLOP/s and, on a device of known peak, the MFU."""
+  result["median_s"] = statistics.median(values)
+  result["runs_s"] = [round(v, 4) for v in values]
+  if kind != "infer":
+    result["steps_per_s"] = steps / result["median_s"]
+  result["images_per_s"] = batch_size * steps / result["median_s"]
+  if result.get("model_flops"):  # JAX rows: model TFLOP/s and, on a known device, MFU
+    result["model_tflop_per_s"] = result["model_flops"] / result["median_s"] / 1e12
+    peak = device_peak(JAX_DTYPES[backend])
+    if peak:
+      result["mfu"] = device_peaks.mfu(
+          result["model_flops"], result["median_s"], peak, result.get("devices", 1)
+      )
+
+
+def _equal_precision_ratios(results: dict) -> None:
+  """JAX float32 against float32 PyTorch, JAX bfloat16 against autocast: time ratios."""
+  for backend, reference, field in EQUAL_PRECISION:
+    baseline = results.get(reference, {}).get("median_s")
+    if baseline and "median_s" in results.get(backend, {}):
+      results[backend][field] = results[backend]["median_s"] / baseline
 
 
 def bench_row(
@@ -538,13 +586,16 @@ def bench_row(
     smoke: bool = False,
     parallel_setup: bool = False,
     workers: Workers | None = None,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
   """Every run (a backend, with its XLA flags) in its own process (PyTorch and XLA in one
-  process slow XLA's CPU step). Sequential setup: built and warmed up one after the
-  other, then timed in turns, run by run, so that machine noise hits all alike.
-  `parallel_setup`: all built at once (by `workers`, which may have started them with
-  other rows'), then each warmed up, timed and stopped in turn (one holds the GPU's
-  memory at a time)."""
+  process slow XLA's CPU step), built and warmed up within `setup_limit_s` of its start.
+  Sequential setup: built and warmed up one after the other, then timed in turns, run by
+  run, so that machine noise hits all alike. `parallel_setup`: `workers` may have started
+  them with other rows' (compilation is host CPU work); in the order of `runs`, each is
+  warmed up, timed and stopped (one holds the GPU's memory at a time) as soon as it is
+  built, while later runs may still compile (their count: `timed_while_building`).
+  `on_progress(row)`: the row so far, after each run is timed."""
   kind, batch_size, height, width = row_shape(name, smoke)
   steps = ROW_STEPS.get(name, 1)
   row = {"row": name, "batch": batch_size, "size": f"{width}x{height}", "results": {}}
@@ -552,57 +603,49 @@ def bench_row(
     row["steps_per_call"] = steps
   workers = workers or Workers(smoke, warmup)
   chosen = row_runs(name, runs, workers.on_gpu)
+  backends = {key: backend for key, backend, _ in chosen}
   for key, backend, _ in runs:
     if backend in GPU_ONLY and not workers.on_gpu:
       row["results"][key] = {"skipped": "needs an NVIDIA GPU"}
       print(f"  {name} {key}: skipped, needs an NVIDIA GPU", flush=True)
 
-  def receive(process, connection, limit):
-    if connection.poll(max(limit, 0.0)):
-      return _ask(connection, process)
-    return {"failed": f"not built, or not warmed up, within {setup_limit_s:.0f} s"}
-
-  def time_run(key, process, connection):
-    value = _ask(connection, process, "run")
-    if isinstance(value, dict):  # its process ended: the times so far are not a result.
-      row["results"][key].update(value)
-      held.pop(key, None)
-      times.pop(key, None)
-      return False
-    times[key].append(value)
-    return True
-
-  def time_runs(key, process, connection):
-    for _ in range(repeats):
-      if not time_run(key, process, connection):
+  def time_runs(key, process, connection, count):
+    for _ in range(count):
+      value = _ask(connection, process, "run")
+      if isinstance(value, dict):  # its process ended: the times so far are not a result.
+        row["results"][key].update(value)
+        print(f"  {name} {key}: {value}", flush=True)
+        held.pop(key, None)
+        times.pop(key, None)
         return
+      times[key].append(value)
 
-  def stop(process, connection):
+  def finish(key, process, connection):
     connection.send("stop")
     process.join()
+    result = row["results"][key]
+    summarize(result, times.pop(key), kind, batch_size, steps, backends[key])
+    _equal_precision_ratios(row["results"])
+    print(f"  {name} {key}: {result['median_s']:.4f} s per call", flush=True)
+    if on_progress is not None:
+      on_progress(row)
 
-  if parallel_setup:  # built at once (compilation is host CPU work), then timed in turn.
-    for run in chosen:
-      if (name, run[0]) not in workers.started:
-        workers.start(name, run)
-    workers.wait_built(setup_limit_s)
-  deadline = time.monotonic() + setup_limit_s
   held, too_big, times = {}, None, {}
-  for key, backend, _ in chosen:
+  for key, backend, flag_set in chosen:
     if too_big and not backend.startswith("jax") and (name, key) not in workers.started:
       row["results"][key] = {"skipped": too_big}
       continue
-    process, connection = workers.started.get((name, key)) or workers.start(name, (key, backend, _))
-    if (name, key) in workers.built:
-      result = workers.built[name, key]
-    else:
-      ready_by = deadline if parallel_setup else time.monotonic() + setup_limit_s
-      result = receive(process, connection, ready_by - time.monotonic())
+    if (name, key) not in workers.started:
+      workers.start(name, (key, backend, flag_set), setup_limit_s)
+    process, connection = workers.started[name, key]
+    result = dict(workers.build_report(name, key))
     if not {"failed", "skipped"} & set(result):
-      connection.send("warmup")  # its own time limit: a parallel build used the shared one.
-      result = {**result, **receive(process, connection, setup_limit_s)}
+      result.update(workers.warm_up(name, key))
     if (name, key) in workers.notes:
       result["xla_flags"] = workers.notes[name, key]
+    building = workers.building() if parallel_setup and "setup_s" in result else 0
+    if building:
+      result["timed_while_building"] = building
     row["results"][key] = result
     too_big = too_big or result.get("skipped")
     print(f"  {name} {key}: {result}", flush=True)
@@ -611,37 +654,28 @@ def bench_row(
       continue
     times[key] = []
     if parallel_setup:
-      time_runs(key, process, connection)
+      time_runs(key, process, connection, repeats)
       if key in times:
-        stop(process, connection)
+        finish(key, process, connection)
     else:
       held[key] = (process, connection)
   for _ in range(repeats):  # sequential setup: the backends take turns, run by run.
     for key, (process, connection) in list(held.items()):
-      time_run(key, process, connection)
-  for process, connection in held.values():
-    stop(process, connection)
-  backends = {key: backend for key, backend, _ in chosen}
-  for key, values in times.items():
-    result = row["results"][key]
-    result["median_s"] = statistics.median(values)
-    result["runs_s"] = [round(v, 4) for v in values]
-    if kind != "infer":
-      result["steps_per_s"] = steps / result["median_s"]
-    result["images_per_s"] = batch_size * steps / result["median_s"]
-    if result.get("model_flops"):  # JAX rows: model TFLOP/s and, on a known device, MFU
-      result["model_tflop_per_s"] = result["model_flops"] / result["median_s"] / 1e12
-      peak = device_peak(JAX_DTYPES[backends[key]])
-      if peak:
-        result["mfu"] = device_peaks.mfu(
-            result["model_flops"], result["median_s"], peak, result.get("devices", 1)
-        )
-  # Equal precision: JAX float32 against float32 PyTorch, JAX bfloat16 against autocast.
-  for backend, reference, field in EQUAL_PRECISION:
-    baseline = row["results"].get(reference, {}).get("median_s")
-    if baseline and "median_s" in row["results"].get(backend, {}):
-      row["results"][backend][field] = row["results"][backend]["median_s"] / baseline
+      time_runs(key, process, connection, 1)
+  for key, (process, connection) in held.items():
+    finish(key, process, connection)
   return row
+
+
+def failed_runs(rows: list[dict]) -> list[str]:
+  """ROW:RUN of every run that failed (not built, crashed, not timed); skipped runs
+  (a GPU-only backend elsewhere, a step too big for the machine) are not failures."""
+  return [
+      f"{row['row']}:{key}"
+      for row in rows
+      for key, result in row["results"].items()
+      if "failed" in result
+  ]
 
 
 # (JAX backend, the PyTorch backend at its precision, the field of their time ratio).
@@ -769,7 +803,8 @@ def main():
   parser.add_argument(
       "--parallel_setup",
       action="store_true",
-      help="build every row's runs at once, in parallel processes, then time them in turn",
+      help="start every row's runs at once, in parallel processes; time each, in order, "
+      "once it is built",
   )
   args = parser.parse_args()
   try:
@@ -791,30 +826,38 @@ def main():
   }
   print(json.dumps(header), flush=True)
   rows = []
+
+  def write(done):  # after every run timed: a run cut short keeps the runs done.
+    if args.out:
+      with open(args.out, "w") as out:
+        json.dump({**header, "rows": done}, out, indent=2)
+
   workers = Workers(args.smoke, args.warmup, args.torch_compile_backend)
-  if args.parallel_setup:  # every row's runs compile at once; timed row by row after.
+  if args.parallel_setup:  # every row's runs compile at once; each timed once it is built.
     for name, runs in plan:
       for run in row_runs(name, runs, workers.on_gpu):
-        workers.start(name, run)
+        workers.start(name, run, args.setup_limit_s)
   for name, runs in plan:
-    rows.append(
-        bench_row(
-            name,
-            runs,
-            args.repeats,
-            args.warmup,
-            args.setup_limit_s,
-            smoke=args.smoke,
-            parallel_setup=args.parallel_setup,
-            workers=workers,
-        )
+    row = bench_row(
+        name,
+        runs,
+        args.repeats,
+        args.warmup,
+        args.setup_limit_s,
+        smoke=args.smoke,
+        parallel_setup=args.parallel_setup,
+        workers=workers,
+        on_progress=lambda row: write([*rows, row]),
     )
-    print(json.dumps(rows[-1]), flush=True)
-    if args.out:  # rewritten after every row: a run cut short keeps the rows done.
-      with open(args.out, "w") as out:
-        json.dump({**header, "rows": rows}, out, indent=2)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+    write(rows)
   print(markdown(rows))
   print(throughput_markdown(rows))
+  failed = failed_runs(rows)
+  if failed:  # the device check's section, and CI's smoke run, then fail.
+    print(f"failed: {', '.join(failed)}", flush=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":
