@@ -45,6 +45,7 @@ def test_restore_variables_reads_the_saved_parameters_and_statistics(trained_wor
       np.testing.assert_array_equal(np.asarray(restored[key]), value, err_msg=key)
 
 
+@pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
 def test_a_checkpoint_without_optimizer_state_still_predicts(trained_workdir, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(trained_workdir, workdir)

@@ -142,6 +142,7 @@ def test_remat_wraps_the_chosen_parts_in_checkpoints(remat, rematerialised_parts
   assert str(jax.make_jaxpr(loss_of)(state, images)).count("remat") == rematerialised_parts
 
 
+@pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
 def test_remat_changes_no_result():
   """Loss, gradients and BatchNorm statistics of the fully rematerialised model are the
   plain model's (to float32 rounding of the recomputed forward pass)."""

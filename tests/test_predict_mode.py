@@ -54,6 +54,7 @@ def hostile_folder(folder: Path) -> dict[str, str]:
   }
 
 
+@pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
 def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
   """The real sample photos are counted; every hostile file beside them is named,
   skipped with its reason and counted in the summary, and the command succeeds."""

@@ -36,6 +36,7 @@ def test_the_step_holds_one_scan_of_k_steps(batches):
   assert len(scans) == 1 and scans[0].params["length"] == K
 
 
+@pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
 def test_k_steps_per_call_give_the_state_of_single_steps(batches):
   """The same step count, parameters and BatchNorm statistics to 1e-6, and Adam's
   moments to float tolerance. The scan compiles its body apart from the single step, so
@@ -72,6 +73,7 @@ def test_k_steps_per_call_give_the_state_of_single_steps(batches):
       assert error < 1e-2, (path, error)
 
 
+@pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
 def test_a_run_logs_evaluates_and_saves_between_calls(tmp_path, synthetic_data_dir):
   config = tiny_train_config(
       synthetic_data_dir,
