@@ -11,8 +11,10 @@ the next test or test run that needs it. Tests that count compilations turn it o
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import ml_collections
@@ -68,6 +70,35 @@ ABLATIONS = {
     "no_axial": {"axial": False},
     "no_decoders": {"hierarchical": False, "axial": False},
 }
+
+
+@contextlib.contextmanager
+def serving(flags: list[str], ready: str):
+  """`launch.py --mode=serve --port=0 FLAGS` in a subprocess until the block ends; yields
+  the match of the regular expression `ready` (first group: the URL) in its log."""
+  process = subprocess.Popen(
+      [sys.executable, "launch.py", "--mode=serve", "--port=0", *flags],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
+  lines = []
+  try:
+    for line in process.stdout:
+      lines.append(line)
+      found = re.search(ready, line)
+      if found:
+        break
+    else:
+      pytest.fail(
+          f"launch.py --mode serve {' '.join(flags)} did not start:\n" + "".join(lines[-30:])
+      )
+    threading.Thread(target=lambda: [lines.append(x) for x in process.stdout], daemon=True).start()
+    yield found
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
 
 
 def tiny_model_config(**overrides) -> ml_collections.ConfigDict:

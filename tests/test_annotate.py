@@ -30,7 +30,7 @@ from cfrnet_jax.inference.serve import (
     make_server,
 )
 from configs import tiny
-from tests.conftest import shared_data
+from tests.conftest import serving, shared_data
 from tests.test_serve import chromium, playwright_api
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,29 +375,15 @@ def annotated_run(trained_workdir, tmp_path):
   threshold keeps none): yields (URL with the token, the folder)."""
   folder = tmp_path / "to_annotate"
   shutil.copytree(shared_data("sht_sample") / "images", folder)
-  process = subprocess.Popen(
-      [sys.executable, "launch.py", "--mode=serve", f"--workdir={trained_workdir}", "--port=0",
-       f"--annotate={folder}", f"--token={TOKEN}", "--config=configs/tiny.py",
-       f"--config.predict.point_threshold={POINT_THRESHOLD}"],  # fmt: skip
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-  )
-  lines = []
-  try:
-    for line in process.stdout:
-      lines.append(line)
-      found = re.search(r"Open (http://127\.0\.0\.1:\d+/\?token=\S+) ", line)
-      if found:
-        break
-    else:
-      pytest.fail("launch.py --mode serve --annotate did not start:\n" + "".join(lines[-30:]))
-    threading.Thread(target=lambda: [lines.append(x) for x in process.stdout], daemon=True).start()
+  flags = [
+      f"--workdir={trained_workdir}",
+      f"--annotate={folder}",
+      f"--token={TOKEN}",
+      "--config=configs/tiny.py",
+      f"--config.predict.point_threshold={POINT_THRESHOLD}",
+  ]
+  with serving(flags, r"Open (http://127\.0\.0\.1:\d+/\?token=\S+) ") as found:
     yield found.group(1), folder
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def loaded(page, name, timeout):

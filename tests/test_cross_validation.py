@@ -94,7 +94,7 @@ def test_an_evaluation_summary_does_not_replace_the_training_summary(tmp_path):
 
 def tiny_five_fold_command(workdir, data_dir) -> list[str]:
   """launch.py on a five-fold UCF_CC_50 run of the tiny model (configs/tiny.py's
-  widths), 4 steps a fold, a checkpoint every step."""
+  widths), 4 steps a fold, a checkpoint every 2."""
   tiny = {
       "model.vgg_widths": "(8,8,16,16,16)",
       "model.channels": 16,
@@ -110,7 +110,7 @@ def tiny_five_fold_command(workdir, data_dir) -> list[str]:
       "data.num_workers": 0,
       "num_train_steps": 4,
       "eval_every_steps": 4,
-      "checkpoint_every_steps": 1,
+      "checkpoint_every_steps": 2,
       "log_every_steps": 1,
       "data.data_dir": data_dir,
   }
@@ -180,7 +180,7 @@ def test_a_stopped_five_fold_run_resumes_to_the_uninterrupted_summary(tmp_path):
   assert not (resumed / "fold_3").exists() and not (resumed / "folds_summary.json").exists()
 
   proc = run(resumed)
-  output = _stop_when(proc, resumed / "fold_3" / "checkpoints" / "1", signal.SIGKILL)
+  output = _stop_when(proc, resumed / "fold_3" / "checkpoints" / "2", signal.SIGKILL)
   assert proc.returncode == -signal.SIGKILL
   assert "fold_1 finished at step 4" in output  # read back, not trained again
 

@@ -6,10 +6,7 @@ import http.client
 import io
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -23,7 +20,7 @@ from benchmarks.serve_screenshot import CHROMIUM_FLAGS
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.serve import CountingService, RequestError, make_server
 from configs import tiny
-from tests.conftest import shared_data
+from tests.conftest import serving, shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,28 +155,9 @@ def playwright_api():
 def served_run(trained_workdir):
   """`launch.py --mode serve` on the trained run, on a free port, taking pictures of up
   to 1 MB: yields its URL."""
-  process = subprocess.Popen(
-      [sys.executable, "launch.py", "--mode=serve", f"--workdir={trained_workdir}", "--port=0",
-       "--max_upload_mb=1"],  # fmt: skip
-      cwd=REPO,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-  )
-  lines = []
-  try:
-    for line in process.stdout:
-      lines.append(line)
-      found = re.search(r"Serving the counting page on (http://127\.0\.0\.1:\d+/)", line)
-      if found:
-        break
-    else:
-      pytest.fail("launch.py --mode serve did not start:\n" + "".join(lines[-30:]))
-    threading.Thread(target=lambda: [lines.append(x) for x in process.stdout], daemon=True).start()
+  flags = [f"--workdir={trained_workdir}", "--max_upload_mb=1"]
+  with serving(flags, r"Serving the counting page on (http://127\.0\.0\.1:\d+/)") as found:
     yield found.group(1)
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
 
 
 def test_page_in_a_browser(served_run, trained_workdir, tmp_path):

@@ -99,7 +99,10 @@ def test_a_step_count_it_cannot_end_on_is_refused(tmp_path, synthetic_data_dir):
 
 @pytest.mark.slow
 def test_a_run_of_k_steps_per_call_killed_resumes_bit_identically(tmp_path, synthetic_data_dir):
-  """benchmarks/fault_trials.py with steps_per_jit = 4, 2 trials."""
+  """benchmarks/fault_trials.py with steps_per_jit = 4, 2 trials: SIGKILL while a
+  checkpoint is being written and at a random moment; each resumed run ends with the
+  parameters, statistics, optimizer state and data position of an uninterrupted one
+  (the kill trials of CI: the loop is the one of K = 1, its calls scanned)."""
   from benchmarks import fault_trials
 
   out = tmp_path / "trials.json"
@@ -117,3 +120,8 @@ def test_a_run_of_k_steps_per_call_killed_resumes_bit_identically(tmp_path, synt
   trials = json.loads(out.read_text())["trials"]
   assert [t["outcome"] for t in trials] == ["bit-identical"] * 2, trials
   assert status == 0
+  assert [t["mode"] for t in trials] == ["save", "random"]
+  for trial in trials:
+    assert trial["resumed_from"] == max(trial["steps_saved_at_kill"], default=0)
+    if trial["mode"] == "save":  # killed with a save's temporary folder on disk
+      assert any("orbax-checkpoint-tmp" in name for name in trial["save_in_progress"])

@@ -1,6 +1,5 @@
 """The training loop: sharded steps, multi-host lockstep, resuming, preemption, NaN guard."""
 
-import json
 import os
 import signal
 import socket
@@ -194,34 +193,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
     assert proc.poll() is None, "the run ended before its first checkpoint"
     assert time.time() < deadline, f"no {path} after {timeout} s"
     time.sleep(0.05)
-
-
-@pytest.mark.slow
-def test_runs_killed_at_random_moments_resume_bit_identically(tmp_path, synthetic_data_dir):
-  """benchmarks/fault_trials.py, 2 trials: SIGKILL while a checkpoint is being written
-  and at a random moment; each resumed run ends with the same
-  parameters, statistics, optimizer state and data position as an uninterrupted one."""
-  from benchmarks import fault_trials
-
-  out = tmp_path / "trials.json"
-  status = fault_trials.main(
-      [
-          "--trials=2",
-          "--steps=4",
-          "--checkpoint_every=2",
-          f"--folder={tmp_path / 'trials'}",
-          f"--data_dir={synthetic_data_dir}",
-          f"--out={out}",
-      ]
-  )
-  trials = json.loads(out.read_text())["trials"]
-  assert [t["outcome"] for t in trials] == ["bit-identical"] * 2, trials
-  assert status == 0
-  assert [t["mode"] for t in trials] == ["save", "random"]
-  for trial in trials:
-    assert trial["resumed_from"] == max(trial["steps_saved_at_kill"], default=0)
-    if trial["mode"] == "save":  # killed with a save's temporary folder on disk
-      assert any("orbax-checkpoint-tmp" in name for name in trial["save_in_progress"])
 
 
 @pytest.mark.slow
