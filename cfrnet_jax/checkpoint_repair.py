@@ -158,10 +158,11 @@ def first_readable(steps: list[int], directory: str | Path, read: Callable, fall
   with `fall_back=False` the first one raises. Raises `DamagedCheckpointError` listing
   every failure when none reads."""
   failures = []
+  orbax_noise.drop_abandoned_reads()  # before reading: a failed read's reports start at once
   for step in steps:
     result, reason = _read(read, step)
     if reason is not None:  # the error and its abandoned reads are released by now
-      orbax_noise.quiet_abandoned_reads()
+      orbax_noise.collect_abandoned_reads()
     if _read_everywhere(reason is None):
       return step, result, failures
     failures.append((step, reason or "another host could not read it"))

@@ -9,10 +9,13 @@ thousands of lines that hide the one-line warning naming the damaged step:
     to `loop.call_soon_threadsafe`, which raises "Event loop is closed" with no one to
     catch it (`sys.unraisablehook` too, without an object).
 
-`quiet_abandoned_reads` drops exactly those reports, from the moment a reader sees that a
-read failed (`checkpoint_repair.first_readable`); reads that succeed leave everything as
-it is, and every other report goes through. The few reports that come before the reader
-sees the error, while it unwinds through Orbax after the loop closed, are printed.
+`drop_abandoned_reads` installs, once, before a reader's first checkpoint read
+(`checkpoint_repair.first_readable`), a filter that drops exactly those reports: a read
+that succeeds makes none, so it changes nothing there, and every other report goes
+through. Installed before the read rather than when its failure is seen, it also drops
+the reports that come while the reader unwinds through Orbax after the loop closed.
+`collect_abandoned_reads`, called once a read failed, makes those reports come at once
+rather than in a later log line or at exit.
 """
 
 from __future__ import annotations
@@ -40,23 +43,27 @@ def _is_abandoned_read(unraisable) -> bool:
   )
 
 
-def quiet_abandoned_reads() -> None:
+def drop_abandoned_reads() -> None:
   """Drops, from now to the process's exit, the reports of the reads that a failed
-  checkpoint read abandoned (installed once), then collects those reads at once, so that
-  their reports come now rather than in a later log or at exit."""
+  checkpoint read abandons (installed once; a no-op when already installed)."""
   previous = sys.unraisablehook
-  if not getattr(previous, "drops_abandoned_reads", False):
+  if getattr(previous, "drops_abandoned_reads", False):
+    return
 
-    def hook(unraisable):
-      if not _is_abandoned_read(unraisable):
-        previous(unraisable)
+  def hook(unraisable):
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
 
-    hook.drops_abandoned_reads = True
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-        lambda record: not (
-            "exception was never retrieved" in record.getMessage()
-            and any(name in record.getMessage() for name in _ABANDONED_READERS)
-        )
-    )
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not (
+          "exception was never retrieved" in record.getMessage()
+          and any(name in record.getMessage() for name in _ABANDONED_READERS)
+      )
+  )
+
+
+def collect_abandoned_reads() -> None:
+  """Collects the reads a failed read abandoned, so that their reports come now."""
   gc.collect()
