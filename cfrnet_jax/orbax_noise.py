@@ -43,6 +43,17 @@ def _is_abandoned_read(unraisable) -> bool:
   )
 
 
+def _is_abandoned_record(record: logging.LogRecord) -> bool:
+  """Whether an asyncio log record is an abandoned Orbax or TensorStore task's "exception
+  was never retrieved" (named in its message, or in the frames of its exception)."""
+  if "exception was never retrieved" not in record.getMessage():
+    return False
+  where = record.getMessage()
+  if record.exc_info and record.exc_info[2] is not None:
+    where += " ".join(frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
+  return any(name in where.lower() for name in _ABANDONED_READERS)
+
+
 def drop_abandoned_reads() -> None:
   """Drops, from now to the process's exit, the reports of the reads that a failed
   checkpoint read abandons (installed once; a no-op when already installed)."""
@@ -56,12 +67,7 @@ def drop_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not (
-          "exception was never retrieved" in record.getMessage()
-          and any(name in record.getMessage() for name in _ABANDONED_READERS)
-      )
-  )
+  logging.getLogger("asyncio").addFilter(lambda record: not _is_abandoned_record(record))
 
 
 def collect_abandoned_reads() -> None:

@@ -372,6 +372,20 @@ def test_only_the_abandoned_reads_reports_are_dropped(monkeypatch):
   assert reached == [elsewhere, other]
 
 
+def test_only_abandoned_reads_never_retrieved_exceptions_are_dropped_from_the_log():
+  """asyncio's "exception was never retrieved" of a gathered Orbax read (named only as
+  TensorStore in its message) is dropped; the same record of a user's task is kept."""
+  record = lambda message: logging.LogRecord("asyncio", logging.ERROR, "", 0, message, (), None)
+  abandoned = record(
+      "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished "
+      'exception=Exception("Encountered error while reading array index. See full '
+      'TensorStore details")>'
+  )
+  users = record("Task exception was never retrieved\nfuture: <Task finished coro=<fetch()>>")
+  assert orbax_noise._is_abandoned_record(abandoned)
+  assert not orbax_noise._is_abandoned_record(users)
+
+
 def _checkpoint_listing(workdir) -> list[str]:
   return sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
 
