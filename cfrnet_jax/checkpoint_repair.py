@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cfrnet_jax import orbax_noise
+from cfrnet_jax import hosts, orbax_noise
 
 DAMAGED_DIR = "damaged_checkpoints"  # under the workdir: where training moves damaged steps
 
@@ -106,7 +106,7 @@ def prepare_for_training(workdir: str | Path) -> None:
           len(unfinished),
           ", ".join(p.name for p in unfinished),
       )
-  _sync_hosts("prepare the checkpoint folder")
+  hosts.sync("prepare the checkpoint folder")
 
 
 def set_aside(directory: str | Path, workdir: str | Path, steps: list[int]) -> None:
@@ -115,7 +115,7 @@ def set_aside(directory: str | Path, workdir: str | Path, steps: list[int]) -> N
   if jax.process_index() == 0:
     for step in steps:
       _move_aside(directory, workdir, step)
-  _sync_hosts("moved the damaged checkpoints")
+  hosts.sync("moved the damaged checkpoints")
 
 
 def _move_aside(directory: str | Path, workdir: str | Path, step: int) -> None:
@@ -127,21 +127,10 @@ def _move_aside(directory: str | Path, workdir: str | Path, step: int) -> None:
   logging.warning("Moved the damaged checkpoint of step %d to %s.", step, target)
 
 
-def _sync_hosts(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
 def _read_everywhere(read_here: bool) -> bool:
   """Whether every process read the step: hosts of one run must agree on the step they
   resume from (and on the steps they move aside), even when one host's read fails."""
-  if jax.process_count() == 1:
-    return read_here
-  from jax.experimental import multihost_utils
-
-  return bool(np.all(multihost_utils.process_allgather(np.int32(read_here))))
+  return bool(np.all(hosts.flags_of_every_host(read_here)))
 
 
 def _read(read: Callable, step: int):

@@ -32,10 +32,10 @@ import socket
 import threading
 import time
 
-import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
+
+from cfrnet_jax import hosts
 
 EXIT_STATUS = 128 + signal.SIGTERM  # how a process ended by SIGTERM reports itself
 
@@ -72,9 +72,7 @@ class PreemptionGuard:
   def stop_agreed(self) -> bool:
     """Whether the run stops now: SIGTERM reached this process or, in a multi-host run,
     any of them. Every process must call it at the same point of the run."""
-    if jax.process_count() == 1:
-      return self.requested
-    flags = multihost_utils.process_allgather(np.int32(self.requested))
+    flags = hosts.flags_of_every_host(self.requested)
     if np.any(flags) and not self.requested:
       logging.warning("SIGTERM reached another host: stopping with it.")
       self._request()
