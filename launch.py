@@ -264,6 +264,7 @@ def main(argv):
   import jax
 
   from cfrnet_jax import cross_validation, evaluation
+  from cfrnet_jax.data import pipeline
   from cfrnet_jax.training import finetune, trainer
   from cfrnet_jax.training.preemption import Preempted
   from tfds_crowd.build import ensure_synthetic
@@ -280,9 +281,9 @@ def main(argv):
   with _checkpoint_errors_as_messages():
     if _MODE.value == "train":
       # Fine-tuning trains the source run's model: its fields, unless the command line
-      # contradicts them (refused).
+      # contradicts them (refused); a resumed one, those of its own config.json.
       config = finetune.inherit_model(
-          config, config_flags.get_override_values(flags.FLAGS[_CONFIG.name])
+          config, config_flags.get_override_values(flags.FLAGS[_CONFIG.name]), _WORKDIR.value
       )
       try:
         cross_validation.run_folds(config, _WORKDIR.value, trainer.train_and_evaluate)
@@ -290,7 +291,7 @@ def main(argv):
         logging.warning("%s", stopped)
     else:
       cross_validation.run_folds(
-          config,
+          pipeline.with_folder_splits(config),  # a folder dataset without val: test
           _WORKDIR.value,
           lambda fold_config, workdir: (
               evaluation.evaluate_checkpoint(fold_config, workdir, _SPLIT.value)

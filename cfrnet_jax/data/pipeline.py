@@ -24,6 +24,7 @@ in an absl app (`launch.py` is one) or after `absl.flags.FLAGS.mark_as_parsed()`
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -34,9 +35,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags, logging
 
-import tfds_crowd  # noqa: F401  (registers the builders with TFDS)
+import tfds_crowd  # registers the builders with TFDS
 from cfrnet_jax.data.geometry import decode_image, mean_colour, pad_image, pad_to_multiple
 from cfrnet_jax.models.cfrnet import pad_multiple
+from tfds_crowd.folder_builder import METADATA_KEY as FOLDER_IMPORT
 
 # ITU-R BT.601 luma, the usual RGB -> grayscale weights (Pillow's "L" mode uses them).
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -254,7 +256,10 @@ def create_eval_loader(
 
 
 def open_split(data_config: ml_collections.ConfigDict, split: str):
-  """The `array_record` data source of a built split (random access, no TensorFlow)."""
+  """The `array_record` data source of a built split (random access, no TensorFlow). A
+  dataset or split that is not built is refused with the command that builds it: for a
+  dataset of the folder importer (or a name that is none of this project's builders),
+  `python -m tfds_crowd.build folder` and its split options."""
   if not data_config.name:
     raise ValueError(
         "data.name is empty: name the dataset to read, e.g. --config.data.name=NAME with "
@@ -265,9 +270,87 @@ def open_split(data_config: ml_collections.ConfigDict, split: str):
         data_config.name, split=split, data_dir=data_config.data_dir, download=False
     )
   except Exception as error:
-    raise FileNotFoundError(
-        f"Dataset {data_config.name!r} (split {split!r}) is not built in "
-        f"{data_config.data_dir or '~/tensorflow_datasets'}: run "
-        f"`python -m tfds_crowd.build {data_config.name} --manual_dir DIR` first "
-        f"({error})."
-    ) from error
+    raise FileNotFoundError(_not_built(data_config, split, error)) from error
+
+
+def _not_built(data_config: ml_collections.ConfigDict, split: str, error=None) -> str:
+  """What to do when `split` of `data.name` cannot be opened (`error`: why, if known)."""
+  name, where = data_config.name, data_config.data_dir or "~/tensorflow_datasets"
+  info = built_info(data_config)
+  if folder_import(info) is not None:
+    return (
+        f"Dataset {name!r} in {where}, imported from a folder, has the splits "
+        f"{sorted(info.splits)}, not {split!r}: rebuild it with `python -m tfds_crowd.build "
+        f"folder --manual_dir DIR --name {name}` and --val_fraction F / --test_fraction F "
+        "(a hash of each picture's path), or --splits FILE (a JSON of train, val and test "
+        f"pictures) that makes it; or name one of its splits" + (f" ({error})." if error else ".")
+    )
+  if name.split("/")[0] not in tfds_crowd.BUILDERS:
+    return (
+        f"Dataset {name!r} (split {split!r}) is not built in {where}: import your pictures "
+        f"with `python -m tfds_crowd.build folder --manual_dir DIR --name {name}"
+        f"{' --data_dir ' + data_config.data_dir if data_config.data_dir else ''}` first, "
+        f"or name one of {sorted(tfds_crowd.BUILDERS)} ({error})."
+    )
+  return (
+      f"Dataset {name!r} (split {split!r}) is not built in {where}: run "
+      f"`python -m tfds_crowd.build {name} --manual_dir DIR` first ({error})."
+  )
+
+
+def built_info(data_config: ml_collections.ConfigDict) -> tfds.core.DatasetInfo | None:
+  """The info (splits, metadata) of `data.name` as built in `data.data_dir`, read from
+  its files without TensorFlow; None when it is not built there (or not named)."""
+  if not data_config.name:
+    return None
+  try:
+    info = tfds.builder(data_config.name, data_dir=data_config.data_dir).info
+  except tfds.core.registered.DatasetNotFoundError:
+    return None
+  return info if info.splits else None
+
+
+def folder_import(info: tfds.core.DatasetInfo | None) -> dict | None:
+  """The folder importer's record of a dataset it built (`info.metadata["folder_import"]`:
+  source, format, splits), None for any other dataset."""
+  metadata = info.metadata if info is not None else None
+  return None if metadata is None else metadata.get(FOLDER_IMPORT)
+
+
+def _split_names(split: str) -> set[str]:
+  """The splits a split expression reads ("test[:4]", "fold1+fold2")."""
+  return {part.split("[")[0].strip() for part in split.split("+")}
+
+
+def with_folder_splits(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (a copy when changed) for the splits a folder dataset has, so that
+  `configs/folder.py` trains on any: without `val` (built with --val_fraction 0, or a
+  split file without it) the last checkpoint is the result, evaluated on `test`
+  (`data.eval_split = "test"`, `data.validation = False`), as for ShanghaiTech (issue
+  25); without `test`, the best checkpoint on `val` is the result, with its `val`
+  figures (`data.test_split = ""`). One log line says which. A config that selects on
+  another split, and datasets the folder importer did not build, are left as they are.
+  Decided before training writes `config.json`, which then records what was used."""
+  data = config.data
+  if not (data.validation and data.eval_split == "val"):
+    return config
+  info = built_info(data)
+  if folder_import(info) is None:
+    return config
+  splits = set(info.splits)
+  if "val" in splits and (not data.test_split or _split_names(data.test_split) <= splits):
+    return config
+  if "val" in splits:
+    changes = {"test_split": ""}
+    why = f"no {data.test_split} split: the best checkpoint on val is the result, reported "
+    why += "with its val figures (data.test_split='')"
+  elif "test" in splits:
+    changes = {"eval_split": "test", "validation": False, "test_split": ""}
+    why = "no val split: the last checkpoint is the result, evaluated on test "
+    why += "(data.eval_split=test, data.validation=False), as for ShanghaiTech"
+  else:
+    raise FileNotFoundError(_not_built(data, "val"))
+  config = copy.deepcopy(config)
+  config.data.update(changes)
+  logging.info("Dataset %s has %s; splits: %s.", data.name, why, sorted(splits))
+  return config

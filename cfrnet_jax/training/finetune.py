@@ -10,7 +10,11 @@ source's: `inherit_model` takes every `model.*` field from the source run's
 refuses a `--config.model.*` that contradicts it, naming the field. Only the fields that
 change how the model computes, not its parameters or what it counts
 (`COMPUTE_MODEL_FIELDS`), are this run's own. `config.backbone_weights` is not used:
-nothing is downloaded.
+nothing is downloaded. Resuming the fine-tuning run resumes as any run does: its model
+fields and learning rate then come from its own `config.json` and its state from its own
+checkpoint, so the source workdir is not read (it may have moved or been deleted).
+Without `init_from`, `configs/folder.py`'s unset learning rate becomes configs/base.py's
+(`default_learning_rate`).
 
 `config.freeze` names parts of the model (`FREEZABLE`, the model's top-level modules)
 whose parameters get no updates and whose BatchNorm layers normalise with, and keep,
@@ -23,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -32,6 +37,7 @@ from flax import nnx
 
 from cfrnet_jax import checkpointing, run_config
 from cfrnet_jax.state import ModelVariables
+from configs import base
 
 # The model's top-level modules (section 3: VGG16-BN, GAM, the 1x1 compressors to c
 # channels, the two CFRM decoders and the dual-head predictors).
@@ -68,17 +74,32 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   return run_config.load_run_config(config.init_from)
 
 
+def _model_source(
+    config: ml_collections.ConfigDict, workdir
+) -> tuple[ml_collections.ConfigDict, str]:
+  """(config, what it is) whose model and learning rate a fine-tuning run takes: its own
+  `workdir/config.json` when that records a run from the same `init_from` (a resume,
+  which then needs nothing of the source run: it may have moved or been deleted since),
+  else the source run's."""
+  if workdir is not None and (Path(workdir) / "config.json").exists():
+    own = run_config.load_run_config(workdir)
+    if own.init_from == config.init_from:
+      return own, f"this run's own {Path(workdir) / 'config.json'}"
+  return source_config(config), f"the source run's {Path(config.init_from) / 'config.json'}"
+
+
 def inherit_model(
-    config: ml_collections.ConfigDict, overridden: Iterable[str] = ()
+    config: ml_collections.ConfigDict, overridden: Iterable[str] = (), workdir=None
 ) -> ml_collections.ConfigDict:
   """`config` with the source run's model fields when `config.init_from` is set (a copy;
   `config` itself unless it is). `overridden` names the fields the user set
   (`model.channels`, ...): one that defines parameters or counts and contradicts the
   source run is refused. An unset `learning_rate` (`configs/folder.py`'s) becomes the
-  source run's."""
+  source run's. With `workdir` (the run's own), a resumed run takes both from its own
+  `config.json`, which holds them (`_model_source`), not from the source run."""
   if not config.init_from:
     return config
-  source_run = source_config(config)
+  source_run, where = _model_source(config, workdir)
   source = source_run.model
   given = {name.removeprefix("model.") for name in overridden if name.startswith("model.")}
   differences = model_differences(config.model, source)
@@ -98,6 +119,33 @@ def inherit_model(
       config.model[name] = source[name]
   if config.learning_rate is None:  # configs/folder.py: the source run's own rate
     config.learning_rate = source_run.learning_rate
+    logging.info(
+        "learning_rate %g, from %s: configs/folder.py fine-tunes at the rate the source run "
+        "trained with (benchmarks/finetune_study.py: a tenth of it made every model "
+        "worse); --config.learning_rate sets another.",
+        config.learning_rate,
+        where,
+    )
+  logging.info("The model's fields come from %s.", where)
+  return config
+
+
+def default_learning_rate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` (a copy when changed) with an unset `learning_rate` (`configs/folder.py`'s)
+  settled for a run without `init_from`: configs/base.py's, the paper's rate (section
+  4.1) for its model trained from `backbone_weights` (ImageNet), logged with why. With
+  `init_from`, `inherit_model` sets the source run's."""
+  if config.learning_rate is not None or config.init_from:
+    return config
+  config = copy.deepcopy(config)
+  config.learning_rate = base.get_config().learning_rate
+  logging.info(
+      "learning_rate %g, configs/base.py's: without init_from the model trains from "
+      "backbone_weights=%s at the paper's rate (section 4.1); --config.learning_rate sets "
+      "another.",
+      config.learning_rate,
+      config.backbone_weights,
+  )
   return config
 
 

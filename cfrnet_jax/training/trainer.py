@@ -1,9 +1,10 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Reads top to bottom like big_vision's trainer:
-1. setup: the run's config checked and written (`config.json`, final before it is
-   written); mesh over all devices (`config.mesh_axes`, a `data` axis); this host's
-   shard of the training split through grain (`data.pipeline`);
+1. setup: the run's config settled (a folder dataset's splits, an unset learning rate),
+   checked and written (`config.json`, final before it is written); mesh over all
+   devices (`config.mesh_axes`, a `data` axis); this host's shard of the training split
+   through grain (`data.pipeline`);
 2. state: resumed from the newest intact checkpoint (state + data position), or new,
    already replicated (`jax.jit(init, out_shardings=...)`), from a trained run's model
    (`init_from`, `training.finetune`) or with the ImageNet backbone;
@@ -123,6 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: Path, preemption: PreemptionGuard
 ) -> dict | None:
+  config = _final_config(config)
   checkpoint_repair.prepare_for_training(workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.keep_checkpoints)
   resume_step = manager.latest_step()
@@ -179,6 +181,14 @@ def _train_and_evaluate(
         "same command to go on."
     )
   return result
+
+
+def _final_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What the run trains with, settled before it is checked against a resumed run's
+  `config.json` or written: a folder dataset's evaluation split and model selection
+  (`pipeline.with_folder_splits`: without `val`, the last checkpoint on `test`) and an
+  unset learning rate (`finetune.default_learning_rate`), each logged when it applies."""
+  return finetune.default_learning_rate(pipeline.with_folder_splits(config))
 
 
 def _check_start(config: ml_collections.ConfigDict) -> str | None:
