@@ -148,3 +148,23 @@ def test_the_command_line_refuses_a_contradicting_model_field(trained_workdir, t
   assert proc.returncode != 0
   assert "model.channels: 16 -> 32" in proc.stderr + proc.stdout
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_resumed_fine_tuning_run_does_not_read_the_moved_source(
+    trained_workdir, synthetic_data_dir, tmp_path
+):
+  source, workdir = tmp_path / "source", tmp_path / "run"
+  shutil.copytree(trained_workdir, source)
+  config = tiny_train_config(
+      synthetic_data_dir, init_from=str(source), num_train_steps=2, eval_every_steps=2
+  )
+  config.learning_rate = None  # configs/folder.py's: the source run's
+  trainer.train_and_evaluate(finetune.inherit_model(config, (), workdir), workdir)
+  shutil.rmtree(source)  # moved or deleted after the first part
+  config.num_train_steps = 4
+  resumed = finetune.inherit_model(config, (), workdir)  # from the run's own config.json
+  assert resumed.learning_rate == run_config.load_run_config(workdir).learning_rate
+  result = trainer.train_and_evaluate(resumed, workdir)
+  assert result["step"] == 4
+  state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "4" / "state")
+  assert int(state["step"]) == 4
