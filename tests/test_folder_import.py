@@ -22,6 +22,7 @@ from PIL import Image
 from cfrnet_jax.data import pipeline
 from cfrnet_jax.data.geometry import decode_image
 from tests.conftest import shared_data
+from tfds_crowd.build import build as build_dataset
 from tfds_crowd.build import folder_main
 from tfds_crowd.crowd_builder import as_points, screen_points
 from tfds_crowd.folder import build_folder
@@ -83,12 +84,18 @@ def picture(width: int = 40, height: int = 30, kind: str = "JPEG", mode: str = "
 
 
 @pytest.fixture(scope="module")
-def real_pictures():
-  """UCF_CC_50 images 4 (96 heads) and 5 (469) and the five sht_sample photos: {name:
-  (photo, (N, 2) annotated points, (K, 2) the points the existing builders keep)}."""
+def real_pictures(tmp_path_factory):
+  """All 50 UCF_CC_50 photos (63,974 heads) and the five sht_sample photos: {name: (photo,
+  (N, 2) annotated points, (K, 2) the points the existing builders keep, (width,
+  height))}. UCF_CC_50's kept points are those its builder stores (built here);
+  sht_sample's are its builder's screening of the same `.mat` points."""
   ucf, sht = shared_data("ucf_cc_50"), shared_data("sht_sample")
+  data = tmp_path_factory.mktemp("ucf_cc_50")
+  builder = build_dataset("ucf_cc_50", str(data), str(ucf))
+  stored = examples(builder)
+  assert len(stored) == 50
   found = {}
-  for k in (4, 5):
+  for k in range(1, 51):
     points = parse_annotation((ucf / f"{k}_ann.mat").read_bytes(), f"{k}_ann.mat")
     found[f"ucf_{k}"] = (ucf / f"{k}.jpg", points)
   for k in range(1, 6):
@@ -101,6 +108,11 @@ def real_pictures():
   for name, (photo, points) in found.items():
     width, height = Image.open(photo).size
     kept = screen_points(as_points(points, name), width, height).points
+    if name.startswith("ucf_"):
+      example = stored[photo.name]
+      assert (example["width"], example["height"]) == (width, height)
+      np.testing.assert_array_equal(example["points"], kept.astype(np.float32))
+      kept = example["points"].astype(np.float64)
     pictures[name] = (photo, points, kept, (width, height))
   return pictures
 
@@ -300,43 +312,56 @@ def real_builds(real_pictures, tmp_path_factory):
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_real_photos_in_every_format(real_builds, real_pictures, name):
+  """All 55 real photos (the 50 of UCF_CC_50 and the 5 of sht_sample) written in each
+  format and built: every picture present, every count the existing builders' (for dot
+  maps, one per marked pixel), every point within 0.01 px of the annotation's (a dot
+  map's within its pixel), and the points outside their picture dropped as the builders
+  drop them (2 in UCF_CC_50)."""
   result, found = real_builds[name]
   assert {Path(f).stem for f in found} == set(real_pictures)
   assert sorted(result.builder.info.splits) == ["test", "train", "val"]
   for filename, example in found.items():
-    _, _, kept, size = real_pictures[Path(filename).stem]
+    _, points, kept, size = real_pictures[Path(filename).stem]
+    dropped = 0
     if name == "dots":  # one point per marked pixel, at its centre
-      pixels = np.unique(dot_pixels(kept, size), axis=0)
-      assert example["count"] == len(pixels)
+      pixels = dot_pixels(kept, size)
+      unique = np.unique(pixels, axis=0)
+      assert example["count"] == len(unique)
       np.testing.assert_array_equal(
-          np.unique(np.floor(example["points"]).astype(int), axis=0), pixels
+          np.unique(np.floor(example["points"]).astype(int), axis=0), unique
       )
       np.testing.assert_allclose(example["points"] % 1, 0.5)
-      nearest = pixels + 0.5
-      assert np.abs(kept[:, None] - nearest[None]).max(-1).min(-1).max() <= 0.5
+      assert np.abs(kept - (pixels + 0.5)).max(initial=0) <= 0.5
     else:
       assert example["count"] == len(kept)
       np.testing.assert_allclose(example["points"], kept, atol=0.01, rtol=0)
+      dropped = len(points) - len(kept)
     assert (example["width"], example["height"]) == size
-    assert example["dropped_points"] == example["duplicate_points"] == 0
+    assert (example["dropped_points"], example["duplicate_points"]) == (dropped, 0)
 
 
-def test_real_photo_counts_are_the_published_ones(real_builds):
-  """UCF_CC_50 4 and 5 and sht_sample as its README gives them."""
+def test_real_photo_counts_are_the_published_ones(real_builds, real_pictures):
+  """UCF_CC_50 (63,974 heads, 2 of them outside their image: docs/datasets.md, "Bad
+  data") and sht_sample as its README gives them."""
   _, found = real_builds["shanghaitech_mat"]
   counts = {Path(f).stem: int(e["count"]) for f, e in found.items()}
-  assert counts == {
+  assert sum(count for name, count in counts.items() if name.startswith("ucf_")) == 63_972
+  assert {name: counts[name] for name in ("ucf_1", "ucf_4", "ucf_5")} == {
+      "ucf_1": 4633,
       "ucf_4": 96,
       "ucf_5": 469,
+  }
+  assert {name: count for name, count in counts.items() if name.startswith("sht_")} == {
       "sht_1": 21,
       "sht_2": 58,
       "sht_3": 11,
       "sht_4": 222,
       "sht_5": 256,
   }
-  assert all(e["annotated_count"] == e["count"] for e in found.values())
-  _, found = real_builds["cclabeler"]
-  assert all(e["annotated_count"] == e["count"] for e in found.values())
+  for builder in ("shanghaitech_mat", "cclabeler"):  # the count fields the writers wrote
+    _, found = real_builds[builder]
+    annotated = {Path(f).stem: int(e["annotated_count"]) for f, e in found.items()}
+    assert annotated == {name: len(points) for name, (_, points, _, _) in real_pictures.items()}
 
 
 def test_real_photos_keep_their_bytes_and_splits_are_recorded(real_builds, real_pictures):
@@ -509,10 +534,14 @@ def ground_truth_mat(points) -> bytes:
   return output.getvalue()
 
 
-def dot_map(marked: list[tuple[int, int]], size=(40, 30)) -> bytes:
+def dot_map(marked: list[tuple[int, int]], size=(40, 30), colour=None) -> bytes:
+  """A PNG marking the pixels (column, row): mode "1", or RGB dots of `colour` on black
+  (VGG cells' dot maps are red dots on black)."""
   pixels = np.zeros(size[::-1], bool)
   for column, row in marked:
     pixels[row, column] = True
+  if colour is not None:
+    pixels = pixels[..., None] * np.array(colour, np.uint8)
   output = io.BytesIO()
   Image.fromarray(pixels).save(output, format="PNG")
   return output.getvalue()
@@ -607,8 +636,17 @@ def file_fixtures(jpeg: bytes, png: bytes) -> dict:
               "X_dots.png": dot_map([(3, 4), (10, 7)]),
               "cells_001.png": png,
               "cells_dots_001.png": dot_map([(0, 0)]),
+              "vgg/001cell.png": png,
+              "vgg/001dots.png": dot_map([(39, 29), (2, 1)], colour=(255, 0, 0)),
+              "trancos/image-1-000001.jpg": jpeg,
+              "trancos/image-1-000001dots.png": dot_map([(5, 6)], colour=(255, 255, 255)),
           },
-          {"X.png": [("", 3.5, 4.5), ("", 10.5, 7.5)], "cells_001.png": [("", 0.5, 0.5)]},
+          {
+              "X.png": [("", 3.5, 4.5), ("", 10.5, 7.5)],
+              "cells_001.png": [("", 0.5, 0.5)],
+              "vgg/001cell.png": [("", 2.5, 1.5), ("", 39.5, 29.5)],
+              "trancos/image-1-000001.jpg": [("", 5.5, 6.5)],
+          },
       ),
       "cclabeler": (
           {
@@ -827,6 +865,13 @@ DAMAGED = {
         {"a.png": "PNG", "a_dots.png": dot_map([(1, 1)], (20, 20))},
         r"a_dots\.png: the annotation is for a 20x20 picture",
     ),
+    "dot map of two pictures": (
+        {"001cell.png": "PNG", "001.jpg": "JPEG", "001dots.png": dot_map([(1, 1)])},
+        (
+            r"001dots\.png: the dot map fits several pictures: 001cell\.png, 001\.jpg \(its "
+            r"name may belong to 001cell\.\* or 001\.\*\)"
+        ),
+    ),
 }
 
 
@@ -838,6 +883,88 @@ def test_damaged_files_are_named(tmp_path, case):
   with pytest.raises(CrowdDataError, match=message):
     build(folder, tmp_path / "data", "damaged")
   assert not (tmp_path / "data" / "damaged").exists()
+
+
+# Dot map names ------------------------------------------------------------------------
+
+DOT_NAMINGS = {  # {naming: (picture, dot map)}, as the public sets ship them
+    "X_dots": ("street.png", "street_dots.png"),
+    "X_dots_NNN (MBM)": ("BM_GRAZ_HE_0001_01_000.png", "BM_GRAZ_HE_0001_01_dots_000.png"),
+    "VGG cells": ("cells/001cell.png", "cells/001dots.png"),
+    "TRANCOS": ("images/image-1-000001.jpg", "images/image-1-000001dots.png"),
+}
+
+
+@pytest.mark.parametrize("file_format", ["auto", "dots"])
+@pytest.mark.parametrize("naming", DOT_NAMINGS)
+def test_dot_map_namings(tmp_path, naming, file_format):
+  """Each naming, detected and with --format dots: the dot map's points go to its
+  picture, and the dot map is not a picture of its own."""
+  photo, dots = DOT_NAMINGS[naming]
+  kind = "JPEG" if photo.endswith(".jpg") else "PNG"
+  files = {photo: picture(kind=kind), dots: dot_map([(4, 3), (20, 10)], colour=(255, 0, 0))}
+  result = build(write(tmp_path / "folder", files), tmp_path / "data", "dots", format=file_format)
+  found = examples(result.builder)
+  assert list(found) == [photo]
+  np.testing.assert_allclose(found[photo]["points"], [[4.5, 3.5], [20.5, 10.5]])
+  record = result.builder.info.metadata["folder_import"]
+  assert record["format"] == "dots" and record["splits"] == {"train": [photo]}
+  assert record["pictures_without_annotations"] == record["annotations_without_picture"] == []
+
+
+def test_trancos_folder_with_format_dots(tmp_path):
+  """TRANCOS ships a point list and a mask beside each picture and its dot map: detection
+  refuses the mask (a .mat of no known format), --format dots reads the dot maps and
+  reports the rest as ignored."""
+  files = {
+      "images/image-1-000001.jpg": picture(),
+      "images/image-1-000001dots.png": dot_map([(7, 8)]),
+      "images/image-1-000001.txt": "7.2\t8.9\n",
+      "images/image-1-000001mask.mat": ground_truth_mat([[1, 2]]),
+  }
+  folder = write(tmp_path / "trancos", files)
+  with pytest.raises(CrowdDataError, match=r"image-1-000001mask\.mat \(a MATLAB file outside"):
+    build(folder, tmp_path / "data", "trancos")
+  result = build(folder, tmp_path / "data", "trancos", format="dots")
+  found = examples(result.builder)
+  np.testing.assert_allclose(found["images/image-1-000001.jpg"]["points"], [[7.5, 8.5]])
+  assert "2 files ignored (not dots annotations)" in result.summary[-1]
+
+
+def test_dot_maps_without_their_picture_are_dropped_and_never_pictures(tmp_path):
+  """A dot map of no picture is an annotation without its picture (dropped, counted, with
+  the pictures its name could belong to), in every naming; it is never a picture."""
+  files = {
+      "a.png": picture(kind="PNG"),
+      "a_dots.png": dot_map([(1, 1)]),
+      "b_dots.png": dot_map([(1, 1)]),
+      "c_dots_007.png": dot_map([(1, 1)]),
+      "002dots.png": dot_map([(1, 1)]),
+  }
+  result = build(write(tmp_path / "folder", files), tmp_path / "data", "orphans")
+  assert list(examples(result.builder)) == ["a.png"]
+  record = result.builder.info.metadata["folder_import"]
+  assert sorted(picture for picture, _ in record["annotations_without_picture"]) == [
+      "002cell.* or 002.*",
+      "b.*",
+      "c_007.*",
+  ]
+  assert record["pictures_without_annotations"] == []
+  assert "3 annotations without their picture dropped" in result.summary[-1]
+  assert "0 pictures without annotations dropped" in result.summary[-1]
+  # In a folder of another format a dot map is a dots file: detection reports the mix,
+  # and another --format ignores it (it is not a picture without annotations).
+  other = {"x.jpg": picture(), "x.txt": "1 2\n", "x_dots.png": dot_map([(1, 1)])}
+  folder = write(tmp_path / "other", other)
+  with pytest.raises(
+      CrowdDataError,
+      match=r"mixes annotation formats: 1 pictures; dots \(1 files: x_dots\.png\); points_txt",
+  ):
+    build(folder, tmp_path / "data", "other")
+  result = build(folder, tmp_path / "data", "other", format="points_txt")
+  assert list(examples(result.builder)) == ["x.jpg"]
+  assert "0 pictures without annotations dropped" in result.summary[-1]
+  assert "1 files ignored (not points_txt annotations): " in result.summary[-1]
 
 
 # EXIF orientation ---------------------------------------------------------------------

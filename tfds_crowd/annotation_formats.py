@@ -40,7 +40,9 @@ FORMATS = {
     "points_txt": Format(point_files.read_points_txt, False, "X.txt beside X.jpg, 'x y' lines"),
     "list": Format(point_files.read_list, False, "P2PNet/APGCC list files"),
     "csv": Format(point_files.read_csv, True, "CSV of image,x,y[,label] rows"),
-    "dots": Format(point_files.read_dots, False, "dot maps X_dots.png beside X.png"),
+    "dots": Format(
+        point_files.read_dots, False, "dot maps X_dots.png, X_dots_NNN.png, Xdots.png (PNG)"
+    ),
     "cclabeler": Format(point_files.read_cclabeler, False, "cclabeler (NWPU-Crowd) JSON"),
     "shanghaitech_mat": Format(
         point_files.read_shanghaitech_mat, False, "ShanghaiTech GT_X.mat in ground-truth/"
@@ -104,12 +106,12 @@ def _shape(record) -> str:
 
 
 def _classify_file(files: FolderFiles, name: str, listed: set[str], found: _Sorted) -> None:
-  """Files into formats by content (JSON, XML) or by name and place (the rest); a
-  `X_dots.png` is a dot map only beside its picture `X`, else a picture itself."""
+  """Files into formats by content (JSON, XML) or by name and place (the rest). A PNG
+  named as a dot map (`point_files.DOT_MAP`) is one, beside its picture or not: it is
+  never a picture itself (one without its picture is an annotation without a picture)."""
   lower, where = name.lower(), files.describe(name)
   stem = posixpath.splitext(name)[0]
-  dot_map = point_files.DOT_MAP.match(name)
-  if dot_map and files.with_stem(point_files.dot_map_picture(name), where):
+  if point_files.is_dot_map(name):
     found.by_format["dots"].append(name)
   elif lower.endswith(".json"):
     record = files.json(name)
@@ -192,7 +194,8 @@ def read_folder(source: ManualSource, requested: str = AUTO) -> FolderAnnotation
   """The folder's annotations in its one format (or `requested`), each picture once."""
   files = FolderFiles(source)
   found = classify(files)
-  chosen = choose(found, requested, source.root, len(files.pictures))
+  pictures = [name for name in files.pictures if not point_files.is_dot_map(name)]
+  chosen = choose(found, requested, source.root, len(pictures))
   result = FORMATS[chosen].read(files, found.by_format[chosen])
   ignored = list(found.ignored) + list(found.unknown)
   for described in found.unknown:

@@ -10,6 +10,7 @@ docs/datasets.md ("Your own annotations") shows a minimal file of each format.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import posixpath
@@ -31,7 +32,14 @@ from tfds_crowd.point_annotations import (
 )
 from tfds_crowd.shanghaitech import parse_ground_truth
 
-DOT_MAP = re.compile(r"^(?P<base>.*)_dots(?P<index>_\d+)?\.png$", re.IGNORECASE)
+# A dot map's name: `X_dots.png` (picture `X`), `X_dots_NNN.png` (picture `X_NNN`, as
+# MBM and other cell sets ship them), or `Xdots.png` (picture `Xcell`, VGG cells'
+# `001dots.png` for `001cell.png`; or picture `X`, TRANCOS's `image-1-000001dots.png` for
+# `image-1-000001.jpg`). Every PNG so named is a dot map, never a picture.
+DOT_MAP = re.compile(
+    r"^(?P<base>(?:.*/)?[^/]+?)(?:_(?P<dots>dots)(?P<index>_\d+)?|(?P<joined>dots))\.png$",
+    re.IGNORECASE,
+)
 SHANGHAITECH_TRUTH = re.compile(r"^(?P<root>(?:.*/)?)ground[-_]truth/GT_(?P<stem>[^/]+)\.mat$")
 # Pictures whose dot map marks more than this share of pixels are refused: an inverted
 # map (white background) or a photo, not dots.
@@ -185,11 +193,22 @@ def read_csv(files: FolderFiles, names: list[str]) -> ReadResult:
 # dots ---------------------------------------------------------------------------------
 
 
-def dot_map_picture(name: str) -> str:
-  """The picture path (without suffix) a dot map belongs to: `X_dots.png` -> `X`,
-  `X_dots_007.png` -> `X_007`."""
+def is_dot_map(name: str) -> bool:
+  """Whether `name` is named as a dot map (such a file is never read as a picture)."""
+  return DOT_MAP.match(name) is not None
+
+
+def dot_map_pictures(name: str) -> list[str]:
+  """The picture paths (without suffix) a dot map's name can belong to: `X_dots.png` ->
+  `X`, `X_dots_007.png` -> `X_007`, `Xdots.png` -> `Xcell` (VGG cells) or `X` (TRANCOS);
+  `cell` in the case of `dots`. Names that are dot maps themselves are left out."""
   found = DOT_MAP.match(name)
-  return found["base"] + (found["index"] or "")
+  base = found["base"]
+  if found["dots"]:
+    stems = [base + (found["index"] or "")]
+  else:
+    stems = [base + ("CELL" if found["joined"].isupper() else "cell"), base]
+  return [stem for stem in stems if not is_dot_map(stem + ".png")]
 
 
 def dot_points(data: bytes, where: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -222,15 +241,37 @@ def dot_points(data: bytes, where: str) -> tuple[np.ndarray, tuple[int, int]]:
   return np.stack([columns + 0.5, rows + 0.5], 1).astype(np.float64), (width, height)
 
 
+def dot_map_picture(files: FolderFiles, name: str, by_stem: dict[str, list[str]]) -> str | None:
+  """The one picture the dot map `name` belongs to (`dot_map_pictures`), None when there
+  is none, a `CrowdDataError` naming the dot map and the pictures when several fit.
+  `by_stem` maps a stem to the folder's pictures of that stem (dot maps left out)."""
+  stems = dot_map_pictures(name)
+  found = [picture for stem in stems for picture in by_stem.get(stem, [])]
+  expect(
+      len(found) <= 1,
+      files.describe(name),
+      f"the dot map fits several pictures: {', '.join(found)} (its name may belong to "
+      f"{' or '.join(stem + '.*' for stem in stems)}); keep one of them.",
+  )
+  return found[0] if found else None
+
+
 def read_dots(files: FolderFiles, names: list[str]) -> ReadResult:
-  """Dot maps: `X_dots.png` beside `X.png` (or `X_dots_NNN.png` beside `X_NNN.png`), a
-  picture the size of `X` whose marked pixels are the objects, one point per pixel."""
+  """Dot maps (named as `DOT_MAP` says, beside their picture): a PNG the size of the
+  picture whose marked pixels are the objects, one point per pixel. A dot map that fits
+  no picture is an annotation without its picture (dropped and counted, with the
+  pictures its name could belong to)."""
   result = ReadResult()
+  by_stem = collections.defaultdict(list)
+  for picture in sorted(files.pictures):
+    if not is_dot_map(picture):
+      by_stem[posixpath.splitext(picture)[0]].append(picture)
   for name in names:
     where = files.describe(name)
-    picture = files.with_stem(dot_map_picture(name), where)
+    picture = dot_map_picture(files, name, by_stem)
     if picture is None:
-      result.missing.append((dot_map_picture(name) + ".*", where))
+      stems = dot_map_pictures(name)
+      result.missing.append((" or ".join(stem + ".*" for stem in stems) or "(none)", where))
       continue
     points, size = dot_points(files.read(name), where)
     result.annotations.append(PictureAnnotation(picture, where, points, None, STORED, size))
