@@ -2,7 +2,7 @@
 
     python benchmarks/finetune_study.py --ucf_dir ../shared/data/ucf_cc_50 \\
         --photos ../shared/data/sht_sample --folder runs/finetune_study \\
-        --source_steps 300 --steps 60 --sizes 1 2 4 --seeds 0 1 --finetune_lrs 1e-4 1e-3 \\
+        --source_steps 300 --steps 60 --sizes 1 2 3 4 --seeds 0 1 --finetune_lrs 1e-4 1e-3 \\
         --out benchmarks/results/cpu_2026-12-02/finetune_study.json
 
 A source model, `configs/default.py`'s (the paper's structure with narrow channels,
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
   parser.add_argument("--folder", type=Path, default=Path("runs/finetune_study"))
   parser.add_argument("--source_steps", type=int, default=300)
   parser.add_argument("--steps", type=int, default=60)
-  parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4])
+  parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3, 4])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
   parser.add_argument("--finetune_lrs", type=float, nargs="+", default=[1e-4, 1e-3])
   parser.add_argument("--out", type=Path, default=None)
