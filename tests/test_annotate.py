@@ -28,6 +28,7 @@ from cfrnet_jax.inference.serve import (
     RequestError,
     is_loopback,
     make_server,
+    resolve_token,
 )
 from configs import tiny
 from tests.conftest import serving, shared_data
@@ -318,6 +319,32 @@ def test_label_flag_names_the_points(counter, folder):
     assert json.loads((folder / "a.json").read_text())["shapes"][0]["label"] == "person"
   finally:
     client.close()
+
+
+def test_folders_that_cannot_be_annotated_are_refused_naming_why(counter, tmp_path):
+  """An empty folder, and two pictures that would save to one annotation file (LabelMe
+  names it after the picture: X.jpg and X.png both save to X.json), are refused before
+  the page starts; nothing is written."""
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("not a picture")
+  with pytest.raises(ValueError, match=r"--annotate .*empty: no picture in the folder"):
+    AnnotationService(counter, empty, "head")
+  shared = tmp_path / "shared"
+  (shared / "sub").mkdir(parents=True)
+  for name in ("x.jpg", "x.png", "sub/y.jpg"):
+    Image.new("RGB", (8, 8)).save(shared / name)
+  before = tree(shared)
+  with pytest.raises(ValueError, match=r"1 groups .* share one annotation file.*x\.jpg and x\.png"):
+    AnnotationService(counter, shared, "head")
+  assert tree(shared) == before
+
+
+def test_token_auto_is_a_fresh_secret():
+  tokens = {resolve_token("auto") for _ in range(20)}
+  assert len(tokens) == 20 and all(len(token) >= 24 for token in tokens)
+  assert resolve_token(None) is None and resolve_token("") is None
+  assert resolve_token("mine") == "mine"
 
 
 def test_every_route_needs_the_token(counter, folder):

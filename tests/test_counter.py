@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cfrnet_jax import localization
 from cfrnet_jax.data.device_ops import valid_mask
 from cfrnet_jax.data.geometry import mean_colour, round_up
 from cfrnet_jax.inference import tiling
 from cfrnet_jax.inference.counter import CrowdCounter
 from cfrnet_jax.inference.overlay import draw_prediction
 from cfrnet_jax.inference.user_images import load_image
+from cfrnet_jax.models.cfrnet import DENSITY_STRIDE
 from tests.conftest import (
     modules_imported_by,
     shared_data,
@@ -266,3 +268,24 @@ def test_points_and_regions_are_in_the_pictures_own_pixels(counter):
   assert (overlay[y, x] == 255).all()
   with pytest.raises(ValueError, match=r"IMG_5\.jpg: region 'far' reaches outside the picture"):
     halved.predict(path, regions={"far": [[0, 0], [2000, 0], [0, 10]]})
+
+
+def test_points_in_the_last_cell_stay_on_the_picture(counter):
+  """101 columns end five-eighths of the way into the 13th density cell (columns 96 to
+  104), where a head's refined position can lie past the picture's edge: such a head is
+  placed on the picture's edge, so that every point can be saved as an annotation of the
+  picture (the annotation page refuses points outside it)."""
+  picture = np.random.default_rng(1).integers(0, 256, (75, 101, 3), np.uint8)
+  config = tiny_train_config(None)
+  config.predict.point_threshold = 0.0  # a fresh model's density is weak: peaks everywhere
+  eager = CrowdCounter(config, counter._variables)
+  prediction = eager.predict(picture)
+  raw = localization.locate_heads(
+      prediction.density, DENSITY_STRIDE, **localization.point_options(config)
+  )
+  assert ((raw[:, 0] > 101) | (raw[:, 1] > 75)).any()  # the case this test is about
+  points = prediction.points
+  assert len(points) == len(raw)
+  assert (points >= 0).all() and (points[:, 0] <= 101).all() and (points[:, 1] <= 75).all()
+  inside = (raw[:, 0] <= 101) & (raw[:, 1] <= 75)
+  np.testing.assert_array_equal(points[inside], raw[inside])

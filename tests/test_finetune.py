@@ -97,9 +97,11 @@ def test_the_model_comes_from_the_source_run(trained_workdir):
   assert inherited.model.dtype == "bfloat16"  # how it computes stays this run's own
   assert config.learning_rate is None  # configs/folder.py: the source run's rate ...
   assert inherited.learning_rate == run_config.load_run_config(trained_workdir).learning_rate
-  config.init_from = ""  # ... and without a source run, one must be given
-  with pytest.raises(ValueError, match="learning_rate is not set"):
-    train_step.create_optimizer(config)
+  config.init_from = ""  # ... and without a source run, configs/base.py's (the paper's)
+  assert finetune.default_learning_rate(config).learning_rate == 1e-5
+  assert config.learning_rate is None  # a copy was changed, not the caller's config
+  with pytest.raises(ValueError, match="learning_rate is None: launch.py settles it"):
+    train_step.create_optimizer(config)  # a config that skipped both is refused
   assert config.model.channels == 256  # the caller's config is left alone
 
 

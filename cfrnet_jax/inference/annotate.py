@@ -33,6 +33,7 @@ routes of the annotation page and the file work behind them (`AnnotationService`
 
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 import io
@@ -87,15 +88,7 @@ class AnnotationService:
     # both pages wait in one bounded queue for the one model.
     self.queue, self._lock = ModelQueue(0), threading.Lock()
     self._proposals: dict[str, dict] = {}
-    files, _ = collect_images([str(self.root)])
-    # Pictures whose real path leaves the folder (a symbolic link out of it) are not
-    # served: the page would otherwise read files outside DIR.
-    self.pictures: dict[str, Path] = {}
-    for path in files:
-      if _inside(self.root, path):
-        self.pictures[path.relative_to(self.root).as_posix()] = path
-      else:
-        logging.warning("%s leads outside %s; not offered for annotation.", path, self.root)
+    self.pictures = _pictures_of(self.root)
     # Drafts in the browser's storage are kept per folder.
     self.folder_id = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
 
@@ -297,6 +290,39 @@ class AnnotationService:
         "points": len(points),
         "backup": backup.name if backup else None,
     }
+
+
+def _pictures_of(root: Path) -> dict[str, Path]:
+  """{name relative to `root`: path} of the pictures offered for annotation. Pictures
+  whose real path leaves the folder (a symbolic link out of it) are left out and logged:
+  the page would otherwise read files outside DIR. ValueError for a folder without
+  pictures, and for pictures that would share one annotation file (`X.jpg` and `X.png`
+  both save to `X.json`, as LabelMe names them): one would overwrite the other."""
+  try:
+    files, _ = collect_images([str(root)])
+  except FileNotFoundError as error:
+    raise ValueError(f"--annotate {root}: no picture in the folder or below it.") from error
+  pictures, outside, by_annotation = {}, 0, collections.defaultdict(list)
+  for path in files:
+    if not _inside(root, path):
+      logging.warning("%s leads outside %s; not offered for annotation.", path, root)
+      outside += 1
+      continue
+    name = path.relative_to(root).as_posix()
+    pictures[name] = path
+    by_annotation[path.with_suffix(".json")].append(name)
+  shared = [names for names in by_annotation.values() if len(names) > 1]
+  if shared:
+    listed = "; ".join(" and ".join(names) for names in shared[:5])
+    raise ValueError(
+        f"--annotate {root}: {len(shared)} groups of pictures would share one annotation "
+        f"file (the picture's name with .json): {listed}. Rename all but one of each."
+    )
+  if not pictures:
+    raise ValueError(f"--annotate {root}: its {outside} pictures all lead outside it.")
+  if outside:
+    logging.warning("%d pictures lead outside %s and are not offered.", outside, root)
+  return pictures
 
 
 def parse_points(body: bytes, width: int, height: int) -> list[list[float]]:

@@ -230,8 +230,10 @@ class CrowdCounter:
               image=view,
               tiles=tiles,
               picture_size=tuple(picture_size),
-              points=localization.locate_heads(density, DENSITY_STRIDE, **self._point_options)
-              / scale,
+              points=_on_picture(
+                  localization.locate_heads(density, DENSITY_STRIDE, **self._point_options) / scale,
+                  picture_size,
+              ),
               regions=region_counts(density, list(regions), tuple(scale), (height, width)),
               region_polygons=regions,
           )
@@ -287,3 +289,10 @@ class CrowdCounter:
         for i, (height, width) in enumerate(sizes)
     ]
     return counts[: len(images)], maps
+
+
+def _on_picture(points: np.ndarray, picture_size: tuple[int, int]) -> np.ndarray:
+  """`points` (x, y) held inside the (height, width) picture: a head in the last density
+  cell of a side that is not a multiple of the stride is placed at the cell's centre,
+  which can lie up to half a cell beyond the picture's edge."""
+  return np.clip(points, 0.0, [float(picture_size[1]), float(picture_size[0])])

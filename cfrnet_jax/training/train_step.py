@@ -49,9 +49,9 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   `config.freeze` names get no updates (`finetune.without_updates`)."""
   if config.learning_rate is None:
     raise ValueError(
-        "learning_rate is not set: configs/folder.py takes the source run's with "
-        "--config.init_from; without it, give one (--config.learning_rate=1e-5 is the "
-        "paper's)."
+        "learning_rate is None: launch.py settles it (the source run's with init_from, "
+        "configs/base.py's without); a config built in Python sets one or passes through "
+        "cfrnet_jax.training.finetune.inherit_model and default_learning_rate."
     )
   if config.lr_schedule == "constant":
     learning_rate = config.learning_rate
