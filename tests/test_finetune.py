@@ -1,6 +1,8 @@
 """Fine-tuning: `init_from` starts from a trained run's model, `freeze` keeps parts fixed."""
 
 import json
+import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +12,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 
 from cfrnet_jax import checkpointing, evaluation, run_config
+from cfrnet_jax.data import pipeline
 from cfrnet_jax.training import finetune, sharding, train_step, trainer
 from configs import folder
 from tests.conftest import tiny_train_config
@@ -27,7 +31,8 @@ def leaves(tree) -> dict:
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, trained_workdir, synthetic_data_dir):
-  """Two steps of fine-tuning the shared trained run with its backbone frozen."""
+  """Two steps of fine-tuning the shared trained run with its backbone frozen,
+  checkpointed after each."""
   workdir = tmp_path_factory.mktemp("finetuned")
   config = tiny_train_config(
       synthetic_data_dir,
@@ -35,6 +40,7 @@ def finetuned(tmp_path_factory, trained_workdir, synthetic_data_dir):
       freeze="backbone",
       num_train_steps=2,
       eval_every_steps=2,
+      checkpoint_every_steps=1,
       log_every_steps=1,
   )
   result = trainer.train_and_evaluate(config, workdir)
@@ -152,21 +158,98 @@ def test_the_command_line_refuses_a_contradicting_model_field(trained_workdir, t
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_resumed_fine_tuning_run_does_not_read_the_moved_source(
-    trained_workdir, synthetic_data_dir, tmp_path
+def test_configs_folder_on_a_folder_without_val_resumes_without_its_source(
+    trained_workdir, tmp_path, caplog
 ):
+  """configs/folder.py fine-tuning on LabelMe files built without val: the last
+  checkpoint is the result, on test, and config.json records it. Resumed after the source
+  workdir is deleted, the run finishes from its own config.json and checkpoint."""
+  data_dir = labelme_dataset(tmp_path, {"train": [0, 1, 2, 3], "test": [4, 5]})
   source, workdir = tmp_path / "source", tmp_path / "run"
   shutil.copytree(trained_workdir, source)
-  config = tiny_train_config(
-      synthetic_data_dir, init_from=str(source), num_train_steps=2, eval_every_steps=2
-  )
-  config.learning_rate = None  # configs/folder.py's: the source run's
-  trainer.train_and_evaluate(finetune.inherit_model(config, (), workdir), workdir)
+  config = folder.get_config()
+  config.data.update(name="my_pictures", data_dir=str(data_dir), crop_size=64, num_workers=0)
+  config.update(init_from=str(source), num_train_steps=2, eval_every_steps=2, batch_size=2)
+  caplog.set_level(logging.INFO, logger="absl")
+  result = trainer.train_and_evaluate(finetune.inherit_model(config, (), workdir), workdir)
+  assert "no val split: the last checkpoint is the result" in caplog.text
+  assert (result["selection"], result["step"], result["split"]) == ("last", 2, "test")
+  recorded = run_config.load_run_config(workdir)
+  assert (recorded.data.eval_split, recorded.data.validation) == ("test", False)
+  assert recorded.model.channels == 16  # the source's model, not folder.py's
+  assert recorded.learning_rate == run_config.load_run_config(source).learning_rate
   shutil.rmtree(source)  # moved or deleted after the first part
   config.num_train_steps = 4
   resumed = finetune.inherit_model(config, (), workdir)  # from the run's own config.json
-  assert resumed.learning_rate == run_config.load_run_config(workdir).learning_rate
+  assert resumed.learning_rate == recorded.learning_rate
   result = trainer.train_and_evaluate(resumed, workdir)
-  assert result["step"] == 4
+  assert (result["selection"], result["step"], result["split"]) == ("last", 4, "test")
   state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "4" / "state")
   assert int(state["step"]) == 4
+
+
+def test_init_step_picks_that_checkpoint_and_the_log_says_what_was_loaded(
+    finetuned, synthetic_data_dir, caplog
+):
+  source = finetuned[0]  # a run with checkpoints at steps 1 and 2
+  steps = sorted(int(p.name) for p in (source / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(steps) >= 2
+  config = tiny_train_config(
+      synthetic_data_dir, init_from=str(source), init_step=steps[0], freeze="backbone"
+  )
+  caplog.set_level(logging.INFO, logger="absl")
+  loaded = leaves(finetune.load_source_variables(config))
+  chosen = leaves(checkpointing.restore_variables(source, config.model, steps[0])[1])
+  result = leaves(checkpointing.restore_variables(source, config.model)[1])
+  assert loaded.keys() == chosen.keys()
+  for name in loaded:
+    np.testing.assert_array_equal(loaded[name], chosen[name], err_msg=name)
+  assert any(not np.array_equal(loaded[name], result[name]) for name in loaded)
+  assert f"Fine-tuning from step {steps[0]} of {source}: loaded {len(loaded)} arrays" in caplog.text
+  assert "frozen: backbone" in caplog.text and "backbone_weights is not used" in caplog.text
+  config.init_step = 7
+  missing = rf"No checkpoint of step 7 .*steps {re.escape(str(steps))}"
+  with pytest.raises(FileNotFoundError, match=missing):
+    finetune.load_source_variables(config)
+
+
+def labelme_dataset(tmp_path: Path, splits: dict[str, list[int]]) -> Path:
+  """Six pictures with LabelMe points, built as the folder dataset `my_pictures` with
+  `splits` (picture numbers by split) through the importer's command; its data_dir."""
+  pictures = tmp_path / "pictures"
+  pictures.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(6):
+    points = rng.uniform([0, 0], [96, 72], (3 + i, 2)).round(2)
+    Image.fromarray(rng.integers(0, 256, (72, 96, 3), np.uint8)).save(pictures / f"p{i}.jpg")
+    shapes = [{"label": "head", "points": [p], "shape_type": "point"} for p in points.tolist()]
+    labelme = {"shapes": shapes, "imagePath": f"p{i}.jpg", "imageData": None,
+               "imageHeight": 72, "imageWidth": 96}  # fmt: skip
+    (pictures / f"p{i}.json").write_text(json.dumps(labelme))
+  split_file = tmp_path / "splits.json"
+  split_file.write_text(json.dumps({k: [f"p{i}.jpg" for i in v] for k, v in splits.items()}))
+  build = [sys.executable, "-m", "tfds_crowd.build", "folder", "--manual_dir", str(pictures),
+           "--name", "my_pictures", "--splits", str(split_file),
+           "--data_dir", str(tmp_path / "data")]  # fmt: skip
+  subprocess.run(build, cwd=REPO, check=True, capture_output=True, timeout=300)
+  return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    "splits, changed",
+    [
+        ({"train": [0, 1, 2], "val": [3], "test": [4, 5]}, {}),  # best on val, tested once
+        ({"train": [0, 1, 2, 3], "val": [4, 5]}, {"test_split": ""}),  # val figures
+        (
+            {"train": [0, 1, 2, 3], "test": [4, 5]},  # the last checkpoint, on test
+            {"eval_split": "test", "validation": False, "test_split": ""},
+        ),
+    ],
+)
+def test_configs_folder_selects_by_the_splits_the_folder_has(tmp_path, splits, changed):
+  config = folder.get_config()
+  config.data.name, config.data.data_dir = "my_pictures", str(labelme_dataset(tmp_path, splits))
+  settled = pipeline.with_folder_splits(config)
+  expected = {"eval_split": "val", "validation": True, "test_split": "test", **changed}
+  assert {key: settled.data[key] for key in expected} == expected
+  assert (config.data.eval_split, config.data.test_split) == ("val", "test")  # a copy changed
