@@ -19,6 +19,7 @@ from cfrnet_jax.data import pipeline
 from cfrnet_jax.training import finetune, sharding, train_step, trainer
 from configs import folder
 from tests.conftest import tiny_train_config
+from tfds_crowd.folder import build_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,7 +216,7 @@ def test_init_step_picks_that_checkpoint_and_the_log_says_what_was_loaded(
 
 def labelme_dataset(tmp_path: Path, splits: dict[str, list[int]]) -> Path:
   """Six pictures with LabelMe points, built as the folder dataset `my_pictures` with
-  `splits` (picture numbers by split) through the importer's command; its data_dir."""
+  `splits` (picture numbers by split) by the importer; its data_dir."""
   pictures = tmp_path / "pictures"
   pictures.mkdir()
   rng = np.random.default_rng(0)
@@ -228,10 +229,9 @@ def labelme_dataset(tmp_path: Path, splits: dict[str, list[int]]) -> Path:
     (pictures / f"p{i}.json").write_text(json.dumps(labelme))
   split_file = tmp_path / "splits.json"
   split_file.write_text(json.dumps({k: [f"p{i}.jpg" for i in v] for k, v in splits.items()}))
-  build = [sys.executable, "-m", "tfds_crowd.build", "folder", "--manual_dir", str(pictures),
-           "--name", "my_pictures", "--splits", str(split_file),
-           "--data_dir", str(tmp_path / "data")]  # fmt: skip
-  subprocess.run(build, cwd=REPO, check=True, capture_output=True, timeout=300)
+  build_folder(
+      str(pictures), "my_pictures", data_dir=str(tmp_path / "data"), splits_file=str(split_file)
+  )
   return tmp_path / "data"
 
 
