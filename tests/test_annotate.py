@@ -310,6 +310,13 @@ def test_a_json_this_page_did_not_write_is_backed_up_first(client, folder):
   status, again = client.save("a.jpg", [[9, 9]])  # now its own file: replaced, no backup
   assert status == 200 and again["backup"] is None
   assert len(list(folder.glob("a.json.bak-*"))) == 1
+  # Another tool writes it again at once (within the same second, as a test does): that
+  # file gets a backup of its own, the first stays.
+  (folder / "a.json").write_text(json.dumps({**theirs, "imagePath": "again.jpg"}))
+  status, third = client.save("a.jpg", [[1, 2]])
+  assert status == 200 and third["backup"] != answer["backup"]
+  assert json.loads((folder / answer["backup"]).read_text()) == theirs
+  assert json.loads((folder / third["backup"]).read_text())["imagePath"] == "again.jpg"
 
 
 def test_label_flag_names_the_points(counter, folder):
@@ -397,19 +404,21 @@ def test_non_loopback_host_without_token_exits_2(tmp_path, extra):
 
 @pytest.fixture
 def annotated_run(trained_workdir, tmp_path):
-  """`launch.py --mode serve --annotate` on a copy of sht_sample's pictures with a token,
-  on a free port, proposing the 2-step model's peaks above POINT_THRESHOLD (its default
-  threshold keeps none): yields (URL with the token, the folder)."""
+  """`launch.py --mode serve --annotate` on a copy of sht_sample's pictures with a token
+  it makes (`--token=auto`, printed in the URL to open), on a free port, proposing the
+  2-step model's peaks above POINT_THRESHOLD (its default threshold keeps none): yields
+  (URL with the token, the folder)."""
   folder = tmp_path / "to_annotate"
   shutil.copytree(shared_data("sht_sample") / "images", folder)
   flags = [
       f"--workdir={trained_workdir}",
       f"--annotate={folder}",
-      f"--token={TOKEN}",
+      "--token=auto",
       "--config=configs/tiny.py",
       f"--config.predict.point_threshold={POINT_THRESHOLD}",
   ]
-  with serving(flags, r"Open (http://127\.0\.0\.1:\d+/\?token=\S+) ") as found:
+  with serving(flags, r"Open (http://127\.0\.0\.1:\d+/\?token=(\S+)) ") as found:
+    assert len(found.group(2)) >= 24  # a generated secret, not a word
     yield found.group(1), folder
 
 
@@ -447,9 +456,9 @@ def far_from(points, candidates, distance):
 @pytest.mark.slow  # about 50 s on 2 CPU cores, most of it the model's proposals
 def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained_workdir, tmp_path):
   """A person's session, by mouse and keyboard only: accept the proposals of IMG_1, add
-  two points, move one, remove one, save, go on and come back; the saved file holds
-  exactly those points, and the folder importer reads the folder (the other pictures
-  are not annotated: dropped and counted) with that count."""
+  two points, move one, remove one (undo, remove again), zoom and fit, save, go on and
+  come back; the saved file holds exactly those points, and the folder importer reads the
+  folder (the other pictures are not annotated: dropped and counted) with that count."""
   from tfds_crowd.folder import build_folder
 
   url, folder = annotated_run
@@ -506,9 +515,23 @@ def test_annotating_in_a_browser_and_importing_the_folder(annotated_run, trained
     page.keyboard.down("Shift")
     page.mouse.click(x, y)
     page.keyboard.up("Shift")
+    assert page.inner_text("#npoints") == str(len(expected) - 1)
+    page.keyboard.press("z")  # undo brings it back where it was; removed again
+    assert page.inner_text("#npoints") == str(len(expected))
+    page.keyboard.down("Shift")
+    page.mouse.click(x, y)
+    page.keyboard.up("Shift")
     del expected[1]
     assert page.inner_text("#npoints") == str(len(expected))
     assert "Unsaved" in page.inner_text("#status")
+
+    # Zoom in and back to the whole picture: the view changes, the points do not.
+    fit = page.evaluate("annotator.view()")
+    page.keyboard.press("+")
+    assert page.evaluate("annotator.view()")["scale"] > fit["scale"]
+    page.keyboard.press("f")
+    assert page.evaluate("annotator.view()") == fit
+    assert page.inner_text("#npoints") == str(len(expected))
 
     page.keyboard.press("s")
     page.locator("#status", has_text=re.compile("^Saved ")).wait_for(timeout=60_000)

@@ -9,7 +9,7 @@ from flax import nnx
 import cfrnet_jax
 from cfrnet_jax.data.targets import batch_density_targets
 from cfrnet_jax.evaluation import make_count_fn
-from cfrnet_jax.models.cfrnet import HEAD_STRIDES, pad_multiple
+from cfrnet_jax.models.cfrnet import HEAD_STRIDES, CFRNet, pad_multiple
 from cfrnet_jax.state import init_variables, model_graphdef
 from cfrnet_jax.training.losses import cfrnet_loss
 from configs.base import get_config, get_model_config
@@ -43,6 +43,20 @@ def test_paper_model_shapes_for_every_ablation(ablation, size):
     assert ("seg_logits" in head) == config.use_dhp
     if config.use_dhp:
       assert head["seg_logits"] == cells + (2,)
+
+
+def test_build_model_initialises_as_nnx_rngs_would():
+  """build_model's keys (`InitKeys`, counted in Python) give the parameters that
+  `nnx.Rngs(seed)` gives, bit for bit; another seed gives others."""
+  config = tiny_model_config()
+  expected = nnx.state(CFRNet(config, rngs=nnx.Rngs(7)))
+  built = nnx.state(cfrnet_jax.build_model(config, 7))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(built)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  other = nnx.state(cfrnet_jax.build_model(config, 8), nnx.Param)
+  assert not np.array_equal(
+      jax.tree.leaves(nnx.state(expected, nnx.Param))[0], jax.tree.leaves(other)[0]
+  )
 
 
 def test_pad_multiple_follows_the_windows():

@@ -197,10 +197,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout=240):
 
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, synthetic_data_dir):
-  """A real full disk: the workdir on a tmpfs (in a private mount namespace) sized to
-  hold the checkpoint of step 2 but not that of step 4 too (1.5 times the size of step 2,
-  measured by a first run to step 2). The run stops naming the step, the folder and the
-  error; step 2 stays intact; with space the same command resumes."""
+  """A real full disk: the workdir on a tmpfs (in a private mount namespace). A first run
+  saves step 2; a file then fills the disk but for half the size of that checkpoint, so the
+  run resumed from step 2 cannot save step 4. It stops naming the step, the folder and the
+  error; step 2 stays intact; once the file is gone the same command resumes."""
   disk, workdir = tmp_path / "disk", tmp_path / "disk" / "run"
   disk.mkdir()
   flags = (
@@ -214,11 +214,11 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, 
       mount -t tmpfs -o size=64m tmpfs {disk} || exit 90
       {probe} > {tmp_path}/probe.log 2>&1 || exit 91
       step_2_kb=$(du -sk {workdir}/checkpoints/2 | cut -f1)
-      rm -rf {workdir}
-      mount -o remount,size=$((step_2_kb * 3 / 2 + 256))k {disk}
+      free_kb=$(df -k --output=avail {disk} | tail -n 1)
+      dd if=/dev/zero of={disk}/filler bs=1k count=$((free_kb - step_2_kb / 2)) 2> /dev/null
       {command} > {tmp_path}/full.log 2>&1; echo $? > {tmp_path}/full.status
       cp -r {workdir}/checkpoints {tmp_path}/after_full
-      mount -o remount,size=64m {disk}
+      rm {disk}/filler
       {command} > {tmp_path}/resumed.log 2>&1; echo $? > {tmp_path}/resumed.status
       cp -r {workdir}/checkpoints {tmp_path}/after_resume
   """

@@ -24,7 +24,8 @@ What is saved, and where (docs/annotate.md):
   real path leaves DIR through a symbolic link) is refused with a 4xx message before
   anything is written;
 * a JSON already there that this page did not write (it carries no `_WRITER_KEY`) is
-  copied to `IMG.json.bak-<YYYYmmdd-HHMMSS>` before the first save replaces it; a LabelMe
+  copied to `IMG.json.bak-<YYYYmmdd-HHMMSS>` (`-1`, `-2`, ... when that name is taken)
+  before the first save replaces it; a LabelMe
   file's points are shown as the starting annotation.
 
 Requests go through `serve._Handler` (token, sizes, JSON errors); this module adds the
@@ -278,10 +279,12 @@ class AnnotationService:
     backup = None
     if target.is_file() and not _written_here(target):
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-      backup = target.with_name(f"{target.name}.bak-{stamp}")
-      if not backup.exists():  # two saves in one second: the first backup is the original
-        shutil.copy2(target, backup)
-        logging.info("Backed up %s as %s.", target, backup.name)
+      backup, copies = target.with_name(f"{target.name}.bak-{stamp}"), 0
+      while backup.exists():  # another foreign file within the second: a backup of its own
+        copies += 1
+        backup = target.with_name(f"{target.name}.bak-{stamp}-{copies}")
+      shutil.copy2(target, backup)
+      logging.info("Backed up %s as %s.", target, backup.name)
     write_atomically(target, json.dumps(record, indent=1).encode())
     logging.info("Saved %d points of %s in %s.", len(points), name, target)
     return {

@@ -6,7 +6,8 @@
 // Points are kept in the pixels of the picture as displayed (the server sends those
 // pixels and their size), and the view (zoom and pan) maps them to the screen.
 // Every change is written to localStorage at once (a draft per folder and picture), so a
-// reload or moving to another picture loses nothing; a save clears the draft.
+// reload or moving to another picture loses nothing; a save clears the draft unless a
+// change came while the save was on its way.
 "use strict";
 
 (() => {
@@ -40,6 +41,7 @@
     accepted: false, // proposals taken into `points` (or an annotation was loaded)
     showProposals: true,
     dirty: false,
+    edits: 0, // increases with each change: a save clears only the draft it saved
     undo: [],
     view: { scale: 1, x: 0, y: 0 }, // screen = picture * scale + (x, y), CSS pixels
     hover: -1,
@@ -80,6 +82,7 @@
 
   function changed() {
     state.dirty = true;
+    state.edits += 1;
     try {
       const draft = { points: state.points, accepted: state.accepted, when: Date.now() };
       localStorage.setItem(draftKey(state.picture.name), JSON.stringify(draft));
@@ -354,6 +357,7 @@
     const picture = state.picture;
     if (!picture) return;
     const load = state.loading;
+    const edits = state.edits;
     setStatus(`Saving ${picture.name}…`);
     try {
       const response = await api("/api/annotation?name=" + encodeURIComponent(picture.name), {
@@ -362,9 +366,10 @@
         body: JSON.stringify({ points: state.points }),
       });
       const answer = await response.json();
-      localStorage.removeItem(draftKey(picture.name));
       state.pictures.find((p) => p.name === picture.name).done = true;
-      if (load === state.loading) {
+      const unchanged = edits === state.edits; // no change since the points were sent
+      if (unchanged) localStorage.removeItem(draftKey(picture.name));
+      if (unchanged && load === state.loading) {
         state.dirty = false;
         const backup = answer.backup ? ` (the old file is kept as ${answer.backup})` : "";
         setStatus(`Saved ${answer.points} points in ${answer.saved}${backup}.`);

@@ -160,6 +160,31 @@ class CFRNet(nnx.Module):
     return {"density": heads[self.final_head]["density"], "heads": heads}
 
 
+class InitKeys:
+  """The keys `nnx.Rngs(seed)` gives a model's initialisers, `fold_in(key(seed), n)` for
+  n = 0, 1, 2, ... whatever stream is asked for (`rngs.params()`, `rngs.default()`), so
+  the parameters are those of `nnx.Rngs(seed)`, bit for bit (tests/test_model.py).
+
+  Why not `nnx.Rngs` itself: its streams count in a Variable, and under a trace (the
+  jitted and abstract initialisations of training, evaluation and predict) every count
+  update makes Flax ask the new count's tracer for its sharding, an error whose message
+  JAX builds by walking the whole trace so far: quadratic in the model's 300-odd
+  initialisers, most of the time a traced initialisation takes (docs/performance.md). A
+  Python count costs nothing."""
+
+  def __init__(self, seed: int):
+    self._key = jax.random.key(seed)
+    self._count = 0
+
+  def __call__(self) -> jax.Array:
+    key = jax.random.fold_in(self._key, jnp.uint32(self._count))
+    self._count += 1
+    return key
+
+  def __getattr__(self, stream: str):
+    return self
+
+
 def build_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> CFRNet:
   """The public entry: a freshly initialised CFRNet for `model_config` (see
   `configs/base.py`, `get_model_config`), in training mode.
@@ -178,7 +203,7 @@ def build_model(model_config: ml_collections.ConfigDict, seed: int = 0) -> CFRNe
         f"model.attention = 'cudnn' needs model.dtype bfloat16 or float16 (cuDNN's fused "
         f"attention has no float32 kernel); got {model_config.dtype!r}."
     )
-  model = CFRNet(model_config, rngs=nnx.Rngs(seed))
+  model = CFRNet(model_config, rngs=InitKeys(seed))
   model.set_attributes(attention=model_config.attention, raise_if_not_found=False)
   if model_config.dtype != "float32":
     model.set_attributes(dtype=jnp.dtype(model_config.dtype), raise_if_not_found=False)
