@@ -182,6 +182,8 @@ class InitKeys:
     return key
 
   def __getattr__(self, stream: str):
+    if stream.startswith("__"):  # copy, pickle and friends look for protocols: none here
+      raise AttributeError(stream)
     return self
 
 
