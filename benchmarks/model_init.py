@@ -1,7 +1,8 @@
-"""Time to trace the model's initialisation, as training, evaluation and predict do it
-(abstractly with `jax.eval_shape`, then jitted): `build_model`'s keys (`InitKeys`, a count
-in Python) against Flax's `nnx.Rngs` streams (a count in a Variable), which give the same
-parameters (tests/test_model.py).
+"""Time to trace the model's initialisation with `jax.eval_shape`, as training,
+evaluation and predict trace it before anything is allocated (the jitted initialisation
+traces it once more): `build_model`'s keys (`InitKeys`, a count in Python) against Flax's
+`nnx.Rngs` streams (a count in a Variable), which give the same parameters
+(tests/test_model.py).
 
     python benchmarks/model_init.py [--repeats 5] [--configs tiny paper]
 """

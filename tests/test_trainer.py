@@ -214,8 +214,9 @@ def test_a_full_disk_stops_the_run_and_it_resumes_once_there_is_space(tmp_path, 
       mount -t tmpfs -o size=64m tmpfs {disk} || exit 90
       {probe} > {tmp_path}/probe.log 2>&1 || exit 91
       step_2_kb=$(du -sk {workdir}/checkpoints/2 | cut -f1)
-      free_kb=$(df -k --output=avail {disk} | tail -n 1)
-      dd if=/dev/zero of={disk}/filler bs=1k count=$((free_kb - step_2_kb / 2)) 2> /dev/null
+      fill_kb=$(( $(df -k --output=avail {disk} | tail -n 1) - step_2_kb / 2 ))
+      [ "$fill_kb" -gt 0 ] || exit 92
+      dd if=/dev/zero of={disk}/filler bs=1k count=$fill_kb 2> /dev/null || exit 93
       {command} > {tmp_path}/full.log 2>&1; echo $? > {tmp_path}/full.status
       cp -r {workdir}/checkpoints {tmp_path}/after_full
       rm {disk}/filler

@@ -41,7 +41,7 @@
     accepted: false, // proposals taken into `points` (or an annotation was loaded)
     showProposals: true,
     dirty: false,
-    edits: 0, // increases with each change: a save clears only the draft it saved
+    edits: {}, // {picture name: changes so far}: a save clears only the draft it saved
     undo: [],
     view: { scale: 1, x: 0, y: 0 }, // screen = picture * scale + (x, y), CSS pixels
     hover: -1,
@@ -82,7 +82,7 @@
 
   function changed() {
     state.dirty = true;
-    state.edits += 1;
+    state.edits[state.picture.name] = (state.edits[state.picture.name] || 0) + 1;
     try {
       const draft = { points: state.points, accepted: state.accepted, when: Date.now() };
       localStorage.setItem(draftKey(state.picture.name), JSON.stringify(draft));
@@ -357,7 +357,7 @@
     const picture = state.picture;
     if (!picture) return;
     const load = state.loading;
-    const edits = state.edits;
+    const edits = state.edits[picture.name] || 0;
     setStatus(`Saving ${picture.name}…`);
     try {
       const response = await api("/api/annotation?name=" + encodeURIComponent(picture.name), {
@@ -367,7 +367,9 @@
       });
       const answer = await response.json();
       state.pictures.find((p) => p.name === picture.name).done = true;
-      const unchanged = edits === state.edits; // no change since the points were sent
+      // No change to this picture since its points were sent (edits of another picture,
+      // opened meanwhile, leave its draft to the saved file).
+      const unchanged = edits === (state.edits[picture.name] || 0);
       if (unchanged) localStorage.removeItem(draftKey(picture.name));
       if (unchanged && load === state.loading) {
         state.dirty = false;

@@ -162,15 +162,16 @@ class CFRNet(nnx.Module):
 
 class InitKeys:
   """The keys `nnx.Rngs(seed)` gives a model's initialisers, `fold_in(key(seed), n)` for
-  n = 0, 1, 2, ... whatever stream is asked for (`rngs.params()`, `rngs.default()`), so
-  the parameters are those of `nnx.Rngs(seed)`, bit for bit (tests/test_model.py).
+  n = 0, 1, 2, ... from `rngs.params()` or `rngs.default()` (both fall back to the one
+  `default` stream of `nnx.Rngs(seed)`), so the parameters are those of `nnx.Rngs(seed)`,
+  bit for bit (tests/test_model.py). Only initialisers: a module that keeps a stream
+  (dropout) or forks one would need `nnx.Rngs`, and asking for another stream fails.
 
   Why not `nnx.Rngs` itself: its streams count in a Variable, and under a trace (the
   jitted and abstract initialisations of training, evaluation and predict) every count
   update makes Flax ask the new count's tracer for its sharding, an error whose message
-  JAX builds by walking the whole trace so far: quadratic in the model's 300-odd
-  initialisers, most of the time a traced initialisation takes (docs/performance.md). A
-  Python count costs nothing."""
+  JAX builds by walking the whole trace so far, so the cost grows with the square of the
+  number of initialisers (docs/performance.md). A Python count costs nothing."""
 
   def __init__(self, seed: int):
     self._key = jax.random.key(seed)
@@ -182,8 +183,8 @@ class InitKeys:
     return key
 
   def __getattr__(self, stream: str):
-    if stream.startswith("__"):  # copy, pickle and friends look for protocols: none here
-      raise AttributeError(stream)
+    if stream not in ("params", "default"):
+      raise AttributeError(f"InitKeys gives initialisers' keys only, not a {stream!r} stream.")
     return self
 
 
