@@ -51,6 +51,7 @@ def test_build_model_initialises_as_nnx_rngs_would():
   config = tiny_model_config()
   expected = nnx.state(CFRNet(config, rngs=nnx.Rngs(7)))
   built = nnx.state(cfrnet_jax.build_model(config, 7))
+  assert jax.tree.structure(built) == jax.tree.structure(expected)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(built)):
     np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
   other = nnx.state(cfrnet_jax.build_model(config, 8), nnx.Param)

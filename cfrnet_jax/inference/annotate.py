@@ -25,8 +25,8 @@ What is saved, and where (docs/annotate.md):
   anything is written;
 * a JSON already there that this page did not write (it carries no `_WRITER_KEY`) is
   copied to `IMG.json.bak-<YYYYmmdd-HHMMSS>` (`-1`, `-2`, ... when that name is taken)
-  before the first save replaces it; a LabelMe
-  file's points are shown as the starting annotation.
+  before the first save replaces it; a LabelMe file's points are shown as the starting
+  annotation.
 
 Requests go through `serve._Handler` (token, sizes, JSON errors); this module adds the
 routes of the annotation page and the file work behind them (`AnnotationService`).
