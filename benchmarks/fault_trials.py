@@ -1,17 +1,17 @@
 """Kill trials: SIGKILL a training run at random moments, resume it, compare bit for bit.
 
     python benchmarks/fault_trials.py --trials 20            # the figure in docs/reliability.md
-    python benchmarks/fault_trials.py --trials 3 --steps 8   # what CI runs
 
-Trains the tiny config (`configs/tiny.py`, synthetic_crowd) once without interruption to
-`--steps`, then, per trial, starts the same run in a fresh workdir, kills it with SIGKILL
-and reruns the same command, which resumes from the newest checkpoint and finishes. The
-final checkpoint of every trial is compared with the uninterrupted run's: every array of
-the state (parameters, BatchNorm statistics, Adam moments, step counters) byte for byte,
-and the data position (grain's iterator state) as text; and the rerun must resume from
-the newest step the killed run finished, with no checkpoint it could not read (else a
-fallback could hide a save that was not atomic). A trial that fails any of these is
-reported as lost, with what differed; the script exits 1 if any is lost.
+Trains the tiny config (`--config`, default `configs/tiny.py`; synthetic_crowd) once
+without interruption to `--steps`, then, per trial, starts the same run in a fresh
+workdir, kills it with SIGKILL and reruns the same command, which resumes from the
+newest checkpoint and finishes. The final checkpoint of every trial is compared with the
+uninterrupted run's: every array of the state (parameters, BatchNorm statistics, Adam
+moments, step counters) byte for byte, and the data position (grain's iterator state) as
+text; and the rerun must resume from the newest step the killed run finished, with no
+checkpoint it could not read (else a fallback could hide a save that was not atomic). A
+trial that fails any of these is reported as lost, with what differed; the script exits
+1 if any is lost.
 
 Where the kill falls alternates:
   save    while an asynchronous checkpoint is being written (its temporary folder
@@ -27,8 +27,8 @@ exit, after a first run has filled the compilation cache), and reruns the same c
 to the end. Each trial must end with every picture exactly once in counts.csv, each row
 equal to the uninterrupted run's (the count as written, to the last digit), every row's
 overlay and points file there, and a summary whose `already_done` is the rows the killed
-run had finished. The model: `--workdir`, or the tiny config trained for 2 steps into
-the work folder.
+run had finished. The model: `--workdir`, or `--config` trained for 2 steps into the
+work folder.
 
     python benchmarks/fault_trials.py --mode predict --trials 10   # docs/reliability.md
 
@@ -60,13 +60,19 @@ KILL_MODES = ("save", "random")
 
 
 def run_command(
-    workdir: Path, data_dir: Path, steps: int, every: int, workers: int, per_call: int = 1
+    config: str,
+    workdir: Path,
+    data_dir: Path,
+    steps: int,
+    every: int,
+    workers: int,
+    per_call: int = 1,
 ) -> list[str]:
   return [
       sys.executable,
       "launch.py",
       "--config",
-      "configs/tiny.py",
+      config,
       "--workdir",
       str(workdir),
       f"--config.data.data_dir={data_dir}",
@@ -242,7 +248,7 @@ def predict_trials(args, folder: Path, env: dict, rng: random.Random) -> list[di
   workdir = Path(args.workdir) if args.workdir else folder / "run"
   if not args.workdir and not (workdir / "config.json").exists():
     data_dir = Path(args.data_dir or folder / "tfds")
-    train = [sys.executable, "launch.py", "--config", "configs/tiny.py", "--workdir"]
+    train = [sys.executable, "launch.py", "--config", args.config, "--workdir"]
     train += [str(workdir), f"--config.data.data_dir={data_dir}", "--config.num_train_steps=2"]
     finish(train, env, folder / "train.log", args.timeout_s)
   images = args.images or PHOTOS
@@ -309,6 +315,12 @@ def main(argv=None) -> int:
   parser.add_argument(
       "--images", action="append", help="predict: files, folders or globs (default: PHOTOS)"
   )
+  parser.add_argument(
+      "--config",
+      default="configs/tiny.py",
+      help="the run's config (configs/tiny.py:plain: the same trials with a model that "
+      "starts faster)",
+  )
   parser.add_argument("--trials", type=int, default=20)
   parser.add_argument("--steps", type=int, default=12, help="training steps of each run")
   parser.add_argument("--checkpoint_every", type=int, default=2)
@@ -347,7 +359,13 @@ def main(argv=None) -> int:
     )
     return _finish(args, folder, trials, identical)
   command = lambda workdir: run_command(
-      workdir, data_dir, args.steps, args.checkpoint_every, args.workers, args.steps_per_jit
+      args.config,
+      workdir,
+      data_dir,
+      args.steps,
+      args.checkpoint_every,
+      args.workers,
+      args.steps_per_jit,
   )
   saves = args.steps // args.checkpoint_every
   began = time.monotonic()

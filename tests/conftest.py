@@ -113,9 +113,12 @@ def tiny_config():
   return tiny_model_config()
 
 
-def tiny_train_config(data_dir: str | None, **overrides) -> ml_collections.ConfigDict:
-  """`configs/tiny.py` reading datasets from `data_dir`, with `overrides`."""
-  config = tiny.get_config()
+def tiny_train_config(
+    data_dir: str | None, variant: str = "", **overrides
+) -> ml_collections.ConfigDict:
+  """`configs/tiny.py` (`:plain` with `variant="plain"`) reading datasets from
+  `data_dir`, with `overrides`."""
+  config = tiny.get_config(variant)
   config.data.data_dir = data_dir
   config.update(overrides)
   return config
@@ -137,6 +140,19 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
   return folder
 
 
+@pytest.fixture
+def collectives_alone(tmp_path_factory):
+  """Holds this session's lock for the tests whose XLA collectives run on the CPU: 8
+  virtual devices in one process, or two processes joined by gloo. Run side by side on 2
+  cores, the 8 devices' threads miss XLA's 40 s rendezvous deadline (the process aborts),
+  so these tests take turns; the other worker goes on with other tests."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  with FileLock(str(root / "collectives.lock")):
+    yield
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory):
   """synthetic_crowd, built once per test session."""
@@ -145,25 +161,35 @@ def synthetic_data_dir(tmp_path_factory):
   return str(built_once(tmp_path_factory, "tfds", lambda d: build("synthetic_crowd", str(d))))
 
 
-@pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory, synthetic_data_dir):
-  """A finished tiny run (2 steps, evaluated on 4 test images at step 2 and ranked by
-  it), shared by the
-  tests that restore or predict from a workdir; they must not change it (tests that
-  write into a workdir copy it first)."""
+def _trained_once(tmp_path_factory, data_dir: str, name: str, variant: str = "") -> Path:
+  """A finished run of `configs/tiny.py` (`variant`) trained in exactly one process: 2
+  steps, evaluated on 4 test images at step 2 and ranked by it (`best_on_test`, as the
+  checkpoint tests need a metrics file); `train_and_evaluate`'s result beside it."""
   from cfrnet_jax.training import trainer
 
-  # Ranked by its test MAE (best_on_test), as the checkpoint tests need a metrics file.
   config = tiny_train_config(
-      synthetic_data_dir, num_train_steps=2, eval_every_steps=2, log_every_steps=1,
+      data_dir, variant, num_train_steps=2, eval_every_steps=2, log_every_steps=1,
       best_on_test=True,
   )  # fmt: skip
 
   def train(folder: Path):
     metrics = trainer.train_and_evaluate(config, folder)
-    (folder.parent / "trained_run_metrics.json").write_text(json.dumps(metrics))
+    (folder.parent / f"{name}_metrics.json").write_text(json.dumps(metrics))
 
-  return built_once(tmp_path_factory, "trained_run", train)
+  return built_once(tmp_path_factory, name, train)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, synthetic_data_dir):
+  """A finished tiny run, shared by the tests that restore or predict from a workdir;
+  they must not change it (tests that write into a workdir copy it first)."""
+  return _trained_once(tmp_path_factory, synthetic_data_dir, "trained_run")
+
+
+@pytest.fixture(scope="session")
+def trained_plain_workdir(tmp_path_factory, synthetic_data_dir):
+  """The same run of `configs/tiny.py:plain`, the source of the fine-tuning tests."""
+  return _trained_once(tmp_path_factory, synthetic_data_dir, "trained_plain_run", "plain")
 
 
 @pytest.fixture(scope="session")

@@ -397,6 +397,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint(tmp_path, synthetic_
 
   config = tiny_train_config(
       synthetic_data_dir,
+      "plain",
       num_train_steps=3,
       checkpoint_every_steps=1,
       log_every_steps=1,

@@ -93,8 +93,8 @@ def test_an_evaluation_summary_does_not_replace_the_training_summary(tmp_path):
 
 
 def tiny_five_fold_command(workdir, data_dir) -> list[str]:
-  """launch.py on a five-fold UCF_CC_50 run of the tiny model (configs/tiny.py's
-  widths), 4 steps a fold, a checkpoint every 2."""
+  """launch.py on a five-fold UCF_CC_50 run of configs/tiny.py:plain's model, 4 steps a
+  fold, a checkpoint every 2."""
   tiny = {
       "model.vgg_widths": "(8,8,16,16,16)",
       "model.channels": 16,
@@ -102,6 +102,10 @@ def tiny_five_fold_command(workdir, data_dir) -> list[str]:
       "model.gam_heads": 2,
       "model.head_channels": 8,
       "model.head_hidden_channels": 8,
+      "model.use_gam": False,
+      "model.use_dhp": False,
+      "model.hierarchical": False,
+      "model.axial": False,
       "backbone_weights": "none",
       "batch_size": 4,
       "data.crop_size": 64,

@@ -1,4 +1,6 @@
-"""Fine-tuning: `init_from` starts from a trained run's model, `freeze` keeps parts fixed."""
+"""Fine-tuning: `init_from` starts from a trained run's model, `freeze` keeps parts fixed.
+The runs that train start from a run of `configs/tiny.py:plain` (none of this depends on
+the model's parts)."""
 
 import json
 import logging
@@ -31,13 +33,14 @@ def leaves(tree) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, trained_workdir, synthetic_data_dir):
+def finetuned(tmp_path_factory, trained_plain_workdir, synthetic_data_dir):
   """Two steps of fine-tuning the shared trained run with its backbone frozen,
   checkpointed after each."""
   workdir = tmp_path_factory.mktemp("finetuned")
   config = tiny_train_config(
       synthetic_data_dir,
-      init_from=str(trained_workdir),
+      "plain",
+      init_from=str(trained_plain_workdir),
       freeze="backbone",
       num_train_steps=2,
       eval_every_steps=2,
@@ -49,11 +52,11 @@ def finetuned(tmp_path_factory, trained_workdir, synthetic_data_dir):
 
 
 def test_the_new_state_holds_the_source_checkpoint_and_a_fresh_optimizer(
-    trained_workdir, synthetic_data_dir
+    trained_plain_workdir, synthetic_data_dir
 ):
-  config = tiny_train_config(synthetic_data_dir, init_from=str(trained_workdir))
+  config = tiny_train_config(synthetic_data_dir, "plain", init_from=str(trained_plain_workdir))
   state, _ = trainer._new_state(config, sharding.create_mesh(config.mesh_axes), None)
-  _, source = checkpointing.restore_variables(trained_workdir, config.model)
+  _, source = checkpointing.restore_variables(trained_plain_workdir, config.model)
   for mine, theirs in ((state.params, source.params), (state.batch_stats, source.batch_stats)):
     mine, theirs = leaves(mine), leaves(theirs)
     assert mine.keys() == theirs.keys()
@@ -63,19 +66,19 @@ def test_the_new_state_holds_the_source_checkpoint_and_a_fresh_optimizer(
   assert all(not np.any(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x))  # Adam at 0
 
 
-def test_before_any_update_it_counts_as_the_source_run(finetuned, trained_workdir):
+def test_before_any_update_it_counts_as_the_source_run(finetuned, trained_plain_workdir):
   workdir, _, _ = finetuned
   before = evaluation.read_predictions(workdir / "eval" / "step_0" / "predictions.csv")
-  best = checkpointing.best_step(checkpointing.create_checkpoint_manager(trained_workdir))
+  best = checkpointing.best_step(checkpointing.create_checkpoint_manager(trained_plain_workdir))
   source = evaluation.read_predictions(
-      trained_workdir / "eval" / f"step_{best}" / "predictions.csv"
+      trained_plain_workdir / "eval" / f"step_{best}" / "predictions.csv"
   )
   assert before == source  # every image's count, to the 3 decimals written
 
 
-def test_a_frozen_part_is_unchanged_and_the_rest_trains(finetuned, trained_workdir):
+def test_a_frozen_part_is_unchanged_and_the_rest_trains(finetuned, trained_plain_workdir):
   workdir, config, result = finetuned
-  _, source = checkpointing.restore_variables(trained_workdir, config.model)
+  _, source = checkpointing.restore_variables(trained_plain_workdir, config.model)
   _, tuned = checkpointing.restore_variables(workdir, config.model, 2)
   state = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / "2" / "state")
   assert int(state["step"]) == 2  # a new run: its own step count
@@ -90,7 +93,7 @@ def test_a_frozen_part_is_unchanged_and_the_rest_trains(finetuned, trained_workd
   assert any(not np.array_equal(statistics[0][n], statistics[1][n]) for n in statistics[0])
   assert result["selection"] == "last" and result["step"] == 2
   saved = json.loads((workdir / "config.json").read_text())
-  assert saved["init_from"] == str(trained_workdir) and saved["freeze"] == "backbone"
+  assert saved["init_from"] == str(trained_plain_workdir) and saved["freeze"] == "backbone"
 
 
 def test_the_model_comes_from_the_source_run(trained_workdir):
@@ -160,14 +163,14 @@ def test_the_command_line_refuses_a_contradicting_model_field(trained_workdir, t
 
 
 def test_configs_folder_on_a_folder_without_val_resumes_without_its_source(
-    trained_workdir, tmp_path, caplog
+    trained_plain_workdir, tmp_path, caplog
 ):
   """configs/folder.py fine-tuning on LabelMe files built without val: the last
   checkpoint is the result, on test, and config.json records it. Resumed after the source
   workdir is deleted, the run finishes from its own config.json and checkpoint."""
   data_dir = labelme_dataset(tmp_path, {"train": [0, 1, 2, 3], "test": [4, 5]})
   source, workdir = tmp_path / "source", tmp_path / "run"
-  shutil.copytree(trained_workdir, source)
+  shutil.copytree(trained_plain_workdir, source)
   config = folder.get_config()
   config.data.update(name="my_pictures", data_dir=str(data_dir), crop_size=64, num_workers=0)
   config.update(init_from=str(source), num_train_steps=2, eval_every_steps=2, batch_size=2)
@@ -196,7 +199,7 @@ def test_init_step_picks_that_checkpoint_and_the_log_says_what_was_loaded(
   steps = sorted(int(p.name) for p in (source / "checkpoints").iterdir() if p.name.isdigit())
   assert len(steps) >= 2
   config = tiny_train_config(
-      synthetic_data_dir, init_from=str(source), init_step=steps[0], freeze="backbone"
+      synthetic_data_dir, "plain", init_from=str(source), init_step=steps[0], freeze="backbone"
   )
   caplog.set_level(logging.INFO, logger="absl")
   loaded = leaves(finetune.load_source_variables(config))

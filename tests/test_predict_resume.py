@@ -1,5 +1,6 @@
 """Predict mode that resumes, batches and spreads over processes (`predict_mode`,
-`predict_table`, `predict_batching`, `predict_hosts`)."""
+`predict_table`, `predict_batching`, `predict_hosts`). The trials of several processes
+count with `configs/tiny.py:plain`'s model: none of it depends on the model's parts."""
 
 import concurrent.futures
 import csv
@@ -154,16 +155,18 @@ HOST_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_processes_on_127_0_0_1_write_the_table_of_one(trained_workdir, tmp_path):
+def test_two_processes_on_127_0_0_1_write_the_table_of_one(
+    trained_plain_workdir, tmp_path, collectives_alone
+):
   """Two processes under jax.distributed on 127.0.0.1 (gloo), each counting its share of
   the real sample photos, end with the table one process writes, row for row."""
   patterns = [str(shared_data("sht_sample") / "images")]
-  single = CrowdCounter.from_checkpoint(trained_workdir)
+  single = CrowdCounter.from_checkpoint(trained_plain_workdir)
   predict_files(single, patterns, tmp_path / "one")
   script = HOST_SCRIPT.format(
       repo=str(REPO),
       port=_free_port(),
-      workdir=str(trained_workdir),
+      workdir=str(trained_plain_workdir),
       patterns=patterns,
       out=str(tmp_path / "two"),
   )
@@ -186,7 +189,9 @@ def test_two_processes_on_127_0_0_1_write_the_table_of_one(trained_workdir, tmp_
 
 
 @pytest.mark.slow
-def test_predict_killed_at_random_moments_resumes_to_the_same_table(trained_workdir, tmp_path):
+def test_predict_killed_at_random_moments_resumes_to_the_same_table(
+    trained_plain_workdir, tmp_path
+):
   """benchmarks/fault_trials.py --mode predict, 2 trials over real photos: every picture
   once in counts.csv, every count the uninterrupted run's."""
   from benchmarks import fault_trials
@@ -196,7 +201,7 @@ def test_predict_killed_at_random_moments_resumes_to_the_same_table(trained_work
       [
           "--mode=predict",
           "--trials=2",
-          f"--workdir={trained_workdir}",
+          f"--workdir={trained_plain_workdir}",
           f"--images={shared_data('sht_sample') / 'images'}",
           f"--images={shared_data('ucf_cc_50') / '1[0-2].jpg'}",  # 8 photos in all
           f"--folder={tmp_path / 'trials'}",

@@ -1,5 +1,6 @@
 """Several training steps per compiled call (`config.steps_per_jit`): one scan of K steps,
-the same state as K single steps, logging, evaluation and checkpoints between calls."""
+the same state as K single steps, logging, evaluation and checkpoints between calls.
+Model-independent: `configs/tiny.py:plain`."""
 
 import json
 
@@ -27,7 +28,7 @@ def batches():
 
 
 def test_the_step_holds_one_scan_of_k_steps(batches):
-  config = tiny_train_config(None, steps_per_jit=K)
+  config = tiny_train_config(None, "plain", steps_per_jit=K)
   state, _ = train_step.create_train_state(config, sharding.create_mesh())
   jaxpr = jax.make_jaxpr(train_step.make_train_steps(config, model_graphdef(config.model)))(
       state, stacked(batches[:K])
@@ -49,7 +50,7 @@ def test_k_steps_per_call_give_the_state_of_single_steps(batches):
   mesh = sharding.create_mesh()
   states = {}
   for per_call in (1, K):
-    config = tiny_train_config(None, steps_per_jit=per_call, learning_rate=5e-8)
+    config = tiny_train_config(None, "plain", steps_per_jit=per_call, learning_rate=5e-8)
     state, state_sharding = train_step.create_train_state(config, mesh)
     step = train_step.jit_train_step(config, model_graphdef(config.model), mesh, state_sharding)
     for start in range(0, 2 * K, per_call):
@@ -77,6 +78,7 @@ def test_k_steps_per_call_give_the_state_of_single_steps(batches):
 def test_a_run_logs_evaluates_and_saves_between_calls(tmp_path, synthetic_data_dir):
   config = tiny_train_config(
       synthetic_data_dir,
+      "plain",
       steps_per_jit=K,
       num_train_steps=2 * K,
       log_every_steps=2,
@@ -92,7 +94,7 @@ def test_a_run_logs_evaluates_and_saves_between_calls(tmp_path, synthetic_data_d
 
 
 def test_a_step_count_it_cannot_end_on_is_refused(tmp_path, synthetic_data_dir):
-  config = tiny_train_config(synthetic_data_dir, steps_per_jit=K, num_train_steps=K + 1)
+  config = tiny_train_config(synthetic_data_dir, "plain", steps_per_jit=K, num_train_steps=K + 1)
   with pytest.raises(ValueError, match=r"steps_per_jit = 4 must be at least 1 and divide the 5"):
     trainer.train_and_evaluate(config, tmp_path)
 
@@ -108,6 +110,7 @@ def test_a_run_of_k_steps_per_call_killed_resumes_bit_identically(tmp_path, synt
   out = tmp_path / "trials.json"
   status = fault_trials.main(
       [
+          "--config=configs/tiny.py:plain",
           "--trials=2",
           f"--steps={4 * K}",
           f"--checkpoint_every={K}",

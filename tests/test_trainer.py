@@ -16,7 +16,7 @@ import pytest
 
 from cfrnet_jax import checkpoint_repair
 from cfrnet_jax.training import trainer
-from tests.conftest import built_once, tiny_train_config
+from tests.conftest import built_once, import_torch, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ STEP_SCRIPT = textwrap.dedent("""
     {setup}
     import jax
     sys.path.insert(0, {repo!r})
-    from tests.conftest import built_once, tiny_train_config
+    from tests.conftest import built_once, import_torch, tiny_train_config
     from tests.test_trainer import fixed_batch
     from cfrnet_jax.state import local_copy, model_graphdef
     from cfrnet_jax.training import sharding, train_step, trainer
@@ -122,7 +122,7 @@ def one_device_step(tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-def test_step_on_8_devices_equals_1_device(tmp_path, one_device_step):
+def test_step_on_8_devices_equals_1_device(tmp_path, one_device_step, collectives_alone):
   """Same global batch, one step: the sharded step computes what one device computes
   (float32 reductions in another order: tolerance 1e-5 relative)."""
   one = one_device_step
@@ -142,7 +142,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_step_in_lockstep_and_match_one_process(tmp_path, one_device_step):
+def test_two_processes_step_in_lockstep_and_match_one_process(
+    tmp_path, one_device_step, collectives_alone
+):
   port = _free_port()
   setup = textwrap.dedent("""
       import jax
@@ -172,7 +174,7 @@ def launch(workdir, data_dir, *flags):
       sys.executable,
       "launch.py",
       "--config",
-      "configs/tiny.py",
+      "configs/tiny.py:plain",
       "--workdir",
       str(workdir),
       f"--config.data.data_dir={data_dir}",
@@ -287,7 +289,9 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(tmp_path, synth
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_of_two_hosts_stops_both_after_the_same_step(tmp_path, synthetic_data_dir):
+def test_sigterm_to_one_of_two_hosts_stops_both_after_the_same_step(
+    tmp_path, synthetic_data_dir, collectives_alone
+):
   """Two training processes under jax.distributed on 127.0.0.1; SIGTERM reaches process 0
   only. Both stop after the same step, saved by both, and exit with status 0 (a host
   left alone would wait in the next step's collectives until its grace time ran out)."""
@@ -317,6 +321,7 @@ def test_sigterm_to_one_of_two_hosts_stops_both_after_the_same_step(tmp_path, sy
 def test_nonfinite_loss_stops_naming_the_step_and_saves_nothing(tmp_path, synthetic_data_dir):
   config = tiny_train_config(
       synthetic_data_dir,
+      "plain",
       num_train_steps=6,
       log_every_steps=3,
       checkpoint_every_steps=3,
@@ -379,7 +384,7 @@ def test_a_run_compiles_its_evaluation_once_per_image_shape(
 
   monkeypatch.setattr(evaluation, "make_count_fn", recording)
   config = tiny_train_config(
-      synthetic_data_dir, num_train_steps=3, eval_every_steps=1, log_every_steps=1
+      synthetic_data_dir, "plain", num_train_steps=3, eval_every_steps=1, log_every_steps=1
   )
   trainer.train_and_evaluate(config, tmp_path)
   assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step_1", "step_2", "step_3"]
@@ -389,3 +394,35 @@ def test_a_run_compiles_its_evaluation_once_per_image_shape(
   shapes = {batch["image"].shape for batch in loader}
   assert len(made) == 1
   assert made[0]._cache_size() == len(shapes)
+
+
+def test_the_metric_writer_writes_scalars_without_loading_pytorch(tmp_path):
+  """tensorboardX imports PyTorch when it is installed (CI installs it) to accept torch
+  tensors, which the trainer never logs; the writer is made with PyTorch hidden, and
+  PyTorch imports as usual afterwards."""
+  import_torch()
+  script = textwrap.dedent(f"""
+      import sys
+      from pathlib import Path
+      from cfrnet_jax.training import trainer
+      writer = trainer._metric_writer(Path({str(tmp_path)!r}))
+      writer.add_scalar("train/loss", 1.5, 3)
+      writer.close()
+      print("torch loaded:", "torch" in sys.modules)
+      import torch
+      print("torch after:", torch.__version__)
+      """)
+  result = subprocess.run(
+      [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+  )
+  assert "torch loaded: False" in result.stdout and "torch after:" in result.stdout
+  from tensorboardX.proto.event_pb2 import Event
+
+  [events] = (tmp_path / "tensorboard").iterdir()
+  data, records = events.read_bytes(), []
+  while data:  # TFRecord: 8-byte length, 4-byte CRC, the record, 4-byte CRC
+    length = int.from_bytes(data[:8], "little")
+    records.append(Event.FromString(data[12 : 12 + length]))
+    data = data[16 + length :]
+  [scalar] = [(e.step, v.tag, v.simple_value) for e in records for v in e.summary.value]
+  assert scalar == (3, "train/loss", 1.5)

@@ -25,7 +25,9 @@ before every checkpoint and log line, so nothing corrupt is ever saved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -296,9 +298,25 @@ def _close(writer, workdir: Path) -> None:
 def _metric_writer(workdir: Path):
   if jax.process_index() != 0:
     return None
-  from tensorboardX import SummaryWriter
+  with _torch_hidden():
+    from tensorboardX import SummaryWriter
 
   return SummaryWriter(str(workdir / "tensorboard"))
+
+
+@contextlib.contextmanager
+def _torch_hidden():
+  """PyTorch made unimportable, unless already imported: tensorboardX imports it when it is
+  installed, only to accept torch tensors, which this trainer never logs, and loading it
+  is a large part of a short run's start-up (docs/testing.md)."""
+  if "torch" in sys.modules:
+    yield
+    return
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    yield
+  finally:
+    del sys.modules["torch"]
 
 
 def _check_steps_per_jit(config: ml_collections.ConfigDict, start: int) -> None:
