@@ -55,7 +55,7 @@ def hostile_folder(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow  # CI runs it; the default selection stays under 10 minutes
-def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
+def test_predict_cli_on_real_photos(trained_plain_workdir, tmp_path):
   """The real sample photos are counted; every hostile file beside them is named,
   skipped with its reason and counted in the summary, and the command succeeds."""
   images = shared_data("sht_sample") / "images"
@@ -69,7 +69,7 @@ def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
           "--mode",
           "predict",
           "--workdir",
-          str(trained_workdir),
+          str(trained_plain_workdir),
           "--images",
           str(images),
           "--images",
@@ -110,7 +110,7 @@ def test_predict_cli_on_real_photos(trained_workdir, tmp_path):
   # IMG_1..3 are 1024x768, IMG_4 1600x1067, IMG_5 1049x721: three padded shapes.
   assert summary["compilations"] == 3
   # The Python API on the same checkpoint gives the same counts.
-  counter = CrowdCounter.from_checkpoint(trained_workdir)
+  counter = CrowdCounter.from_checkpoint(trained_plain_workdir)
   first = next(row for row in rows if row["name"] == "IMG_5")
   assert counter.count(first["file"]) == pytest.approx(float(first["count"]), rel=1e-5)
 
