@@ -319,7 +319,7 @@ def main(argv=None) -> int:
       "--config",
       default="configs/tiny.py",
       help="the run's config (configs/tiny.py:plain: the same trials with a model that "
-      "starts faster)",
+      "starts faster); predict mode trains it only without --workdir",
   )
   parser.add_argument("--trials", type=int, default=20)
   parser.add_argument("--steps", type=int, default=12, help="training steps of each run")
@@ -371,7 +371,7 @@ def main(argv=None) -> int:
   began = time.monotonic()
 
   print(
-      f"Uninterrupted run: tiny config, {args.steps} steps, a checkpoint every "
+      f"Uninterrupted run: {args.config}, {args.steps} steps, a checkpoint every "
       f"{args.checkpoint_every}, {args.workers} grain workers ({folder}).",
       flush=True,
   )

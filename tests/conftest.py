@@ -1,4 +1,4 @@
-"""Shared test fixtures: the tiny model of `configs/tiny.py`, datasets and a run built once.
+"""Shared test fixtures: the tiny model of `configs/tiny.py`, datasets and runs built once.
 
 Compiled programs are shared too: JAX's persistent compilation cache, in
 `.pytest_cache/jax_compilation_cache` unless JAX_COMPILATION_CACHE_DIR names another
@@ -144,8 +144,9 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 def collectives_alone(tmp_path_factory):
   """Holds this session's lock for the tests whose XLA collectives run on the CPU: 8
   virtual devices in one process, or two processes joined by gloo. Run side by side on 2
-  cores, the 8 devices' threads miss XLA's 40 s rendezvous deadline (the process aborts),
-  so these tests take turns; the other worker goes on with other tests."""
+  cores, the 8 devices' threads can miss XLA's 40 s rendezvous deadline (the process then
+  aborts), so these tests take turns. They are all slow and start first, so a worker may
+  wait here at the start of a whole run."""
   root = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):
     root = root.parent
@@ -188,7 +189,8 @@ def trained_workdir(tmp_path_factory, synthetic_data_dir):
 
 @pytest.fixture(scope="session")
 def trained_plain_workdir(tmp_path_factory, synthetic_data_dir):
-  """The same run of `configs/tiny.py:plain`, the source of the fine-tuning tests."""
+  """The same run of `configs/tiny.py:plain`: the source of the fine-tuning tests and the
+  model of predict's command-line test and trials."""
   return _trained_once(tmp_path_factory, synthetic_data_dir, "trained_plain_run", "plain")
 
 

@@ -1,6 +1,7 @@
 """Predict mode that resumes, batches and spreads over processes (`predict_mode`,
-`predict_table`, `predict_batching`, `predict_hosts`). The trials of several processes
-count with `configs/tiny.py:plain`'s model: none of it depends on the model's parts."""
+`predict_table`, `predict_batching`, `predict_hosts`). The slow trials (two processes,
+SIGKILL) count with `configs/tiny.py:plain`'s model: none of it depends on the model's
+parts."""
 
 import concurrent.futures
 import csv

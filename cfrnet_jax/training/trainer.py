@@ -308,7 +308,8 @@ def _metric_writer(workdir: Path):
 def _torch_hidden():
   """PyTorch made unimportable, unless already imported: tensorboardX imports it when it is
   installed, only to accept torch tensors, which this trainer never logs, and loading it
-  is a large part of a short run's start-up (docs/testing.md)."""
+  is a large part of a short run's start-up (docs/testing.md). Made in the main thread
+  before any other imports, so no other import of torch can fall in between."""
   if "torch" in sys.modules:
     yield
     return
@@ -316,7 +317,8 @@ def _torch_hidden():
   try:
     yield
   finally:
-    del sys.modules["torch"]
+    if "torch" in sys.modules and sys.modules["torch"] is None:
+      del sys.modules["torch"]
 
 
 def _check_steps_per_jit(config: ml_collections.ConfigDict, start: int) -> None:
