@@ -9,6 +9,7 @@ the next test or test run that needs it. Tests that count compilations turn it o
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -128,9 +129,7 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
   """The folder `name`, filled by `build(folder)` in exactly one process of the test
   session: with pytest-xdist's worker processes, the first to get here builds it while
   the others wait, then all share it."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent  # this session's folder, shared by its workers
+  root = _session_folder(tmp_path_factory)
   folder, done = root / name, root / f"{name}.done"
   with FileLock(str(root / f"{name}.lock")):
     if not done.exists():
@@ -147,11 +146,14 @@ def collectives_alone(tmp_path_factory):
   cores, the 8 devices' threads can miss XLA's 40 s rendezvous deadline (the process then
   aborts), so these tests take turns. They are all slow and start first, so a worker may
   wait here at the start of a whole run."""
-  root = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    root = root.parent
-  with FileLock(str(root / "collectives.lock")):
+  with FileLock(str(_session_folder(tmp_path_factory) / "collectives.lock")):
     yield
+
+
+def _session_folder(tmp_path_factory) -> Path:
+  """This test session's temporary folder, shared by its pytest-xdist workers."""
+  root = tmp_path_factory.getbasetemp()
+  return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
 @pytest.fixture(scope="session")
@@ -230,9 +232,20 @@ def sht_sample_annotations(k: int) -> tuple[Path, np.ndarray]:
   return sample / "images" / f"IMG_{k}.jpg", np.asarray(points, np.float64).reshape(-1, 2)
 
 
+def require_torch() -> None:
+  """PyTorch installed, checked without importing it: CI installs it
+  (requirements-dev.txt) and must run the tests that need it; elsewhere they skip when it
+  is absent."""
+  if importlib.util.find_spec("torch") is None:
+    if os.environ.get("CI"):
+      pytest.fail("CI installs PyTorch (requirements-dev.txt), and it is missing.")
+    pytest.skip("needs PyTorch (requirements-dev.txt)")
+
+
 def import_torch():
-  """PyTorch: CI installs it (requirements-dev.txt) and must run the tests that need
-  it; elsewhere they skip when it is absent."""
+  """PyTorch, for the tests that need it (`require_torch`; outside CI an install that
+  fails to import skips too)."""
+  require_torch()
   if os.environ.get("CI"):
     import torch
 

@@ -1,6 +1,5 @@
 """The training loop: sharded steps, multi-host lockstep, resuming, preemption, NaN guard."""
 
-import importlib.util
 import os
 import signal
 import socket
@@ -17,7 +16,7 @@ import pytest
 
 from cfrnet_jax import checkpoint_repair
 from cfrnet_jax.training import trainer
-from tests.conftest import built_once, tiny_train_config
+from tests.conftest import built_once, require_torch, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -408,9 +407,7 @@ def test_the_metric_writer_writes_scalars_without_loading_pytorch(tmp_path):
   """tensorboardX imports PyTorch when it is installed (CI installs it) to accept torch
   tensors, which the trainer never logs; the writer is made with PyTorch hidden, and
   PyTorch imports as usual afterwards."""
-  if importlib.util.find_spec("torch") is None:  # without it there is nothing to hide
-    assert not os.environ.get("CI"), "CI installs PyTorch (requirements-dev.txt)"
-    pytest.skip("needs PyTorch (requirements-dev.txt)")
+  require_torch()  # without it there is nothing to hide; checked without importing it
   script = textwrap.dedent(f"""
       import sys
       from pathlib import Path
