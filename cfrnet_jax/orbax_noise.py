@@ -26,6 +26,9 @@ import sys
 import traceback
 
 _ABANDONED_READERS = ("orbax", "tensorstore", "_read_array_index")
+# A TensorStore read's own Future carries its error without Python frames; the error names
+# the OCDBT database (Orbax's checkpoint format) it was reading.
+_ABANDONED_READ_ERRORS = ("in ocdbt database",)
 
 
 def _is_abandoned_read(unraisable) -> bool:
@@ -51,7 +54,7 @@ def _is_abandoned_record(record: logging.LogRecord) -> bool:
   where = record.getMessage()
   if record.exc_info and record.exc_info[2] is not None:
     where += " ".join(frame.filename for frame in traceback.extract_tb(record.exc_info[2]))
-  return any(name in where.lower() for name in _ABANDONED_READERS)
+  return any(name in where.lower() for name in _ABANDONED_READERS + _ABANDONED_READ_ERRORS)
 
 
 def drop_abandoned_reads() -> None:
