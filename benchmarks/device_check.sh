@@ -131,6 +131,8 @@ if ((SMOKE)); then
   # Built one after the other: the smoke sizes make train_32 train_4's program, and the
   # flag runs without their flags the baseline's, which JAX's cache then holds.
   SPEED=(--smoke --repeats 1 --warmup 1)
+  # One K row above 1: K = 32 runs the path of K = 8 with another number.
+  RUNS=(train_4:jax_bf16 train_4_k8:jax_bf16 "${RUNS[-1]}")
   # torch.compile's tracing and autograd without inductor's code generation, which takes
   # minutes of two cores for the smoke model's step.
   COMPILE=(--torch_compile_backend aot_eager)

@@ -1,6 +1,8 @@
 """The device check's run plan (benchmarks/speed.py `--runs`): rows, backends, XLA flag sets;
-how speed.py times its runs (stubbed workers: nothing compiles) and when it fails."""
+how speed.py times its runs (stubbed workers: nothing compiles) and when it fails; the
+whole check, small, on the CPU (`benchmarks/device_check.sh --smoke`)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import import_torch
+from tests.conftest import REPO, import_torch, shared_data
 
 import_torch()  # benchmarks/speed.py times the PyTorch twin beside JAX.
 from benchmarks import batches, speed  # noqa: E402
@@ -216,3 +218,28 @@ def test_a_failed_run_fails_the_benchmark_and_a_skipped_one_does_not():
   assert speed.failed_runs([skipped]) == []
   crashed = {"row": "train_4_k8", "results": {"jax_bf16": {"failed": "its process ended"}}}
   assert speed.failed_runs([skipped, crashed]) == ["train_4_k8:jax_bf16"]
+
+
+@pytest.mark.slow  # about 3.5 minutes of one core, beside the other tests
+def test_the_device_check_runs_every_section_small_on_the_cpu(tmp_path):
+  """`benchmarks/device_check.sh --smoke`: every section of the accelerator's check runs
+  with the smoke model on the CPU and passes, so that the script cannot rot between the
+  runs on a GPU; its speed rows are written as they are measured."""
+  out = tmp_path / "out"
+  run = subprocess.run(
+      ["bash", "benchmarks/device_check.sh", "--smoke", str(out), str(shared_data("ucf_cc_50"))],
+      cwd=REPO,
+      env={**os.environ, "PYTHON": sys.executable},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      timeout=1200,
+  )
+  assert run.returncode == 0, run.stdout[-5000:]
+  summary = (out / "summary.md").read_text()
+  for section in ("speed", "attention", "torch_compile", "step_memory", "tests", "predict"):
+    assert f"| {section} | passed in " in summary, summary
+  speed = json.loads((out / "speed.json").read_text())
+  rows = {row["row"]: row["results"] for row in speed["rows"]}
+  assert list(rows) == ["train_4", "train_4_k8", "train_32"]
+  assert all(rows[name]["jax_bf16"]["median_s"] > 0 for name in rows)
