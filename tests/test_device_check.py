@@ -239,7 +239,7 @@ def test_the_device_check_runs_every_section_small_on_the_cpu(tmp_path):
   summary = (out / "summary.md").read_text()
   for section in ("speed", "attention", "torch_compile", "step_memory", "tests", "predict"):
     assert f"| {section} | passed in " in summary, summary
-  speed = json.loads((out / "speed.json").read_text())
-  rows = {row["row"]: row["results"] for row in speed["rows"]}
+  measured = json.loads((out / "speed.json").read_text())
+  rows = {row["row"]: row["results"] for row in measured["rows"]}
   assert list(rows) == ["train_4", "train_4_k8", "train_32"]
   assert all(rows[name]["jax_bf16"]["median_s"] > 0 for name in rows)
