@@ -52,7 +52,16 @@ STEP_SCRIPT = textwrap.dedent("""
     config = tiny_train_config(None)
     mesh = sharding.create_mesh()
     graphdef = model_graphdef(config.model)
-    state, state_sharding = train_step.create_train_state(config, mesh)
+    if {make_initial}:
+      state, state_sharding = train_step.create_train_state(config, mesh)
+      np.savez({initial!r}, *map(np.asarray, jax.tree.leaves(local_copy(state))))
+    else:  # the one-device run's initial state, laid out on this run's mesh
+      abstract, state_sharding = train_step.abstract_train_state(config, mesh)
+      saved = np.load({initial!r})
+      leaves = [saved[f"arr_{{i}}"] for i in range(len(saved.files))]
+      state = jax.tree.map(
+          lambda a, value: jax.make_array_from_callback(a.shape, a.sharding, lambda i: value[i]),
+          abstract, jax.tree.unflatten(jax.tree.structure(abstract), leaves))
     step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = fixed_batch()
     rows = len(batch["image"]) // jax.process_count()
@@ -74,9 +83,24 @@ STEP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_steps(out: Path, steps: int, setup: str = "", env=None) -> dict:
-  script = STEP_SCRIPT.format(setup=setup, repo=str(REPO), steps=steps, out=str(out))
-  subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env=env)
+def step_script(out: Path, steps: int, initial: Path, setup: str = "") -> str:
+  """STEP_SCRIPT, writing the state after `steps` steps to `out`. The one-device run
+  (`setup` empty) initialises the state and writes it to `initial`; the others lay that
+  state out on their mesh rather than compile an initialisation of their own (a
+  multi-device initialisation is the two-host trials' below)."""
+  return STEP_SCRIPT.format(
+      setup=setup,
+      repo=str(REPO),
+      steps=steps,
+      out=str(out),
+      initial=str(initial),
+      make_initial=not setup,
+  )
+
+
+def run_steps(out: Path, steps: int, initial: Path, setup: str = "") -> dict:
+  script = step_script(out, steps, initial, setup)
+  subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
   return dict(np.load(out))
 
 
@@ -115,20 +139,26 @@ def assert_same_step(a: dict, b: dict):
 
 
 @pytest.fixture(scope="session")
-def one_device_step(tmp_path_factory) -> dict:
-  """One step on one device: what the multi-device tests compare with (built once)."""
-  folder = built_once(tmp_path_factory, "one_device_step", lambda d: run_steps(d / "one.npz", 1))
-  return dict(np.load(folder / "one.npz"))
+def one_device_step(tmp_path_factory) -> tuple[dict, Path]:
+  """One step on one device: what the multi-device tests compare with (built once), and
+  the file of the initial state they start from."""
+  folder = built_once(
+      tmp_path_factory,
+      "one_device_step",
+      lambda d: run_steps(d / "one.npz", 1, initial=d / "initial.npz"),
+  )
+  return dict(np.load(folder / "one.npz")), folder / "initial.npz"
 
 
 @pytest.mark.slow
 def test_step_on_8_devices_equals_1_device(tmp_path, one_device_step, collectives_alone):
   """Same global batch, one step: the sharded step computes what one device computes
   (float32 reductions in another order: tolerance 1e-5 relative)."""
-  one = one_device_step
+  one, initial = one_device_step
   eight = run_steps(
       tmp_path / "eight.npz",
       1,
+      initial,
       setup=('os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"'),
   )
   assert int(one["devices"]) == 1 and int(eight["devices"]) == 8
@@ -152,9 +182,8 @@ def test_two_processes_step_in_lockstep_and_match_one_process(
       jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2,
                                  process_id=int(os.environ["PROCESS_ID"]))
   """).format(port=port)
-  script = lambda i: STEP_SCRIPT.format(
-      setup=setup, repo=str(REPO), steps=1, out=str(tmp_path / f"host{i}.npz")
-  )
+  one, initial = one_device_step
+  script = lambda i: step_script(tmp_path / f"host{i}.npz", 1, initial, setup)
   procs = [
       subprocess.Popen(
           [sys.executable, "-c", script(i)], cwd=REPO, env={**os.environ, "PROCESS_ID": str(i)}
@@ -166,7 +195,7 @@ def test_two_processes_step_in_lockstep_and_match_one_process(
   assert int(hosts[0]["devices"]) == 2
   for key in hosts[0]:  # replicated state: bit-identical on both hosts
     np.testing.assert_array_equal(hosts[0][key], hosts[1][key], err_msg=key)
-  assert_same_step(hosts[0], one_device_step)
+  assert_same_step(hosts[0], one)
 
 
 def launch(workdir, data_dir, *flags, config="configs/tiny.py:plain"):
