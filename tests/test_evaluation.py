@@ -96,7 +96,7 @@ def test_best_checkpoint_on_validation_is_tested_once_and_best_on_test_is_labell
   from cfrnet_jax.training import run_result, trainer
 
   config = tiny_train_config(
-      synthetic_data_dir, num_train_steps=2, eval_every_steps=1, log_every_steps=1,
+      synthetic_data_dir, "plain", num_train_steps=2, eval_every_steps=1, log_every_steps=1,
       checkpoint_every_steps=1, keep_checkpoints=2,
   )  # fmt: skip
   # synthetic_crowd has no validation split: 4 training images stand in for one.
