@@ -138,7 +138,7 @@ if ((SMOKE)); then
   COMPILE=(--torch_compile_backend aot_eager)
   ATTENTION=(--model tiny --size 64 --batch 1)
   MEMORY=(--model smoke --batch 2 --size 64 --jobs 1 --time_steps 1)
-  TESTS=(tests/test_accelerators.py)  # the section runs; CI has run the suite already
+  TESTS=(tests/test_accelerators.py)  # the section runs; the rest of the suite is CI's
   # Four pictures of three sizes (one compilation per padded shape and batch size on a CPU).
   PREDICT=(--config configs/tiny.py --photos 2 --scales 0.5 --synthetic 2 --batch_sizes 4)
   LIMIT_SCALE=2  # two CPU cores compile what 16 do on a GPU host
