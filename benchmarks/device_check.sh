@@ -131,8 +131,9 @@ if ((SMOKE)); then
   # Built one after the other: the smoke sizes make train_32 train_4's program, and the
   # flag runs without their flags the baseline's, which JAX's cache then holds.
   SPEED=(--smoke --repeats 1 --warmup 1)
-  # One K row above 1: K = 32 runs the path of K = 8 with another number.
-  RUNS=(train_4:jax_bf16 train_4_k8:jax_bf16 "${RUNS[-1]}")
+  # Each path once: K = 8 (K = 32 runs it with another number), K = 1 in train_32 (train_4's
+  # program at these sizes), cuDNN's attention (skipped on a CPU) and one flag run.
+  RUNS=(train_4_k8:jax_bf16 train_32:jax_bf16,jax_bf16_cudnn,jax_bf16@command_buffer_conv)
   # torch.compile's tracing and autograd without inductor's code generation, which takes
   # minutes of two cores for the smoke model's step.
   COMPILE=(--torch_compile_backend aot_eager)

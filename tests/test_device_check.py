@@ -241,5 +241,9 @@ def test_the_device_check_runs_every_section_small_on_the_cpu(tmp_path):
     assert f"| {section} | passed in " in summary, summary
   measured = json.loads((out / "speed.json").read_text())
   rows = {row["row"]: row["results"] for row in measured["rows"]}
-  assert list(rows) == ["train_4", "train_4_k8", "train_32"]
-  assert all(rows[name]["jax_bf16"]["median_s"] > 0 for name in rows)
+  assert list(rows) == ["train_4_k8", "train_32"]
+  assert rows["train_4_k8"]["jax_bf16"]["median_s"] > 0
+  assert rows["train_32"]["jax_bf16_cudnn"] == {"skipped": "needs an NVIDIA GPU"}
+  assert "ran without --xla_gpu_enable_command_buffer" in (
+      rows["train_32"]["jax_bf16@command_buffer_conv"]["xla_flags"]
+  )
