@@ -45,10 +45,10 @@ STEP_SCRIPT = textwrap.dedent("""
     {setup}
     import jax
     sys.path.insert(0, {repo!r})
-    from tests.conftest import built_once, tiny_train_config
+    from tests.conftest import tiny_train_config
     from tests.test_trainer import fixed_batch
     from cfrnet_jax.state import local_copy, model_graphdef
-    from cfrnet_jax.training import sharding, train_step, trainer
+    from cfrnet_jax.training import sharding, train_step
     config = tiny_train_config(None)
     mesh = sharding.create_mesh()
     graphdef = model_graphdef(config.model)
@@ -58,10 +58,9 @@ STEP_SCRIPT = textwrap.dedent("""
     else:  # the one-device run's initial state, laid out on this run's mesh
       abstract, state_sharding = train_step.abstract_train_state(config, mesh)
       saved = np.load({initial!r})
-      leaves = [saved[f"arr_{{i}}"] for i in range(len(saved.files))]
-      state = jax.tree.map(
-          lambda a, value: jax.make_array_from_callback(a.shape, a.sharding, lambda i: value[i]),
-          abstract, jax.tree.unflatten(jax.tree.structure(abstract), leaves))
+      state = jax.tree.unflatten(jax.tree.structure(abstract), [
+          jax.make_array_from_callback(a.shape, a.sharding, lambda i, k=k: saved[f"arr_{{k}}"][i])
+          for k, a in enumerate(jax.tree.leaves(abstract))])
     step = train_step.jit_train_step(config, graphdef, mesh, state_sharding)
     batch = fixed_batch()
     rows = len(batch["image"]) // jax.process_count()
@@ -83,10 +82,12 @@ STEP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def step_script(out: Path, steps: int, initial: Path, setup: str = "") -> str:
-  """STEP_SCRIPT, writing the state after `steps` steps to `out`. The one-device run
-  (`setup` empty) initialises the state and writes it to `initial`; the others lay that
-  state out on their mesh rather than compile an initialisation of their own (a
+def step_script(
+    out: Path, steps: int, initial: Path, setup: str = "", make_initial: bool = False
+) -> str:
+  """STEP_SCRIPT, writing the state after `steps` steps to `out`. With `make_initial` (the
+  one-device reference) it initialises the state and writes it to `initial`; otherwise it
+  lays that state out on its mesh rather than compile an initialisation of its own (a
   multi-device initialisation is the two-host trials' below)."""
   return STEP_SCRIPT.format(
       setup=setup,
@@ -94,12 +95,14 @@ def step_script(out: Path, steps: int, initial: Path, setup: str = "") -> str:
       steps=steps,
       out=str(out),
       initial=str(initial),
-      make_initial=not setup,
+      make_initial=make_initial,
   )
 
 
-def run_steps(out: Path, steps: int, initial: Path, setup: str = "") -> dict:
-  script = step_script(out, steps, initial, setup)
+def run_steps(
+    out: Path, steps: int, initial: Path, setup: str = "", make_initial: bool = False
+) -> dict:
+  script = step_script(out, steps, initial, setup, make_initial)
   subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
   return dict(np.load(out))
 
@@ -145,7 +148,7 @@ def one_device_step(tmp_path_factory) -> tuple[dict, Path]:
   folder = built_once(
       tmp_path_factory,
       "one_device_step",
-      lambda d: run_steps(d / "one.npz", 1, initial=d / "initial.npz"),
+      lambda d: run_steps(d / "one.npz", 1, initial=d / "initial.npz", make_initial=True),
   )
   return dict(np.load(folder / "one.npz")), folder / "initial.npz"
 
